@@ -1,0 +1,29 @@
+# model-proxy: the image mirrors the original's deployment (port 8002, configs and the
+# TLS pair mounted into /app, logs in /app/log, tokens and cache in /app/data).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# A fixed uid so that host files mounted into /app can be made readable for it.
+RUN useradd --system --uid 10001 --user-group --home-dir /app --shell /usr/sbin/nologin model-proxy
+
+WORKDIR /build
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip install . && rm -rf /build
+
+WORKDIR /app
+RUN mkdir -p /app/log /app/data && chown model-proxy:model-proxy /app/log /app/data
+USER model-proxy
+
+EXPOSE 8002
+VOLUME ["/app/log", "/app/data"]
+
+# The certificate is usually self-signed, so the check does not verify it.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
+    CMD ["python", "-c", "import os, ssl, urllib.request; urllib.request.urlopen('https://127.0.0.1:' + os.environ.get('MODEL_PROXY_PORT', '8002') + '/health', context=ssl._create_unverified_context(), timeout=4)"]
+
+ENTRYPOINT ["model-proxy", "serve", "--config-dir", "/app", "--data-dir", "/app/data", "--log-dir", "/app/log"]

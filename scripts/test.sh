@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Sets up and runs the whole test suite: Orthanc (apt, when root), the virtualenv,
+# lint, formatting, type checks, then pytest. Extra arguments go to pytest:
+#   scripts/test.sh -x -k orthanc
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+section() { printf '\n==== %s ====\n' "$*"; }
+
+orthanc_present() {
+  { command -v Orthanc || [ -x /usr/sbin/Orthanc ] || [ -x /usr/bin/Orthanc ]; } >/dev/null 2>&1 &&
+    [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]
+}
+
+find_python() {
+  local candidate
+  for candidate in python3 python3.13 python3.12 python3.11; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+      "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      echo "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}
+
+section "system packages"
+missing=()
+orthanc_present || missing+=(orthanc orthanc-dicomweb)
+python=$(find_python || true)
+if [ -z "$python" ]; then
+  missing+=(python3 python3-venv)
+elif [ ! -x .venv/bin/python ] && ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
+  missing+=(python3-venv)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing: ${missing[*]}"
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+  else
+    echo "missing system packages: ${missing[*]}" >&2
+    echo "install them (Debian/Ubuntu: sudo apt-get install ${missing[*]}) and run again" >&2
+    exit 1
+  fi
+fi
+python=${python:-$(find_python)}
+orthanc_present && echo "Orthanc and its DICOMweb plugin: present"
+
+section "virtualenv (.venv)"
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+# Reinstall only when pyproject.toml changed, so that a second run works offline.
+stamp=.venv/.model-proxy-installed
+wanted=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ]; then
+  .venv/bin/python -m pip install --upgrade pip
+  .venv/bin/python -m pip install -e '.[test]'
+  echo "$wanted" >"$stamp"
+else
+  echo "up to date ($(.venv/bin/python --version))"
+fi
+
+section "ruff check"
+.venv/bin/ruff check .
+
+section "ruff format --check"
+.venv/bin/ruff format --check .
+
+section "mypy (strict)"
+.venv/bin/mypy
+# tests/ has a conftest.py at several levels and no packages: check each tree alone.
+[ -f tests/conftest.py ] && .venv/bin/mypy tests/conftest.py
+for dir in tests/*/; do
+  case "$dir" in *__pycache__*) continue ;; esac
+  if compgen -G "${dir}*.py" >/dev/null; then
+    .venv/bin/mypy "$dir"
+  fi
+done
+
+section "pytest"
+# Exit code 5 (no tests collected) stays a failure on purpose.
+exec .venv/bin/pytest "$@"

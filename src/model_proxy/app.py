@@ -1,0 +1,109 @@
+"""The ASGI application: routes, lifespan and the one place errors become responses."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from model_proxy import __version__
+from model_proxy.config import ProxyConfig
+from model_proxy.errors import ProxyError
+from model_proxy.routes import inference, status
+from model_proxy.settings import Settings
+from model_proxy.state import ProxyState
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, config: ProxyConfig) -> Starlette:
+    """The proxy for an already validated ``config`` (the CLI loads and checks it)."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state = ProxyState.build(settings, config)
+        app.state.proxy = state
+        logger.info(
+            "model-proxy %s ready: %d servers, %d models, status page %s",
+            __version__,
+            len(config.servers),
+            len(config.models),
+            "on" if settings.show_status_page else "off",
+        )
+        try:
+            yield
+        finally:
+            await state.aclose()
+
+    return Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            *status.routes,
+            *inference.routes,
+        ],
+        middleware=[
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "OPTIONS"],
+                allow_headers=["*"],
+                expose_headers=["Content-Length", "Content-Type"],
+                max_age=600,
+            )
+        ],
+        exception_handlers={
+            ProxyError: handle_proxy_error,
+            HTTPException: handle_http_exception,
+            Exception: handle_unexpected,
+        },
+        lifespan=lifespan,
+    )
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok", "version": __version__})
+
+
+async def handle_proxy_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProxyError)
+    log = logger.warning if exc.status_code >= 500 else logger.info
+    log(
+        "%s %s -> %d %s: %s",
+        request.method,
+        request.url.path,
+        exc.status_code,
+        exc.code,
+        exc.message,
+    )
+    return JSONResponse(exc.to_json(), status_code=exc.status_code)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        body = {"message": "Not found", "code": "not_found"}
+    elif exc.status_code == 405:
+        body = {
+            "message": f"{request.method} is not allowed here; use GET",
+            "code": "method_not_allowed",
+        }
+    else:
+        body = {"message": str(exc.detail), "code": "http_error"}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    # The traceback goes to the log only; the caller gets no internals.
+    logger.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(
+        {"message": "internal error in model-proxy; see its log", "code": "internal_error"},
+        status_code=500,
+    )

@@ -1,0 +1,246 @@
+"""The ``model-proxy`` command: serve, gen-cert, check-config, example-model, demo.
+
+Every flag can also come from ``MODEL_PROXY_<FLAG>`` (``--config-dir`` from
+``MODEL_PROXY_CONFIG_DIR``); a flag on the command line wins. Errors end as one
+clear line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from model_proxy import __version__
+from model_proxy.config import ConfigError, ProxyConfig, load_config
+from model_proxy.settings import Settings, env_flag
+from model_proxy.upstream import Timeouts
+
+EXIT_USAGE = 2
+
+logger = logging.getLogger("model_proxy")
+
+
+class CommandError(Exception):
+    """A problem the user can fix; printed as is, exit code 2."""
+
+
+def _env(flag: str) -> str | None:
+    return os.environ.get("MODEL_PROXY_" + flag.upper().replace("-", "_"))
+
+
+def _add(parser: argparse.ArgumentParser, flag: str, default: str | None, help_text: str) -> None:
+    value = _env(flag)
+    env_name = "MODEL_PROXY_" + flag.upper().replace("-", "_")
+    parser.add_argument(
+        f"--{flag}",
+        default=value if value is not None else default,
+        help=f"{help_text} (env {env_name}; default: %(default)s)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="model-proxy",
+        description="Runs AI models on DICOMweb imaging data (a drop-in zhiva model proxy).",
+    )
+    parser.add_argument("--version", action="version", version=f"model-proxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the proxy")
+    _add(serve, "config-dir", ".", "folder holding servers.json and models.json")
+    _add(serve, "host", "0.0.0.0", "address to listen on")
+    _add(serve, "port", "8002", "port to listen on")
+    _add(serve, "cert", "zhiva.crt", "TLS certificate (PEM)")
+    _add(serve, "key", "zhiva.key", "TLS private key (PEM)")
+    serve.add_argument(
+        "--no-tls",
+        action="store_true",
+        default=env_flag("MODEL_PROXY_NO_TLS"),
+        help="serve plain HTTP behind a TLS-terminating load balancer (env MODEL_PROXY_NO_TLS)",
+    )
+    _add(serve, "data-dir", "data", "folder for the proxy's persistent data")
+    _add(serve, "log-dir", "log", "folder for log files")
+    _add(serve, "pacs-timeout", "60", "seconds a PACS may stay silent before the request fails")
+    _add(serve, "model-timeout", "600", "seconds a model may stay silent before the request fails")
+
+    gen_cert = commands.add_parser("gen-cert", help="write a self-signed zhiva.crt and zhiva.key")
+    _add(gen_cert, "out-dir", ".", "where to write the files")
+
+    check = commands.add_parser("check-config", help="validate servers.json and models.json")
+    _add(check, "config-dir", ".", "folder holding servers.json and models.json")
+
+    example = commands.add_parser("example-model", help="run the bundled example Model API")
+    _add(example, "host", "127.0.0.1", "address to listen on")
+    _add(example, "port", "8011", "port to listen on")
+
+    demo = commands.add_parser(
+        "demo", help="generate a sample CT study and run the example model and the proxy on it"
+    )
+    _add(demo, "dir", "demo-data", "folder for the sample data, configs and certificate")
+    _add(demo, "host", "127.0.0.1", "address for the proxy to listen on")
+    _add(demo, "port", "8002", "proxy port")
+    _add(demo, "model-port", "8011", "example model port")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve(args)
+        if args.command == "gen-cert":
+            return gen_cert(Path(args.out_dir))
+        if args.command == "check-config":
+            return check_config(Path(args.config_dir))
+        if args.command == "example-model":
+            from model_proxy.example_model import run
+
+            run(host=args.host, port=_port(args.port))
+            return 0
+        if args.command == "demo":
+            from model_proxy.demo import run_demo
+
+            return run_demo(
+                Path(args.dir),
+                host=args.host,
+                port=_port(args.port),
+                model_port=_port(args.model_port),
+            )
+    except CommandError as exc:
+        print(f"model-proxy: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise CommandError(f"port must be a number from 1 to 65535, got {value!r}")
+    return int(value)
+
+
+def _seconds(value: str, flag: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1
+    if seconds <= 0:
+        raise CommandError(f"--{flag} must be a positive number of seconds, got {value!r}")
+    return seconds
+
+
+def load_checked_config(config_dir: Path) -> ProxyConfig:
+    try:
+        return load_config(config_dir)
+    except ConfigError as exc:
+        lines = "\n".join(f"  - {line}" for line in exc.messages)
+        raise CommandError(f"invalid configuration in {config_dir}:\n{lines}") from None
+
+
+def serve(args: argparse.Namespace) -> int:
+    from model_proxy.logs import setup_logging
+
+    settings = Settings(
+        config_dir=Path(args.config_dir),
+        data_dir=Path(args.data_dir),
+        log_dir=Path(args.log_dir) if args.log_dir else None,
+        show_status_page=env_flag("ZHIVA_SHOW_STATUS_PAGE"),
+        pacs_timeouts=Timeouts(idle=_seconds(args.pacs_timeout, "pacs-timeout")),
+        model_timeouts=Timeouts(idle=_seconds(args.model_timeout, "model-timeout")),
+    )
+    port = _port(args.port)
+    tls_files = None if args.no_tls else _tls_files(Path(args.cert), Path(args.key))
+    try:
+        setup_logging(settings.log_dir)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(f"cannot create {exc.filename}: {exc.strerror}") from None
+    config = load_checked_config(settings.config_dir)
+    run_server(settings, config, host=args.host, port=port, tls_files=tls_files)
+    return 0
+
+
+def _tls_files(cert: Path, key: Path) -> tuple[Path, Path]:
+    for path, what in ((cert, "certificate"), (key, "private key")):
+        if not path.is_file():
+            raise CommandError(
+                f"TLS {what} {path} not found. Create a self-signed pair with"
+                " `model-proxy gen-cert`, pass --cert/--key, or use --no-tls behind a"
+                " TLS-terminating proxy"
+            )
+    return cert, key
+
+
+def run_server(
+    settings: Settings,
+    config: ProxyConfig,
+    *,
+    host: str,
+    port: int,
+    tls_files: tuple[Path, Path] | None,
+) -> None:
+    import uvicorn
+
+    from model_proxy.app import create_app
+
+    scheme = "https" if tls_files else "http"
+    logger.info("serving on %s://%s:%d", scheme, host, port)
+    uvicorn_config = uvicorn.Config(
+        create_app(settings, config),
+        host=host,
+        port=port,
+        ssl_certfile=str(tls_files[0]) if tls_files else None,
+        ssl_keyfile=str(tls_files[1]) if tls_files else None,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=30,
+    )
+    server = uvicorn.Server(uvicorn_config)
+    try:
+        server.run()
+    except OSError as exc:  # e.g. the port is taken
+        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    if not server.started:
+        raise CommandError(f"the server did not start on {host}:{port}; see the log above")
+
+
+def gen_cert(out_dir: Path) -> int:
+    from model_proxy.tls import generate_self_signed
+
+    try:
+        cert, key = generate_self_signed(out_dir)
+    except OSError as exc:
+        raise CommandError(f"cannot write into {out_dir}: {exc.strerror or exc}") from None
+    print(f"wrote {cert} and {key} (self-signed, CN=localhost, valid 365 days)")
+    return 0
+
+
+def check_config(config_dir: Path) -> int:
+    # Warnings are printed below; the loader's log lines would repeat them.
+    logging.getLogger("model_proxy.config").disabled = True
+    config = load_checked_config(config_dir)
+    default = config.default_server()
+    print(f"{config_dir / 'servers.json'}: {len(config.servers)} servers")
+    for server in config.servers.values():
+        flags = " (default)" if default is not None and default.id == server.id else ""
+        auth = server.auth_type.value or "no auth"
+        print(f"  {server.id}{flags}: {server.uri} [{auth}]")
+    print(f"{config_dir / 'models.json'}: {len(config.models)} models")
+    for model in config.models.values():
+        levels = ", ".join(level.value for level in model.supports)
+        inputs = ", ".join(entry.data_key for entry in model.data_filter)
+        extra = f"; inputs: {inputs}" if inputs else ""
+        print(f"  {model.id}: {model.task.value} [{levels}] -> {model.uri}{extra}")
+    for warning in config.warnings:
+        print(f"warning: {warning}")
+    print("configuration is valid")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Checks of single values and the words used for them in messages.
+
+Each check raises ``ValueError("expected X, got Y")``; the loader prefixes file,
+entry and field. Values are shown as they look in the JSON file.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+from pydantic import ValidationInfo
+
+
+class EntryProblems(ValueError):
+    """Several problems in one entry, as (field path, message) pairs.
+
+    Field paths are relative to where pydantic reports the error, e.g.
+    ``"dataFilter[0].dataKey"`` from a model-level validator.
+    """
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{field}: {message}" for field, message in problems))
+        self.problems = problems
+
+
+# What each JSON field must hold, keyed by its name in the file. The loader uses
+# these to phrase type errors and, through the keys, to spot unknown fields.
+SERVER_FIELDS: dict[str, str] = {
+    "uri": "a string (an http(s):// or file:// URL)",
+    "isDefault": "true or false",
+    "statusUri": "a string (an http(s):// URL)",
+    "authType": 'one of "", "basicAuth", "token", "zhivaAuth"',
+    "login": "a string",
+    "password": "a string",
+    "authToken": "a string",
+    "token": "a string",
+    "signInServer": "a string (an http(s):// URL)",
+    "signInTokenServer": "a string (an http(s):// URL)",
+    "refreshServer": "a string (an http(s):// URL)",
+    "tlsVerify": "true, false or the path of a CA bundle file",
+}
+SECRET_FIELDS = frozenset({"password", "authToken", "token"})
+
+DATA_FILTER_FIELDS: dict[str, str] = {
+    "dataKey": 'a string of letters, digits and hyphens (like "series-one")',
+    "title": "a string",
+    "description": "a string",
+    "dataFilter": 'an array of {"dataKey": ..., "title": ...} objects',
+}
+
+MODEL_FIELDS: dict[str, str] = {
+    "uri": "a string (an http(s):// URL)",
+    "task": 'one of "segmentation", "annotation", "prediction"',
+    "supports": 'a non-empty array of "/studies", "/studies/series", "/studies/series/instances"',
+    "statusUri": "a string (an http(s):// URL)",
+    "dataFilter": DATA_FILTER_FIELDS["dataFilter"],
+    "tlsVerify": SERVER_FIELDS["tlsVerify"],
+}
+
+
+def describe(value: object) -> str:
+    """A value as it looks in the JSON file, shortened for a message."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def describe_type(value: object) -> str:
+    """The JSON type of a value, for fields whose value must never be shown."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def one_of(enum: type[StrEnum]) -> str:
+    return ", ".join(json.dumps(member.value) for member in enum)
+
+
+def check_http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"expected an http:// or https:// URL, got {describe(value)}")
+    return value
+
+
+def check_server_uri(value: str) -> str:
+    parts = urlsplit(value)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        # A local folder of DICOM files standing in for a PACS.
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise ValueError(f"expected file:///absolute/folder, got {describe(value)}")
+        folder = Path(url2pathname(parts.path))
+        if not folder.is_dir():
+            raise ValueError(
+                f"folder {describe(str(folder))} does not exist (from {describe(value)})"
+            )
+    elif scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(
+            f"expected an http(s):// DICOMweb root or a file:// folder, got {describe(value)}"
+        )
+    if parts.query or parts.fragment:
+        # QIDO/WADO paths are appended to the root; a query would end up in the middle.
+        raise ValueError(f"expected a URL without ?query or #fragment, got {describe(value)}")
+    stripped = value.rstrip("/")
+    return stripped if urlsplit(stripped).path or scheme != "file" else value
+
+
+def check_tls_verify(value: object, info: ValidationInfo) -> bool | str:
+    if isinstance(value, bool):
+        return value
+    expected = SERVER_FIELDS["tlsVerify"]
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected {expected}, got {describe(value)}")
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        # Relative CA bundles live next to the config files, not wherever we started.
+        base = (info.context or {}).get("base_dir")
+        path = Path(base or Path.cwd()) / path
+    if not path.is_file():
+        raise ValueError(f"expected {expected}, got {describe(value)} (no such file: {path})")
+    return str(path.resolve())
+
+
+def empty_is_unset(value: object) -> object:
+    # The original docs show every field in one template; copies keep "" for
+    # the ones that do not apply.
+    return None if value == "" else value

@@ -1,0 +1,43 @@
+"""The closed vocabularies of the config files, spelled as in the JSON."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class AuthType(StrEnum):
+    """How the proxy authenticates to a PACS server (contract section 7)."""
+
+    NONE = ""
+    BASIC = "basicAuth"
+    TOKEN = "token"  # noqa: S105 (a name of an auth method, not a secret)
+    ZHIVA = "zhivaAuth"
+
+
+class Task(StrEnum):
+    """What a model does; decides which route family may call it."""
+
+    SEGMENTATION = "segmentation"
+    ANNOTATION = "annotation"
+    PREDICTION = "prediction"
+
+    @property
+    def route_family(self) -> str:
+        """The first path segment of the routes for this task: ``"segmentations"``."""
+        return f"{self.value}s"
+
+    @classmethod
+    def from_route_family(cls, family: str) -> Task:
+        for task in cls:
+            if task.route_family == family:
+                return task
+        allowed = ", ".join(t.route_family for t in cls)
+        raise ValueError(f"unknown route family {family!r}; expected one of {allowed}")
+
+
+class Level(StrEnum):
+    """A DICOM level a model accepts, spelled as in ``supports``."""
+
+    STUDY = "/studies"
+    SERIES = "/studies/series"
+    INSTANCE = "/studies/series/instances"

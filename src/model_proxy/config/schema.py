@@ -1,0 +1,316 @@
+"""Schemas of one servers.json entry and one models.json entry.
+
+A schema validates a single entry on its own; rules that span a whole file
+(UUID keys, a single default server, unknown fields) live in ``loader.py``.
+
+Validators raise ``ValueError("expected X, got Y")`` (the loader prefixes file,
+entry and field), or :class:`~.checks.EntryProblems` when a rule spanning several
+fields finds more than one problem at once. Built directly in Python, the
+schemas validate just the same; only the loader turns errors into config lines.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictBool,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from .checks import (
+    DATA_FILTER_FIELDS,
+    MODEL_FIELDS,
+    EntryProblems,
+    check_http_url,
+    check_server_uri,
+    check_tls_verify,
+    describe,
+    empty_is_unset,
+    one_of,
+)
+from .enums import AuthType, Level, Task
+
+__all__ = ["AuthType", "DataFilterEntry", "Level", "ModelConfig", "ServerConfig", "Task"]
+
+_DATA_KEY = re.compile(r"[A-Za-z0-9-]+")
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(
+        frozen=True,
+        populate_by_name=True,
+        extra="ignore",
+        # pydantic's own messages would echo inputs, passwords included.
+        hide_input_in_errors=True,
+    )
+
+
+class DataFilterEntry(_Schema):
+    """A named input of a model: ``{"dataKey": "series-one", "title": "Series one"}``."""
+
+    data_key: StrictStr = Field(alias="dataKey")
+    title: StrictStr
+    description: StrictStr | None = None
+    data_filter: tuple[DataFilterEntry, ...] = Field((), alias="dataFilter")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _title_defaults_to_data_key(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "title" not in data:
+            key = data.get("dataKey", data.get("data_key"))
+            if isinstance(key, str):
+                return {**data, "title": key}
+        return data
+
+    @field_validator("data_key")
+    @classmethod
+    def _check_data_key(cls, value: str) -> str:
+        if not _DATA_KEY.fullmatch(value):
+            raise ValueError(
+                f'expected letters, digits and hyphens only (like "series-one"), '
+                f"got {describe(value)}"
+            )
+        return value
+
+    @field_validator("data_filter", mode="before")
+    @classmethod
+    def _check_array(cls, value: object) -> object:
+        return _data_filter_array(value)
+
+
+def _data_filter_array(value: object) -> object:
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"expected {DATA_FILTER_FIELDS['dataFilter']}, got {describe(value)}")
+    return value
+
+
+# The fields each authType cannot work without, by their JSON names.
+_AUTH_NEEDS: dict[AuthType, tuple[str, ...]] = {
+    AuthType.NONE: (),
+    AuthType.BASIC: ("login", "password"),
+    AuthType.TOKEN: ("authToken", "signInTokenServer"),
+    AuthType.ZHIVA: ("login", "password", "signInServer", "signInTokenServer"),
+}
+
+_AUTH_ATTRIBUTES = {
+    "login": "login",
+    "password": "password",
+    "authToken": "auth_token",
+    "signInServer": "sign_in_server",
+    "signInTokenServer": "sign_in_token_server",
+}
+
+
+def missing_auth_fields(
+    auth_type: AuthType, is_set: Callable[[str], bool]
+) -> list[tuple[str, str]]:
+    """(field, message) for each field ``auth_type`` needs that is not set."""
+    needs = _AUTH_NEEDS[auth_type]
+    names = ", ".join(f'"{name}"' for name in needs)
+    return [
+        (name, f'required when authType is "{auth_type}" (it needs {names})')
+        for name in needs
+        if not is_set(name)
+    ]
+
+
+class ServerConfig(_Schema):
+    """A PACS server of servers.json, or a local folder standing in for one."""
+
+    id: StrictStr
+    uri: StrictStr
+    is_default: StrictBool = Field(False, alias="isDefault")
+    status_uri: StrictStr | None = Field(None, alias="statusUri")
+    auth_type: AuthType = Field(AuthType.NONE, alias="authType")
+    login: StrictStr | None = None
+    password: SecretStr | None = None
+    auth_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("authToken", "token", "auth_token"),
+        serialization_alias="authToken",
+    )
+    sign_in_server: StrictStr | None = Field(None, alias="signInServer")
+    sign_in_token_server: StrictStr | None = Field(None, alias="signInTokenServer")
+    refresh_server: StrictStr | None = Field(None, alias="refreshServer")
+    tls_verify: bool | str = Field(True, alias="tlsVerify")
+
+    @property
+    def is_local_folder(self) -> bool:
+        return urlsplit(self.uri).scheme.lower() == "file"
+
+    @property
+    def local_path(self) -> Path:
+        """The folder behind a ``file://`` URI."""
+        if not self.is_local_folder:
+            raise ValueError(f"server {self.id} is not a local folder: {self.uri}")
+        return Path(url2pathname(urlsplit(self.uri).path))
+
+    @field_validator(
+        "status_uri",
+        "login",
+        "password",
+        "auth_token",
+        "sign_in_server",
+        "sign_in_token_server",
+        "refresh_server",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return empty_is_unset(value)
+
+    @field_validator("uri")
+    @classmethod
+    def _check_uri(cls, value: str) -> str:
+        return check_server_uri(value)
+
+    @field_validator("status_uri", "sign_in_server", "sign_in_token_server", "refresh_server")
+    @classmethod
+    def _check_urls(cls, value: str | None) -> str | None:
+        return None if value is None else check_http_url(value)
+
+    @field_validator("auth_type", mode="plain")
+    @classmethod
+    def _check_auth_type(cls, value: object) -> AuthType:
+        if value is None or isinstance(value, AuthType):
+            return AuthType(value or "")
+        if isinstance(value, str) and value in AuthType._value2member_map_:
+            return AuthType(value)
+        raise ValueError(f"expected one of {one_of(AuthType)}, got {describe(value)}")
+
+    @field_validator("tls_verify", mode="plain")
+    @classmethod
+    def _check_tls_verify(cls, value: object, info: ValidationInfo) -> bool | str:
+        return check_tls_verify(value, info)
+
+    @model_validator(mode="after")
+    def _check_auth_fields(self) -> ServerConfig:
+        problems = missing_auth_fields(
+            self.auth_type, lambda name: getattr(self, _AUTH_ATTRIBUTES[name]) is not None
+        )
+        if problems:
+            raise EntryProblems(problems)
+        return self
+
+
+class ModelConfig(_Schema):
+    """A Model API of models.json."""
+
+    id: StrictStr
+    uri: StrictStr
+    task: Task
+    supports: tuple[Level, ...]
+    status_uri: StrictStr | None = Field(None, alias="statusUri")
+    data_filter: tuple[DataFilterEntry, ...] = Field((), alias="dataFilter")
+    tls_verify: bool | str = Field(True, alias="tlsVerify")
+
+    @field_validator("uri")
+    @classmethod
+    def _check_uri(cls, value: str) -> str:
+        # POSTed to exactly as written: validated, never rewritten.
+        return check_http_url(value)
+
+    @field_validator("status_uri", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return empty_is_unset(value)
+
+    @field_validator("status_uri")
+    @classmethod
+    def _check_status_uri(cls, value: str | None) -> str | None:
+        return None if value is None else check_http_url(value)
+
+    @field_validator("task", mode="plain")
+    @classmethod
+    def _check_task(cls, value: object) -> Task:
+        if isinstance(value, str) and value in Task._value2member_map_:
+            return Task(value)
+        raise ValueError(f"expected one of {one_of(Task)}, got {describe(value)}")
+
+    @field_validator("supports", mode="plain")
+    @classmethod
+    def _check_supports(cls, value: object) -> tuple[Level, ...]:
+        if not isinstance(value, list | tuple) or not value:
+            raise ValueError(f"expected {MODEL_FIELDS['supports']}, got {describe(value)}")
+        levels: list[Level] = []
+        problems: list[tuple[str, str]] = []
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or item not in Level._value2member_map_:
+                problems.append(
+                    (f"[{index}]", f"expected one of {one_of(Level)}, got {describe(item)}")
+                )
+            elif Level(item) in levels:
+                problems.append((f"[{index}]", f"duplicate level {describe(item)}"))
+            else:
+                levels.append(Level(item))
+        if problems:
+            raise EntryProblems(problems)
+        return tuple(levels)
+
+    @field_validator("data_filter", mode="before")
+    @classmethod
+    def _check_array(cls, value: object) -> object:
+        return _data_filter_array(value)
+
+    @field_validator("tls_verify", mode="plain")
+    @classmethod
+    def _check_tls_verify(cls, value: object, info: ValidationInfo) -> bool | str:
+        return check_tls_verify(value, info)
+
+    @model_validator(mode="after")
+    def _check_data_filter(self) -> ModelConfig:
+        problems = _duplicate_keys(self.data_filter, "dataFilter")
+        for i, entry in enumerate(self.data_filter):
+            if not entry.data_filter:
+                continue
+            path = f"dataFilter[{i}].dataFilter"
+            if Level.STUDY not in self.supports:
+                problems.append(
+                    (
+                        path,
+                        "nested entries name instance inputs of a series, which only "
+                        'exists for models whose "supports" lists "/studies"',
+                    )
+                )
+            problems += _duplicate_keys(entry.data_filter, path)
+            problems += [
+                (f"{path}[{j}].dataFilter", "too deep: dataFilter nests at most 2 levels")
+                for j, nested in enumerate(entry.data_filter)
+                if nested.data_filter
+            ]
+        if problems:
+            raise EntryProblems(problems)
+        return self
+
+
+def _duplicate_keys(entries: tuple[DataFilterEntry, ...], path: str) -> list[tuple[str, str]]:
+    first: dict[str, int] = {}
+    problems = []
+    for index, entry in enumerate(entries):
+        if entry.data_key in first:
+            problems.append(
+                (
+                    f"{path}[{index}].dataKey",
+                    f'duplicate dataKey "{entry.data_key}" (already used by '
+                    f"{path}[{first[entry.data_key]}])",
+                )
+            )
+        else:
+            first[entry.data_key] = index
+    return problems

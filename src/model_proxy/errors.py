@@ -1,0 +1,77 @@
+"""Every error the proxy turns into an HTTP answer.
+
+Exception tree::
+
+    ProxyError                      (status, code, message): rendered as
+    |                               {"message": ..., "code": ...} by app.py
+    +-- BadRequest                  400  the caller's request is malformed
+    +-- NotFound                    404  unknown model, server, study, series, instance
+    +-- Forbidden                   403  the original's "You have no access to this model"
+    +-- UpstreamError               502  the PACS or the model failed
+    |   +-- PacsError               502  names the PACS server
+    |   +-- ModelError              502  names the model
+    +-- UpstreamTimeout             504  the PACS or the model did not answer in time
+
+Foreign exceptions (httpx, pydicom, OSError) are translated into these at the
+boundary where they happen (pacs/, models/), never in the routes.
+"""
+
+from __future__ import annotations
+
+
+class ProxyError(Exception):
+    """An error with an HTTP status, a stable machine code and a human message."""
+
+    status_code = 500
+    default_code = "internal_error"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+
+    def to_json(self) -> dict[str, str]:
+        return {"message": self.message, "code": self.code}
+
+
+class BadRequest(ProxyError):
+    status_code = 400
+    default_code = "bad_request"
+
+
+class Forbidden(ProxyError):
+    status_code = 403
+    default_code = "forbidden"
+
+
+class NotFound(ProxyError):
+    status_code = 404
+    default_code = "not_found"
+
+
+class UpstreamError(ProxyError):
+    status_code = 502
+    default_code = "bad_gateway"
+
+
+class PacsError(UpstreamError):
+    default_code = "pacs_error"
+
+
+class ModelError(UpstreamError):
+    default_code = "model_error"
+
+
+class UpstreamTimeout(ProxyError):
+    status_code = 504
+    default_code = "gateway_timeout"
+
+
+def short_id(uuid: str) -> str:
+    """The first block of a config key, enough to name an entry in a message.
+
+    >>> short_id("b1407f18-575d-487c-bc0c-640c6da651bc")
+    'b1407f18…'
+    """
+    head = uuid.split("-", 1)[0]
+    return f"{head}…" if head != uuid else uuid

@@ -1,0 +1,52 @@
+"""What every source of DICOM instances offers: a DICOMweb PACS or a local folder."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to retrieve: a study, one series of it, or one instance of that series."""
+
+    study: str
+    series: str | None = None
+    instance: str | None = None
+
+    def describe(self) -> str:
+        if self.instance is not None:
+            return f"instance {self.instance} of series {self.series} of study {self.study}"
+        if self.series is not None:
+            return f"series {self.series} of study {self.study}"
+        return f"study {self.study}"
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """The outcome of a health probe, as shown on /status."""
+
+    ok: bool
+    latency_ms: float
+    detail: str
+    http_status: int | None = None
+
+
+class DicomSource(Protocol):
+    """A place that serves DICOM Part-10 instances by UID.
+
+    ``retrieve`` is an async context manager: entering it starts the retrieval
+    and raises NotFound/PacsError/UpstreamTimeout before any data is consumed,
+    so a missing study is reported before the model is called. The iterator it
+    gives yields one whole Part-10 file at a time.
+    """
+
+    label: str
+
+    def retrieve(self, target: Target) -> AbstractAsyncContextManager[AsyncIterator[bytes]]: ...
+
+    async def probe(self) -> ProbeResult: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,105 @@
+"""The nine inference routes (compat-contract section 3).
+
+``/{segmentations|annotations|predictions}/{model}/studies/{study}
+[/series/{series}[/instances/{instance}]]``: check the request, stream the
+data from the PACS into the model, return the model's result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from model_proxy.config import Level, ModelConfig, Task
+from model_proxy.errors import BadRequest, NotFound
+from model_proxy.models.body import BodyWriter, plan_body
+from model_proxy.pacs.source import Target
+from model_proxy.routes.params import parse_data_filters, resolve_inputs, validate_uid
+from model_proxy.state import ProxyState
+
+logger = logging.getLogger(__name__)
+
+_FAMILIES = "{family:str}/{model_id:str}/studies/{study:str}"
+
+
+def _level_of(params: dict[str, str]) -> Level:
+    if "instance" in params:
+        return Level.INSTANCE
+    if "series" in params:
+        return Level.SERIES
+    return Level.STUDY
+
+
+def _check_route_fits_model(family: str, model: ModelConfig, level: Level) -> None:
+    try:
+        task = Task.from_route_family(family)
+    except ValueError:
+        raise NotFound("Not found") from None
+    supported = ", ".join(level.value for level in model.supports)
+    if task is not model.task:
+        raise BadRequest(
+            f"model {model.id} performs {model.task.value}; call it under"
+            f" /{model.task.route_family}/ (it supports {supported})",
+            code="wrong_task",
+        )
+    if level not in model.supports:
+        raise BadRequest(
+            f"model {model.id} does not support {level.value} requests; it supports {supported}",
+            code="unsupported_level",
+        )
+
+
+async def infer(request: Request) -> Response:
+    state: ProxyState = request.app.state.proxy
+    params: dict[str, str] = dict(request.path_params)
+    level = _level_of(params)
+    family = params["family"]
+    if family not in {task.route_family for task in Task}:
+        raise NotFound("Not found")
+    model = state.config.models.get(params["model_id"])
+    if model is None:
+        raise NotFound(f"model {params['model_id']!r} is not in models.json", code="unknown_model")
+    _check_route_fits_model(family, model, level)
+    target = Target(
+        validate_uid(params["study"], "study UID"),
+        validate_uid(params["series"], "series UID") if "series" in params else None,
+        validate_uid(params["instance"], "SOP instance UID") if "instance" in params else None,
+    )
+    server_param = request.query_params.getlist("server")
+    if len(server_param) > 1:
+        raise BadRequest("?server= is given more than once", code="bad_request")
+    inputs = resolve_inputs(model, level, parse_data_filters(request.query_params.multi_items()))
+    server, source = state.source_for(server_param[0] if server_param else None)
+    client = state.models[model.id]
+
+    started = time.perf_counter()
+    writer = BodyWriter(plan_body(level, target, inputs), source)
+    async with writer:
+        result = await client.infer(writer.chunks())
+    logger.info(
+        "inference model=%s server=%s level=%s instances=%d dicom_bytes=%d result_bytes=%d"
+        " seconds=%.2f",
+        model.id,
+        server.id,
+        level.value,
+        writer.instances_sent,
+        writer.bytes_in,
+        len(result),
+        time.perf_counter() - started,
+    )
+    return Response(result, media_type="application/json")
+
+
+routes = [
+    Route(f"/{_FAMILIES}", infer, methods=["GET"]),
+    Route(f"/{_FAMILIES}/series/{{series:str}}", infer, methods=["GET"]),
+    Route(
+        f"/{_FAMILIES}/series/{{series:str}}/instances/{{instance:str}}",
+        infer,
+        methods=["GET"],
+    ),
+]

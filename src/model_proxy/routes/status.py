@@ -1,0 +1,125 @@
+"""``/status``: every server and model probed through its statusUri (contract section 8).
+
+Present only when ZHIVA_SHOW_STATUS_PAGE=true. HTML for a browser, JSON for
+``Accept: application/json``:
+``{"servers": {uuid: {"ok": bool, ...}}, "models": {uuid: {"ok": bool, ...}}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from model_proxy.errors import NotFound
+from model_proxy.pacs.source import ProbeResult
+from model_proxy.state import ProxyState
+
+
+async def collect_status(state: ProxyState) -> dict[str, dict[str, dict[str, Any]]]:
+    """Probe everything concurrently; each probe has its upstream's own timeouts."""
+    server_ids = list(state.config.servers)
+    model_ids = list(state.config.models)
+    results = await asyncio.gather(
+        *(state.sources[i].probe() for i in server_ids),
+        *(state.models[i].probe() for i in model_ids),
+    )
+    servers = {
+        server_id: _entry(result, state.config.servers[server_id].status_uri, kind="server")
+        | {"uri": state.config.servers[server_id].uri, "isDefault": _is_default(state, server_id)}
+        for server_id, result in zip(server_ids, results[: len(server_ids)], strict=True)
+    }
+    models = {
+        model_id: _entry(result, state.config.models[model_id].status_uri, kind="model")
+        | {
+            "task": state.config.models[model_id].task.value,
+            "supports": [level.value for level in state.config.models[model_id].supports],
+        }
+        for model_id, result in zip(model_ids, results[len(server_ids) :], strict=True)
+    }
+    return {"servers": servers, "models": models}
+
+
+def _is_default(state: ProxyState, server_id: str) -> bool:
+    default = state.config.default_server()
+    return default is not None and default.id == server_id
+
+
+def _entry(result: ProbeResult, status_uri: str | None, *, kind: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "ok": result.ok,
+        "latencyMs": result.latency_ms,
+        "statusUri": status_uri,
+        "detail": result.detail,
+    }
+    if result.http_status is not None:
+        entry["httpStatus"] = result.http_status
+    if not result.ok:
+        entry["error"] = result.detail
+    return entry
+
+
+async def status(request: Request) -> Response:
+    state: ProxyState = request.app.state.proxy
+    if not state.settings.show_status_page:
+        raise NotFound("Not found")
+    report = await collect_status(state)
+    accept = request.headers.get("accept", "")
+    if "application/json" in accept and "text/html" not in accept:
+        return JSONResponse(report, headers={"Cache-Control": "no-store"})
+    return HTMLResponse(render_html(report), headers={"Cache-Control": "no-store"})
+
+
+def render_html(report: dict[str, dict[str, dict[str, Any]]]) -> str:
+    sections = []
+    for title, key, extra in (
+        ("PACS servers", "servers", "uri"),
+        ("Models", "models", "task"),
+    ):
+        rows = []
+        for uuid, entry in report[key].items():
+            badge = "up" if entry["ok"] else "down"
+            rows.append(
+                "<tr>"
+                f'<td><span class="badge {badge}">{badge}</span></td>'
+                f"<td><code>{html.escape(uuid)}</code></td>"
+                f"<td>{html.escape(str(entry.get(extra, '')))}</td>"
+                f'<td class="num">{entry["latencyMs"]:.0f} ms</td>'
+                f"<td>{html.escape(entry['detail'])}</td>"
+                "</tr>"
+            )
+        body = "".join(rows) or '<tr><td colspan="5">none configured</td></tr>'
+        sections.append(
+            f"<h2>{title}</h2><table><thead><tr><th>state</th><th>uuid</th>"
+            f"<th>{extra}</th><th>latency</th><th>detail</th></tr></thead>"
+            f"<tbody>{body}</tbody></table>"
+        )
+    return _PAGE.replace("{sections}", "".join(sections))
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>model-proxy status</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:70rem;padding:0 1rem;color:#222}
+h1{font-size:1.5rem}h2{font-size:1.1rem;margin-top:2rem}
+table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.45rem .6rem;
+border-bottom:1px solid #e3e3e3;vertical-align:top}th{font-weight:600;color:#555}
+td.num{text-align:right;white-space:nowrap}code{font-size:.85rem}
+.badge{display:inline-block;padding:.1rem .5rem;border-radius:.8rem;font-size:.8rem;
+font-weight:600;color:#fff}.up{background:#2e7d32}.down{background:#c62828}
+footer{margin-top:2rem;color:#777;font-size:.85rem}
+</style></head><body>
+<h1>model-proxy status</h1>
+{sections}
+<footer>JSON: send <code>Accept: application/json</code>. Probed just now.</footer>
+</body></html>
+"""
+
+
+routes = [Route("/status", status, methods=["GET"])]

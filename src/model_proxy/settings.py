@@ -1,0 +1,43 @@
+"""Process settings: where the files are, what to listen on, limits and timeouts.
+
+Built once by the CLI from flags and ``MODEL_PROXY_*`` environment variables and
+passed to ``create_app``; nothing here is read at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from model_proxy.upstream import Timeouts
+
+MiB = 1024 * 1024
+
+
+def env_flag(name: str, environ: dict[str, str] | None = None) -> bool:
+    value = (environ if environ is not None else os.environ).get(name, "")
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    config_dir: Path = field(default_factory=Path.cwd)
+    data_dir: Path = field(default_factory=lambda: Path.cwd() / "data")
+    log_dir: Path | None = None
+    show_status_page: bool = False
+    pacs_timeouts: Timeouts = field(default_factory=lambda: Timeouts(connect=10.0, idle=60.0))
+    # A model may think for minutes before its first byte.
+    model_timeouts: Timeouts = field(default_factory=lambda: Timeouts(connect=10.0, idle=600.0))
+    max_instance_bytes: int = 1024 * MiB
+    max_result_bytes: int = 2048 * MiB
+    # "*" keeps the original's behaviour: any viewer origin may call the routes.
+    cors_origins: tuple[str, ...] = ("*",)
+
+    @property
+    def servers_file(self) -> Path:
+        return self.config_dir / "servers.json"
+
+    @property
+    def models_file(self) -> Path:
+        return self.config_dir / "models.json"

@@ -1,0 +1,71 @@
+"""What the app holds while it runs: the config and one client per upstream."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from model_proxy.config import ProxyConfig, ServerConfig
+from model_proxy.errors import BadRequest, NotFound
+from model_proxy.models.client import ModelClient
+from model_proxy.pacs.dicomweb import DicomWebSource
+from model_proxy.pacs.local_folder import LocalFolderSource
+from model_proxy.pacs.source import DicomSource
+from model_proxy.settings import Settings
+
+
+@dataclass
+class ProxyState:
+    settings: Settings
+    config: ProxyConfig
+    sources: dict[str, DicomSource]
+    models: dict[str, ModelClient]
+
+    @classmethod
+    def build(cls, settings: Settings, config: ProxyConfig) -> ProxyState:
+        sources: dict[str, DicomSource] = {}
+        for server_id, server in config.servers.items():
+            sources[server_id] = _make_source(server, settings)
+        models = {
+            model_id: ModelClient(
+                model,
+                timeouts=settings.model_timeouts,
+                max_result_bytes=settings.max_result_bytes,
+            )
+            for model_id, model in config.models.items()
+        }
+        return cls(settings, config, sources, models)
+
+    def source_for(self, server_id: str | None) -> tuple[ServerConfig, DicomSource]:
+        """The server named by ``?server=``, or the default one."""
+        if server_id is None:
+            server = self.config.default_server()
+            if server is None:
+                raise BadRequest(
+                    "no default server is configured; choose one with ?server=<uuid>"
+                    f" ({', '.join(self.config.servers) or 'servers.json is empty'})",
+                    code="no_default_server",
+                )
+        else:
+            found = self.config.servers.get(server_id)
+            if found is None:
+                raise NotFound(
+                    f"server {server_id!r} is not in servers.json", code="unknown_server"
+                )
+            server = found
+        return server, self.sources[server.id]
+
+    async def aclose(self) -> None:
+        for source in self.sources.values():
+            await source.aclose()
+        for model in self.models.values():
+            await model.aclose()
+
+
+def _make_source(server: ServerConfig, settings: Settings) -> DicomSource:
+    if server.is_local_folder:
+        return LocalFolderSource(server)
+    return DicomWebSource(
+        server,
+        timeouts=settings.pacs_timeouts,
+        max_instance_bytes=settings.max_instance_bytes,
+    )

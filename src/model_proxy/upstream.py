@@ -1,0 +1,81 @@
+"""Outbound HTTP: client construction and translation of httpx failures.
+
+Foreign exceptions stop here: whatever httpx raises while talking to a PACS or
+a model becomes a PacsError/ModelError (502) or an UpstreamTimeout (504) whose
+message names the upstream and what failed, and never carries a credential.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+
+from model_proxy.errors import UpstreamError, UpstreamTimeout
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds. ``idle`` bounds the wait for each read or write, not the whole
+    exchange: a 2,000-slice study may legitimately stream for minutes."""
+
+    connect: float = 10.0
+    idle: float = 60.0
+
+    def for_httpx(self) -> httpx.Timeout:
+        return httpx.Timeout(
+            connect=self.connect, read=self.idle, write=self.idle, pool=self.connect
+        )
+
+
+def make_client(
+    *, tls_verify: bool | str, timeouts: Timeouts, auth: httpx.Auth | None = None
+) -> httpx.AsyncClient:
+    """An AsyncClient for one upstream; ``tls_verify`` is a bool or a CA bundle path."""
+    verify: bool | ssl.SSLContext
+    if isinstance(tls_verify, str):
+        verify = ssl.create_default_context(cafile=tls_verify)
+    else:
+        verify = tls_verify
+    return httpx.AsyncClient(
+        verify=verify,
+        timeout=timeouts.for_httpx(),
+        auth=auth,
+        follow_redirects=False,
+        trust_env=False,  # a hospital's HTTP(S)_PROXY must not capture PACS traffic
+        limits=httpx.Limits(max_connections=32, max_keepalive_connections=8),
+    )
+
+
+@contextmanager
+def translate_errors(label: str, error_type: type[UpstreamError]) -> Iterator[None]:
+    """Re-raise httpx failures as ``error_type`` or UpstreamTimeout, naming ``label``."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        phase = {
+            httpx.ConnectTimeout: "connecting",
+            httpx.ReadTimeout: "waiting for data",
+            httpx.WriteTimeout: "sending data",
+            httpx.PoolTimeout: "waiting for a free connection",
+        }.get(type(exc), "waiting")
+        raise UpstreamTimeout(f"{label}: timed out while {phase}") from exc
+    except httpx.ConnectError as exc:
+        raise error_type(f"{label}: unreachable ({describe_connect_error(exc)})") from exc
+    except httpx.RemoteProtocolError as exc:
+        raise error_type(f"{label}: broke the HTTP exchange ({exc})") from exc
+    except httpx.HTTPError as exc:
+        raise error_type(f"{label}: {type(exc).__name__} ({exc})") from exc
+
+
+def describe_connect_error(exc: httpx.ConnectError) -> str:
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return (
+            "TLS certificate verification failed; give the server's CA bundle in"
+            ' "tlsVerify", or set "tlsVerify": false for a self-signed certificate'
+        )
+    return text or type(exc).__name__

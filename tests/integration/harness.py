@@ -1,0 +1,546 @@
+"""Real servers on loopback for the integration tests: Orthanc, the example model, the proxy.
+
+Every server is a child process in its own process group, so stopping it also stops
+whatever it spawned; each writes its output to a log file that failing tests show.
+Ports come from binding port 0, so parallel runs do not collide.
+
+    orthanc = start_orthanc(tmp / "orthanc", users={"user": "pass"})
+    proxy = start_proxy(tmp / "proxy", servers, models, cert=gen_cert(tmp / "tls"))
+    with proxy.client() as client:
+        client.get("/health")
+    proxy.stop()
+    orthanc.stop()
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+LOOPBACK = "127.0.0.1"
+ORTHANC_CANDIDATES = ("/usr/sbin/Orthanc", "/usr/bin/Orthanc")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+# Variables that would leak the developer's shell into a server under test: an HTTP
+# proxy would route loopback calls elsewhere, MODEL_PROXY_* would override the flags.
+_SCRUBBED_PREFIXES = ("MODEL_PROXY_", "ZHIVA_")
+_SCRUBBED_NAMES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+
+
+class HarnessError(RuntimeError):
+    """A server under test could not be started; the message carries its output."""
+
+
+def free_port() -> int:
+    """A TCP port that was free on loopback a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def new_uid() -> str:
+    """A key for servers.json / models.json (both are keyed by UUID v4)."""
+    return str(uuid.uuid4())
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(_SCRUBBED_PREFIXES) and key.lower() not in _SCRUBBED_NAMES
+    }
+    env.update(extra or {})
+    return env
+
+
+def http_client(**kwargs: Any) -> httpx.Client:
+    """An httpx client that ignores proxy variables from the environment."""
+    kwargs.setdefault("timeout", httpx.Timeout(30.0))
+    return httpx.Client(trust_env=False, **kwargs)
+
+
+def model_proxy_argv() -> list[str]:
+    """How to run the ``model-proxy`` command of the package under test."""
+    script = Path(sys.executable).parent / "model-proxy"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("model-proxy")
+    if found:
+        return [found]
+    code = "import sys; from model_proxy.cli import main; sys.exit(main())"
+    return [sys.executable, "-c", code]
+
+
+def find_orthanc() -> str:
+    """The Orthanc binary, or a HarnessError telling how to install it."""
+    binary = shutil.which("Orthanc") or next(
+        (path for path in ORTHANC_CANDIDATES if os.access(path, os.X_OK)), None
+    )
+    if binary is None or not DICOMWEB_PLUGIN.exists():
+        raise HarnessError(
+            "Orthanc with its DICOMweb plugin is needed for the integration tests "
+            f"(looked for Orthanc in PATH and {', '.join(ORTHANC_CANDIDATES)}, "
+            f"and for {DICOMWEB_PLUGIN}). Run scripts/test.sh, which installs them, "
+            "or `apt-get install orthanc orthanc-dicomweb`."
+        )
+    return binary
+
+
+# --- processes -------------------------------------------------------------------------
+
+_LIVE: set[ManagedProcess] = set()
+
+
+class ManagedProcess:
+    """A child process in its own process group, with its output in ``log_path``."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        cwd: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.cwd = cwd
+        self.env = child_env(env)
+        self._popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            log.write(f"$ {' '.join(self.argv)}\n".encode())
+            log.flush()
+            self._popen = subprocess.Popen(
+                self.argv,
+                cwd=self.cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _LIVE.add(self)
+
+    @property
+    def pid(self) -> int | None:
+        return self._popen.pid if self._popen else None
+
+    def returncode(self) -> int | None:
+        """None while running (or never started), else the exit code."""
+        return self._popen.poll() if self._popen else None
+
+    def running(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM the group, wait, then SIGKILL whatever is left of it."""
+        popen, self._popen = self._popen, None
+        _LIVE.discard(self)
+        if popen is None:
+            return
+        if popen.poll() is None:
+            _signal_group(popen.pid, signal.SIGTERM)
+            try:
+                popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(popen.pid, signal.SIGKILL)
+                popen.wait(timeout)
+        # Grandchildren may outlive a leader that exited on its own.
+        _signal_group(popen.pid, signal.SIGKILL)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+def _signal_group(pgid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def live_processes() -> list[ManagedProcess]:
+    return sorted(_LIVE, key=lambda process: process.name)
+
+
+@atexit.register
+def _stop_all() -> None:
+    # Last resort for an interrupted session; fixtures normally stop everything first.
+    for process in list(_LIVE):
+        process.stop(timeout=2.0)
+
+
+def wait_ready(process: ManagedProcess, probe: Callable[[], bool], timeout: float) -> None:
+    """Poll ``probe`` until it is true; stop the process and raise if it never gets there."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        code = process.returncode()
+        if code is not None:
+            output = process.log_text()
+            process.stop()
+            raise HarnessError(f"{process.name} exited with code {code} at start:\n{output}")
+        try:
+            if probe():
+                return
+        except (httpx.HTTPError, OSError) as exc:
+            last_error = exc
+        time.sleep(0.1)
+    output = process.log_text()
+    process.stop()
+    raise HarnessError(
+        f"{process.name} was not ready after {timeout:.0f} s"
+        f" (last probe error: {last_error!r}):\n{output}"
+    )
+
+
+def start_on_free_port(
+    make: Callable[[int], ManagedProcess], probe: Callable[[int], bool], timeout: float
+) -> tuple[ManagedProcess, int]:
+    """Start a server on a free port; pick another if someone took it in between."""
+    for attempt in range(3):
+        port = free_port()
+        process = make(port)
+        process.start()
+        try:
+            wait_ready(process, functools.partial(probe, port), timeout)
+        except HarnessError as exc:
+            if attempt < 2 and "already in use" in str(exc).lower():
+                continue
+            raise
+        return process, port
+    raise AssertionError("unreachable")
+
+
+# --- Orthanc ---------------------------------------------------------------------------
+
+
+@dataclass
+class OrthancServer:
+    """A running Orthanc with the DICOMweb plugin at ``{url}/dicom-web``."""
+
+    url: str
+    auth: tuple[str, str] | None
+    process: ManagedProcess
+    workdir: Path
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"{self.url}/dicom-web"
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return http_client(base_url=self.url, auth=self.auth, **kwargs)
+
+    def upload(self, part10: bytes) -> str:
+        """Store one DICOM Part-10 file; returns Orthanc's instance ID."""
+        return self.upload_many([part10])[0]
+
+    def upload_many(self, files: Iterable[bytes]) -> list[str]:
+        ids: list[str] = []
+        with self.client() as client:
+            for part10 in files:
+                response = client.post(
+                    "/instances", content=part10, headers={"Content-Type": "application/dicom"}
+                )
+                response.raise_for_status()
+                ids.append(response.json()["ID"])
+        return ids
+
+    def delete_all(self) -> None:
+        """Remove every study. Not for the session-wide Orthancs other tests share."""
+        with self.client() as client:
+            for study_id in client.get("/studies").raise_for_status().json():
+                client.delete(f"/studies/{study_id}").raise_for_status()
+
+    def log_text(self) -> str:
+        return self.process.log_text()
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def orthanc_config(port: int, workdir: Path, users: Mapping[str, str] | None) -> dict[str, Any]:
+    # Orthanc 1.10 has no bind-address option: it listens on all interfaces, and
+    # RemoteAccessAllowed=false makes it refuse every client that is not loopback.
+    return {
+        "Name": workdir.name,
+        "StorageDirectory": str(workdir / "storage"),
+        "IndexDirectory": str(workdir / "index"),
+        "HttpPort": port,
+        "DicomServerEnabled": False,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": bool(users),
+        "RegisteredUsers": dict(users or {}),
+        "Plugins": [str(DICOMWEB_PLUGIN)],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "SaveJobs": False,
+        "HttpDescribeErrors": True,
+    }
+
+
+def start_orthanc(workdir: Path, *, users: Mapping[str, str] | None = None) -> OrthancServer:
+    """Start Orthanc with empty storage in ``workdir``; wait until ``/system`` answers."""
+    binary = find_orthanc()
+    workdir.mkdir(parents=True, exist_ok=True)
+    auth = next(iter(users.items())) if users else None
+
+    def make(port: int) -> ManagedProcess:
+        config = workdir / "orthanc.json"
+        config.write_text(json.dumps(orthanc_config(port, workdir, users), indent=2))
+        return ManagedProcess(
+            f"orthanc {workdir.name}",
+            [binary, str(config)],
+            log_path=workdir / "orthanc.log",
+            cwd=workdir,
+        )
+
+    def probe(port: int) -> bool:
+        with http_client(auth=auth, timeout=2.0) as client:
+            return client.get(f"http://{LOOPBACK}:{port}/system").status_code == 200
+
+    process, port = start_on_free_port(make, probe, START_TIMEOUT)
+    return OrthancServer(f"http://{LOOPBACK}:{port}", auth, process, workdir)
+
+
+# --- the example model -----------------------------------------------------------------
+
+
+@dataclass
+class ExampleModel:
+    """``model-proxy example-model`` on loopback; ``url`` has no trailing slash."""
+
+    url: str
+    process: ManagedProcess
+
+    def log_text(self) -> str:
+        return self.process.log_text()
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def start_example_model(workdir: Path) -> ExampleModel:
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    def make(port: int) -> ManagedProcess:
+        argv = [*model_proxy_argv(), "example-model", "--host", LOOPBACK, "--port", str(port)]
+        return ManagedProcess(
+            "example model", argv, log_path=workdir / "example-model.log", cwd=workdir
+        )
+
+    def probe(port: int) -> bool:
+        with http_client(timeout=2.0) as client:
+            return client.get(f"http://{LOOPBACK}:{port}/health").status_code == 200
+
+    process, port = start_on_free_port(make, probe, START_TIMEOUT)
+    return ExampleModel(f"http://{LOOPBACK}:{port}", process)
+
+
+# --- TLS and the proxy -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsCert:
+    cert: Path
+    key: Path
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Trusts exactly this self-signed certificate (httpx 0.28 wants a context)."""
+        return ssl.create_default_context(cafile=str(self.cert))
+
+
+def gen_cert(out_dir: Path) -> TlsCert:
+    """``model-proxy gen-cert --out-dir DIR``; returns the zhiva.crt / zhiva.key paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    argv = [*model_proxy_argv(), "gen-cert", "--out-dir", str(out_dir)]
+    done = subprocess.run(
+        argv, cwd=out_dir, env=child_env(), capture_output=True, text=True, timeout=60
+    )
+    cert = TlsCert(out_dir / "zhiva.crt", out_dir / "zhiva.key")
+    if done.returncode != 0 or not (cert.cert.exists() and cert.key.exists()):
+        raise HarnessError(
+            f"`{' '.join(argv)}` exited with {done.returncode} and wrote no zhiva.crt/key:\n"
+            f"{done.stdout}{done.stderr}"
+        )
+    return cert
+
+
+@dataclass
+class ProxyProcess:
+    """A running ``model-proxy serve``; ``url`` is ``https://127.0.0.1:PORT`` (http without TLS)."""
+
+    url: str
+    config_dir: Path
+    data_dir: Path
+    log_dir: Path
+    cert: TlsCert | None
+    process: ManagedProcess
+    argv: list[str] = field(repr=False)
+
+    def _verify(self) -> ssl.SSLContext | bool:
+        return self.cert.ssl_context() if self.cert else True
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        kwargs.setdefault("timeout", httpx.Timeout(120.0))
+        return http_client(base_url=self.url, verify=self._verify(), **kwargs)
+
+    def async_client(self, **kwargs: Any) -> httpx.AsyncClient:
+        kwargs.setdefault("timeout", httpx.Timeout(120.0))
+        return httpx.AsyncClient(
+            base_url=self.url, verify=self._verify(), trust_env=False, **kwargs
+        )
+
+    def log_text(self) -> str:
+        """The process output, then every file the proxy wrote into its log dir."""
+        parts = [self.process.log_text()]
+        for path in sorted(self.log_dir.rglob("*")):
+            if path.is_file():
+                parts.append(f"==== {path} ====\n{path.read_text(errors='replace')}")
+        return "\n".join(parts)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def restart(self) -> None:
+        """Stop and start again with the same port, config and data dir."""
+        self.stop()
+        self.process.start()
+        wait_ready(self.process, lambda: _answers(self.url, self._verify()), START_TIMEOUT)
+
+
+def _answers(url: str, verify: ssl.SSLContext | bool) -> bool:
+    # Any HTTP answer means the listener is up and the TLS handshake worked.
+    with http_client(verify=verify, timeout=2.0) as client:
+        client.get(f"{url}/health")
+    return True
+
+
+class ProxyFactory(Protocol):
+    """The ``start_proxy`` fixture: writes the configs, starts the proxy, stops it later."""
+
+    def __call__(
+        self,
+        servers: Mapping[str, Any] | None,
+        models: Mapping[str, Any] | None,
+        *,
+        env: Mapping[str, str] | None = None,
+        tls: bool = True,
+        config_dir: Path | None = None,
+        data_dir: Path | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> ProxyProcess: ...
+
+
+def start_proxy(
+    config_dir: Path,
+    servers: Mapping[str, Any] | None,
+    models: Mapping[str, Any] | None,
+    *,
+    cert: TlsCert | None,
+    env: Mapping[str, str] | None = None,
+    data_dir: Path | None = None,
+    log_dir: Path | None = None,
+    extra_args: Sequence[str] = (),
+) -> ProxyProcess:
+    """Write servers.json / models.json into ``config_dir`` (None: leave the file as it
+    is) and run ``model-proxy serve`` there; raise HarnessError with its output if it
+    does not come up."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = data_dir or config_dir / "data"
+    log_dir = log_dir or config_dir / "log"
+    for name, content in (("servers.json", servers), ("models.json", models)):
+        if content is not None:
+            (config_dir / name).write_text(json.dumps(content, indent=2))
+    tls_args = ["--cert", str(cert.cert), "--key", str(cert.key)] if cert else ["--no-tls"]
+    scheme = "https" if cert else "http"
+    verify: ssl.SSLContext | bool = cert.ssl_context() if cert else True
+    argvs: dict[int, list[str]] = {}
+
+    def make(port: int) -> ManagedProcess:
+        argvs[port] = [
+            *model_proxy_argv(),
+            "serve",
+            "--config-dir", str(config_dir),
+            "--host", LOOPBACK,
+            "--port", str(port),
+            *tls_args,
+            "--data-dir", str(data_dir),
+            "--log-dir", str(log_dir),
+            *extra_args,
+        ]  # fmt: skip
+        return ManagedProcess(
+            "model-proxy", argvs[port], log_path=config_dir / "proxy.log", cwd=config_dir, env=env
+        )
+
+    process, port = start_on_free_port(
+        make, lambda port: _answers(f"{scheme}://{LOOPBACK}:{port}", verify), START_TIMEOUT
+    )
+    return ProxyProcess(
+        url=f"{scheme}://{LOOPBACK}:{port}",
+        config_dir=config_dir,
+        data_dir=data_dir,
+        log_dir=log_dir,
+        cert=cert,
+        process=process,
+        argv=argvs[port],
+    )
+
+
+# --- config entries --------------------------------------------------------------------
+
+
+def server_entry(orthanc: OrthancServer, **fields: Any) -> dict[str, Any]:
+    """A servers.json entry for ``orthanc``, with basicAuth when it has users."""
+    entry: dict[str, Any] = {
+        "uri": orthanc.dicomweb_url,
+        "isDefault": True,
+        "statusUri": f"{orthanc.dicomweb_url}/studies",
+        "authType": "",
+    }
+    if orthanc.auth:
+        entry.update(authType="basicAuth", login=orthanc.auth[0], password=orthanc.auth[1])
+    entry.update(fields)
+    return entry
+
+
+def model_entry(
+    model: ExampleModel, path: str, task: str, supports: Sequence[str], **fields: Any
+) -> dict[str, Any]:
+    """A models.json entry for an endpoint of the example model, e.g. ``/segmentation``."""
+    entry: dict[str, Any] = {
+        "uri": f"{model.url}{path}",
+        "task": task,
+        "supports": list(supports),
+        "statusUri": model.url,
+    }
+    entry.update(fields)
+    return entry

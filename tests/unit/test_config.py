@@ -1,0 +1,626 @@
+"""servers.json / models.json: the real examples load, every mistake is named."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+
+import model_proxy.config
+from model_proxy.config import (
+    AuthType,
+    ConfigError,
+    DataFilterEntry,
+    Level,
+    ModelConfig,
+    ProxyConfig,
+    ServerConfig,
+    Task,
+    load_config,
+    parse_models,
+    parse_servers,
+)
+
+S1 = "b1407f18-575d-487c-bc0c-640c6da651bc"
+S2 = "63140137-a63d-4ad1-b489-3479bc43387c"
+M1 = "d4e548ad-f365-4c34-918b-4e61a8b896f0"
+M2 = "7472e576-d49c-4fbf-9b2a-a52e1f59a906"
+PASSWORD = "35&Q39Nj&i@Eyk6P"
+TOKEN = "YOUR_AUTH_TOKEN_s3cr3t"
+
+# Contract section 2, verbatim.
+CONTRACT_MODELS: dict[str, Any] = {
+    M1: {
+        "uri": "http://localhost:8011/segmentation",
+        "supports": ["/studies/series"],
+        "task": "segmentation",
+        "statusUri": "http://localhost:8011",
+    },
+    M2: {
+        "uri": "http://localhost:8011/multiple-series-endpoint/predict",
+        "task": "segmentation",
+        "supports": ["/studies"],
+        "dataFilter": [
+            {"dataKey": "series-one", "title": "Series one"},
+            {"dataKey": "series-two", "title": "Series two"},
+        ],
+    },
+}
+
+# setting-up-model-proxy.txt, the three "Authentication" examples.
+BASIC = {
+    "uri": "https://localhost/zhiva/pacs",
+    "statusUri": "https://localhost/zhiva/pacs/studies",
+    "authType": "basicAuth",
+    "login": "zhiva",
+    "password": PASSWORD,
+}
+ZHIVA = {
+    "uri": "https://localhost/zhiva/pacs",
+    "statusUri": "https://localhost/zhiva/pacs/studies",
+    "authType": "zhivaAuth",
+    "login": "your_username",
+    "password": PASSWORD,
+    "signInServer": "https://localhost/auth/sign-user",
+    "signInTokenServer": "https://localhost/auth/generate-access-token",
+    "refreshServer": "https://localhost/auth/refresh-token",
+}
+TOKEN_AUTH = {
+    "uri": "https://localhost/zhiva/pacs",
+    "statusUri": "https://localhost/zhiva/pacs/studies",
+    "authType": "token",
+    "authToken": TOKEN,
+    "signInTokenServer": "https://localhost/auth/generate-access-token",
+    "refreshServer": "https://localhost/auth/refresh-token",
+}
+
+
+def server_errors(entry: object, key: str = S1, **kwargs: Any) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_servers({key: entry}, **kwargs)
+    return info.value.messages
+
+
+def model_errors(entry: object, key: str = M1, **kwargs: Any) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_models({key: entry}, **kwargs)
+    return info.value.messages
+
+
+def load_errors(folder: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(folder)
+    return info.value.messages
+
+
+def model(**fields: Any) -> dict[str, Any]:
+    return {"uri": "http://localhost:8011/predict", "task": "prediction", **fields}
+
+
+def only(messages: list[str]) -> str:
+    assert len(messages) == 1, messages
+    return messages[0]
+
+
+def write_config(folder: Path, servers: object, models: object) -> Path:
+    (folder / "servers.json").write_text(json.dumps(servers))
+    (folder / "models.json").write_text(json.dumps(models))
+    return folder
+
+
+def test_public_api() -> None:
+    assert sorted(model_proxy.config.__all__) == sorted(
+        [
+            "AuthType",
+            "ConfigError",
+            "DataFilterEntry",
+            "Level",
+            "ModelConfig",
+            "ProxyConfig",
+            "ServerConfig",
+            "Task",
+            "load_config",
+            "parse_models",
+            "parse_servers",
+        ]
+    )
+
+
+# --- the real examples --------------------------------------------------------
+
+
+def test_contract_models_load() -> None:
+    models, warnings = parse_models(CONTRACT_MODELS)
+    assert warnings == []
+    single, double = models[M1], models[M2]
+    assert single.id == M1
+    assert single.uri == "http://localhost:8011/segmentation"
+    assert single.task is Task.SEGMENTATION
+    assert single.supports == (Level.SERIES,)
+    assert single.status_uri == "http://localhost:8011"
+    assert single.data_filter == ()
+    assert single.tls_verify is True
+    assert double.supports == (Level.STUDY,)
+    assert double.data_filter == (
+        DataFilterEntry(data_key="series-one", title="Series one"),
+        DataFilterEntry(data_key="series-two", title="Series two"),
+    )
+
+
+def test_basic_auth_example_loads() -> None:
+    servers, warnings = parse_servers({S1: BASIC})
+    assert warnings == []
+    server = servers[S1]
+    assert server.auth_type is AuthType.BASIC
+    assert server.login == "zhiva"
+    assert server.password is not None
+    assert server.password.get_secret_value() == PASSWORD
+    assert server.status_uri == "https://localhost/zhiva/pacs/studies"
+    assert not server.is_local_folder
+
+
+def test_zhiva_auth_example_loads() -> None:
+    server = parse_servers({S1: ZHIVA})[0][S1]
+    assert server.auth_type is AuthType.ZHIVA
+    assert server.sign_in_server == "https://localhost/auth/sign-user"
+    assert server.sign_in_token_server == "https://localhost/auth/generate-access-token"
+    assert server.refresh_server == "https://localhost/auth/refresh-token"
+
+
+def test_token_example_loads() -> None:
+    server = parse_servers({S1: TOKEN_AUTH})[0][S1]
+    assert server.auth_type is AuthType.TOKEN
+    assert server.auth_token is not None
+    assert server.auth_token.get_secret_value() == TOKEN
+
+
+def test_token_alias() -> None:
+    entry = {k: v for k, v in TOKEN_AUTH.items() if k != "authToken"} | {"token": TOKEN}
+    servers, warnings = parse_servers({S1: entry})
+    assert warnings == []
+    token = servers[S1].auth_token
+    assert token is not None and token.get_secret_value() == TOKEN
+
+
+def test_both_token_spellings_warn() -> None:
+    _, warnings = parse_servers({S1: TOKEN_AUTH | {"token": "other"}})
+    assert any('"authToken" and "token"' in w for w in warnings)
+
+
+def test_no_auth_and_null_auth_type() -> None:
+    servers, _ = parse_servers(
+        {S1: {"uri": "https://pacs/dicom-web/", "authType": None}, S2: {"uri": "http://b"}}
+    )
+    assert servers[S1].auth_type is AuthType.NONE
+    assert servers[S1].uri == "https://pacs/dicom-web"  # trailing "/" stripped
+    assert servers[S2].auth_type is AuthType.NONE
+
+
+def test_empty_strings_of_the_template_mean_unset() -> None:
+    entry = {
+        "uri": "https://pacs",
+        "authType": "",
+        "login": "",
+        "password": "",
+        "token": "",
+        "statusUri": "",
+        "signInServer": "",
+        "signInTokenServer": "",
+        "refreshServer": "",
+    }
+    server, warnings = parse_servers({S1: entry})
+    assert warnings == []
+    assert server[S1].password is None and server[S1].status_uri is None
+
+
+def test_model_uri_is_kept_exactly() -> None:
+    uri = "http://localhost:8011/predict/?x=1"
+    assert parse_models({M1: model(uri=uri, supports=["/studies"])})[0][M1].uri == uri
+
+
+def test_local_folder_server(tmp_path: Path) -> None:
+    servers, _ = parse_servers({S1: {"uri": tmp_path.as_uri() + "/"}})
+    server = servers[S1]
+    assert server.is_local_folder
+    assert server.local_path == tmp_path
+    assert server.uri == tmp_path.as_uri()
+
+
+def test_local_path_of_http_server_is_an_error() -> None:
+    server = parse_servers({S1: BASIC})[0][S1]
+    with pytest.raises(ValueError, match="not a local folder"):
+        _ = server.local_path
+
+
+def test_load_config(tmp_path: Path) -> None:
+    write_config(tmp_path, {S1: BASIC, S2: ZHIVA | {"isDefault": True}}, CONTRACT_MODELS)
+    config = load_config(tmp_path)
+    assert isinstance(config, ProxyConfig)
+    assert set(config.servers) == {S1, S2}
+    assert set(config.models) == {M1, M2}
+    assert config.warnings == ()
+    default = config.default_server()
+    assert default is not None and default.id == S2
+
+
+def test_bom_is_accepted(tmp_path: Path) -> None:
+    write_config(tmp_path, {}, {})
+    (tmp_path / "models.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(CONTRACT_MODELS).encode())
+    assert set(load_config(tmp_path).models) == {M1, M2}
+
+
+def test_default_server_selection() -> None:
+    one = ProxyConfig(servers=parse_servers({S1: BASIC})[0], models={})
+    assert one.default_server() is not None
+    servers, warnings = parse_servers({S1: BASIC, S2: ZHIVA})
+    assert ProxyConfig(servers=servers, models={}).default_server() is None
+    assert any("none has" in w and "?server=" in w for w in warnings)
+    assert ProxyConfig(servers={}, models={}).default_server() is None
+
+
+def test_config_is_immutable() -> None:
+    servers, _ = parse_servers({S1: BASIC})
+    config = ProxyConfig(servers=servers, models={})
+    with pytest.raises(pydantic.ValidationError):
+        config.servers[S1].uri = "http://elsewhere"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        config.servers[S2] = config.servers[S1]  # type: ignore[index]
+    servers.clear()
+    assert S1 in config.servers  # a copy, not a view of the caller's dict
+
+
+def test_task_and_level() -> None:
+    assert Task.ANNOTATION.route_family == "annotations"
+    assert Task.from_route_family("predictions") is Task.PREDICTION
+    with pytest.raises(ValueError, match="unknown route family"):
+        Task.from_route_family("prediction")
+    assert [level.value for level in Level] == [
+        "/studies",
+        "/studies/series",
+        "/studies/series/instances",
+    ]
+
+
+# --- file-level refusals ----------------------------------------------------------
+
+
+def test_missing_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path)
+    servers, models = info.value.messages
+    assert str(tmp_path / "servers.json") in servers and "create it" in servers
+    assert "{}" in servers
+    assert str(tmp_path / "models.json") in models
+
+
+def test_invalid_json_gives_line_and_column(tmp_path: Path) -> None:
+    write_config(tmp_path, {}, {})
+    (tmp_path / "servers.json").write_text('{\n  "a": 1,\n}\n')
+    message = only(load_errors(tmp_path))
+    assert "servers.json" in message and "invalid JSON at line 3, column 1" in message
+
+
+def test_unreadable_and_not_utf8(tmp_path: Path) -> None:
+    (tmp_path / "servers.json").mkdir()
+    (tmp_path / "models.json").write_bytes(b'{"\xff": 1}')
+    servers, models = load_errors(tmp_path)
+    assert "servers.json: cannot be read" in servers
+    assert "models.json: not UTF-8" in models
+
+
+def test_top_level_must_be_an_object() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_servers([BASIC])
+    message = only(info.value.messages)
+    assert message.startswith("servers.json: expected a JSON object keyed by UUID")
+    assert "got an array" in message
+
+
+def test_problems_of_both_files_are_reported_together(tmp_path: Path) -> None:
+    write_config(tmp_path, {"nope": BASIC}, {M1: model(supports=[])})
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path)
+    assert len(info.value.messages) == 2
+    assert str(info.value) == "\n".join(info.value.messages)
+    assert "servers.json" in info.value.messages[0]
+    assert "models.json" in info.value.messages[1]
+
+
+def test_duplicate_json_keys_warn(tmp_path: Path) -> None:
+    write_config(tmp_path, {}, {})
+    body = json.dumps(BASIC)
+    (tmp_path / "servers.json").write_text(f'{{"{S1}": {body}, "{S1}": {body}}}')
+    config = load_config(tmp_path)
+    assert any(f'key "{S1}" appears more than once' in w for w in config.warnings)
+
+
+# --- entry refusals ----------------------------------------------------------------
+
+
+def test_key_must_be_a_uuid() -> None:
+    message = only(server_errors(BASIC, key="my-pacs"))
+    assert 'entry "my-pacs"' in message and "UUID" in message
+    parse_servers({S1.upper(): BASIC})  # any version, any case
+
+
+def test_entry_must_be_an_object() -> None:
+    message = only(server_errors("https://pacs"))
+    assert f'entry "{S1}"' in message and "expected an object" in message
+
+
+def test_uri_missing() -> None:
+    message = only(server_errors({"isDefault": True}))
+    assert message == (
+        f'servers.json: entry "{S1}", field "uri": missing; '
+        "expected a string (an http(s):// or file:// URL)"
+    )
+
+
+def test_uri_not_a_string() -> None:
+    assert only(server_errors({"uri": 42})) == (
+        f'servers.json: entry "{S1}", field "uri": expected a string '
+        "(an http(s):// or file:// URL), got 42"
+    )
+
+
+@pytest.mark.parametrize("uri", ["ftp://pacs/dicom-web", "pacs.local/dicom-web", "https://"])
+def test_uri_scheme(uri: str) -> None:
+    message = only(server_errors({"uri": uri}))
+    assert 'field "uri"' in message and uri in message
+
+
+def test_model_uri_must_be_http() -> None:
+    message = only(model_errors(model(uri="file:///srv/model", supports=["/studies"])))
+    assert 'field "uri"' in message and "http://" in message
+
+
+def test_local_folder_must_exist(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    message = only(server_errors({"uri": missing.as_uri()}))
+    assert "does not exist" in message and str(missing) in message
+
+
+def test_wrong_types() -> None:
+    messages = server_errors(
+        {"uri": "https://pacs", "isDefault": "true", "statusUri": 5, "login": ["a"]}
+    )
+    assert len(messages) == 3
+    assert 'field "isDefault": expected true or false, got "true"' in messages[0]
+    assert 'field "statusUri": expected a string (an http(s):// URL), got 5' in messages[1]
+    assert 'field "login": expected a string, got ["a"]' in messages[2]
+
+
+def test_status_uri_must_be_a_url() -> None:
+    message = only(model_errors(model(supports=["/studies"], statusUri="localhost:8011")))
+    assert 'field "statusUri"' in message and "localhost:8011" in message
+
+
+def test_unknown_task_lists_allowed() -> None:
+    message = only(model_errors(model(task="segmentations", supports=["/studies"])))
+    assert 'field "task"' in message and '"segmentations"' in message
+    assert '"segmentation", "annotation", "prediction"' in message
+
+
+def test_supports_refusals() -> None:
+    message = only(model_errors(model(supports=["/studies", "/series"])))
+    assert 'field "supports[1]"' in message and '"/series"' in message
+    assert '"/studies", "/studies/series", "/studies/series/instances"' in message
+    assert "non-empty" in only(model_errors(model(supports=[])))
+    assert "non-empty" in only(model_errors(model(supports="/studies")))
+    assert "missing" in only(model_errors(model()))
+    assert "duplicate" in only(model_errors(model(supports=["/studies", "/studies"])))
+
+
+def test_several_defaults_are_named() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_servers({S1: BASIC | {"isDefault": True}, S2: ZHIVA | {"isDefault": True}})
+    message = only(info.value.messages)
+    assert S1 in message and S2 in message and "isDefault" in message
+
+
+def test_data_key_characters() -> None:
+    entry = model(supports=["/studies"], dataFilter=[{"dataKey": "series one", "title": "x"}])
+    message = only(model_errors(entry))
+    assert 'field "dataFilter[0].dataKey"' in message and '"series one"' in message
+
+
+def test_duplicate_data_keys() -> None:
+    entry = model(
+        supports=["/studies"],
+        dataFilter=[
+            {"dataKey": "a", "title": "A"},
+            {"dataKey": "a", "title": "A again"},
+            {
+                "dataKey": "b",
+                "title": "B",
+                "dataFilter": [{"dataKey": "i", "title": "I"}, {"dataKey": "i", "title": "J"}],
+            },
+        ],
+    )
+    first, nested = model_errors(entry)
+    assert 'field "dataFilter[1].dataKey": duplicate dataKey "a"' in first
+    assert 'field "dataFilter[2].dataFilter[1].dataKey": duplicate dataKey "i"' in nested
+
+
+def test_same_data_key_under_different_series_is_fine() -> None:
+    nested = [{"dataKey": "first", "title": "First"}]
+    entry = model(
+        supports=["/studies"],
+        dataFilter=[
+            {"dataKey": "a", "title": "A", "dataFilter": nested},
+            {"dataKey": "b", "title": "B", "dataFilter": nested},
+        ],
+    )
+    assert parse_models({M1: entry})[0][M1].data_filter[1].data_filter[0].data_key == "first"
+
+
+def test_data_filter_depth() -> None:
+    deep = [{"dataKey": "c", "title": "C", "dataFilter": [{"dataKey": "d", "title": "D"}]}]
+    entry = model(
+        supports=["/studies"],
+        dataFilter=[
+            {"dataKey": "a", "title": "A", "dataFilter": [{"dataKey": "b", "title": "B"}]},
+            {"dataKey": "b", "title": "B", "dataFilter": deep},
+        ],
+    )
+    messages = model_errors(entry)
+    assert any(
+        'field "dataFilter[1].dataFilter[0].dataFilter"' in m and "at most 2 levels" in m
+        for m in messages
+    ), messages
+
+
+def test_nested_entries_need_studies() -> None:
+    entry = model(
+        supports=["/studies/series"],
+        dataFilter=[{"dataKey": "a", "title": "A", "dataFilter": [{"dataKey": "i", "title": "I"}]}],
+    )
+    message = only(model_errors(entry))
+    assert 'field "dataFilter[0].dataFilter"' in message and '"/studies"' in message
+
+
+def test_data_filter_must_be_an_array() -> None:
+    entry = model(supports=["/studies"], dataFilter={"series-one": {"title": "Series one"}})
+    message = only(model_errors(entry))
+    assert 'field "dataFilter": expected an array' in message
+    item = only(model_errors(model(supports=["/studies"], dataFilter=["series-one"])))
+    assert 'field "dataFilter[0]": expected an object' in item
+
+
+def test_missing_title_defaults_to_data_key() -> None:
+    entry = model(supports=["/studies"], dataFilter=[{"dataKey": "series-one"}])
+    models, warnings = parse_models({M1: entry})
+    assert models[M1].data_filter[0].title == "series-one"
+    assert only(warnings) == (
+        f'models.json: entry "{M1}", field "dataFilter[0].title": missing; '
+        'using the dataKey "series-one" as title'
+    )
+
+
+@pytest.mark.parametrize(
+    ("entry", "missing"),
+    [
+        ({"authType": "basicAuth", "login": "zhiva"}, ["password"]),
+        ({"authType": "token", "authToken": TOKEN}, ["signInTokenServer"]),
+        ({"authType": "token", "signInTokenServer": "https://t/x"}, ["authToken"]),
+        (
+            {"authType": "zhivaAuth", "password": PASSWORD},
+            ["login", "signInServer", "signInTokenServer"],
+        ),
+    ],
+)
+def test_auth_fields_must_match_auth_type(entry: dict[str, Any], missing: list[str]) -> None:
+    messages = server_errors({"uri": "https://pacs"} | entry)
+    assert [m.split('field "')[1].split('"')[0] for m in messages] == missing
+    assert all(f'required when authType is "{entry["authType"]}"' in m for m in messages)
+
+
+def test_auth_is_checked_even_with_other_errors() -> None:
+    messages = server_errors({"uri": 42, "authType": "basicAuth", "login": "zhiva"})
+    assert len(messages) == 2
+    assert 'field "uri"' in messages[0] and 'field "password": required' in messages[1]
+
+
+def test_unknown_auth_type_lists_allowed() -> None:
+    message = only(server_errors({"uri": "https://pacs", "authType": "oauth2"}))
+    assert 'field "authType"' in message and '"oauth2"' in message
+    assert '"", "basicAuth", "token", "zhivaAuth"' in message
+
+
+def test_tls_verify(tmp_path: Path) -> None:
+    bundle = tmp_path / "pacs-ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    servers, _ = parse_servers(
+        {
+            S1: {"uri": "https://a", "tlsVerify": False},
+            S2: {"uri": "https://b", "tlsVerify": "pacs-ca.pem", "isDefault": True},
+        },
+        base_dir=tmp_path,
+    )
+    assert servers[S1].tls_verify is False
+    assert servers[S2].tls_verify == str(bundle)
+    model_entry = model(supports=["/studies"], tlsVerify=str(bundle))
+    assert parse_models({M1: model_entry})[0][M1].tls_verify == str(bundle)
+
+
+@pytest.mark.parametrize("value", ["true", 1, None, "missing-ca.pem"])
+def test_tls_verify_refusals(value: object, tmp_path: Path) -> None:
+    message = only(server_errors({"uri": "https://a", "tlsVerify": value}, base_dir=tmp_path))
+    assert 'field "tlsVerify": expected true, false or the path of a CA bundle file' in message
+
+
+# --- warnings -----------------------------------------------------------------------
+
+
+def test_unknown_fields_warn(caplog: pytest.LogCaptureFixture) -> None:
+    entry = BASIC | {"name": "Main PACS", "timeout": 5}
+    with caplog.at_level(logging.WARNING, logger="model_proxy.config"):
+        _, warnings = parse_servers({S1: entry})
+    message = only(warnings)
+    assert message == f'servers.json: entry "{S1}": unknown field(s) "name", "timeout" ignored'
+    assert [r.getMessage() for r in caplog.records] == [message]
+    assert caplog.records[0].name == "model_proxy.config"
+
+
+def test_unknown_fields_in_data_filter_warn() -> None:
+    entry = model(supports=["/studies"], dataFilter=[{"dataKey": "a", "title": "A", "uuid": "1"}])
+    assert '"uuid"' in only(parse_models({M1: entry})[1])
+
+
+def test_python_field_names_are_not_json_fields() -> None:
+    # Only the camelCase names of the docs count in a file.
+    servers, warnings = parse_servers({S1: {"uri": "https://a", "is_default": True}})
+    assert not servers[S1].is_default
+    assert '"is_default"' in only(warnings)
+
+
+def test_empty_files_warn(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, {}, {}))
+    assert config.servers == {} and config.models == {}
+    servers, models = config.warnings
+    assert "no servers configured" in servers and "no models configured" in models
+
+
+def test_auth_fields_without_auth_type_warn() -> None:
+    _, warnings = parse_servers({S1: {"uri": "https://pacs", "login": "zhiva", "password": "x"}})
+    assert only(warnings) == (
+        f'servers.json: entry "{S1}": "login", "password" set but not used, because authType is ""'
+    )
+
+
+def test_data_filter_on_instance_model_warns() -> None:
+    entry = model(
+        supports=["/studies/series/instances"], dataFilter=[{"dataKey": "a", "title": "A"}]
+    )
+    assert "dataFilter" in only(parse_models({M1: entry})[1])
+
+
+# --- secrets ------------------------------------------------------------------------
+
+
+def test_secrets_never_shown(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    servers, _ = parse_servers({S1: BASIC, S2: TOKEN_AUTH | {"isDefault": True}})
+    for server in servers.values():
+        for text in (repr(server), str(server), repr(ProxyConfig(servers, {}))):
+            assert PASSWORD not in text and TOKEN not in text
+    # Secrets of the wrong type, next to other errors, are described, not shown.
+    bad = {"uri": 7, "authType": "zhivaAuth", "password": 35123989, "token": ["t0k3n"]}
+    write_config(tmp_path, {S1: bad, "x": BASIC | {"isDefault": "yes"}}, {})
+    with caplog.at_level(logging.DEBUG, logger="model_proxy"), pytest.raises(ConfigError) as info:
+        load_config(tmp_path)
+    shown = str(info.value) + "\n".join(info.value.warnings) + caplog.text
+    for secret in (PASSWORD, "35123989", "t0k3n"):
+        assert secret not in shown
+    assert 'field "password": expected a string, got a number' in str(info.value)
+
+
+def test_direct_construction_validates_without_leaking() -> None:
+    with pytest.raises(pydantic.ValidationError) as info:
+        ServerConfig(id=S1, uri="https://pacs", auth_type=AuthType.BASIC, password=PASSWORD)
+    assert "login" in str(info.value) and PASSWORD not in str(info.value)
+    with pytest.raises(pydantic.ValidationError):
+        ModelConfig(id=M1, uri="http://m", task=Task.PREDICTION, supports=())
