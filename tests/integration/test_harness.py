@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import harness
 import httpx
 import pydicom
 import pytest
@@ -116,6 +117,13 @@ def test_orthanc_upload_and_delete_all(tmp_path: Path, sample_study: SampleStudy
     finally:
         own.stop()
     assert not own.process.running()
+
+
+def test_missing_orthanc_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.setattr(harness, "ORTHANC_CANDIDATES", ("/nonexistent/Orthanc",))
+    with pytest.raises(HarnessError, match=r"Run scripts/test\.sh"):
+        harness.find_orthanc()
 
 
 # --- processes -------------------------------------------------------------------------

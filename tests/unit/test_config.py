@@ -373,6 +373,12 @@ def test_uri_scheme(uri: str) -> None:
     assert 'field "uri"' in message and uri in message
 
 
+def test_credentials_in_urls_are_masked() -> None:
+    message = only(server_errors({"uri": "ftp://zhiva:hunter2@pacs/dicom-web"}))
+    assert "hunter2" not in message and "zhiva:***@pacs" in message
+    assert "expected a URL" in only(server_errors({"uri": "http://[::1/dicom-web"}))
+
+
 def test_model_uri_must_be_http() -> None:
     message = only(model_errors(model(uri="file:///srv/model", supports=["/studies"])))
     assert 'field "uri"' in message and "http://" in message
@@ -624,3 +630,13 @@ def test_direct_construction_validates_without_leaking() -> None:
     assert "login" in str(info.value) and PASSWORD not in str(info.value)
     with pytest.raises(pydantic.ValidationError):
         ModelConfig(id=M1, uri="http://m", task=Task.PREDICTION, supports=())
+
+
+def test_dump_round_trips_without_secrets() -> None:
+    server = parse_servers({S1: TOKEN_AUTH})[0][S1]
+    dumped = server.model_dump(mode="json", by_alias=True)
+    assert dumped["authType"] == "token" and dumped["authToken"] == "**********"
+    models = parse_models(CONTRACT_MODELS)[0]
+    dumped = models[M2].model_dump(mode="json", by_alias=True)
+    assert dumped["supports"] == ["/studies"] and dumped["task"] == "segmentation"
+    assert ModelConfig.model_validate(dumped) == models[M2]

@@ -7,9 +7,10 @@ entry and field. Values are shown as they look in the JSON file.
 from __future__ import annotations
 
 import json
+import re
 from enum import StrEnum
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 from urllib.request import url2pathname
 
 from pydantic import ValidationInfo
@@ -62,12 +63,17 @@ MODEL_FIELDS: dict[str, str] = {
 }
 
 
+# "https://user:secret@pacs" -> "https://user:***@pacs"
+_URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^/@\s]*@")
+
+
 def describe(value: object) -> str:
     """A value as it looks in the JSON file, shortened for a message."""
     try:
         text = json.dumps(value, ensure_ascii=False)
     except (TypeError, ValueError):
         text = repr(value)
+    text = _URL_PASSWORD.sub(r"\1***@", text)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -92,15 +98,22 @@ def one_of(enum: type[StrEnum]) -> str:
     return ", ".join(json.dumps(member.value) for member in enum)
 
 
+def _split(value: str) -> SplitResult:
+    try:
+        return urlsplit(value)
+    except ValueError:  # e.g. "http://[::1": an unclosed IPv6 address
+        raise ValueError(f"expected a URL, got {describe(value)}") from None
+
+
 def check_http_url(value: str) -> str:
-    parts = urlsplit(value)
+    parts = _split(value)
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         raise ValueError(f"expected an http:// or https:// URL, got {describe(value)}")
     return value
 
 
 def check_server_uri(value: str) -> str:
-    parts = urlsplit(value)
+    parts = _split(value)
     scheme = parts.scheme.lower()
     if scheme == "file":
         # A local folder of DICOM files standing in for a PACS.

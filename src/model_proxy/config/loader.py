@@ -212,7 +212,9 @@ def _read_json(path: Path, what: str, errors: list[str], warnings: list[str]) ->
         errors.append(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")
         return _UNREADABLE
     for key in dict.fromkeys(duplicates):
-        warnings.append(f'{path}: key "{key}" appears more than once; only the last one is used')
+        warning = f'{path}: key "{key}" appears more than once; only the last one is used'
+        logger.warning("%s", warning)
+        warnings.append(warning)
     return data
 
 

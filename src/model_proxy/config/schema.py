@@ -185,7 +185,7 @@ class ServerConfig(_Schema):
     def _check_urls(cls, value: str | None) -> str | None:
         return None if value is None else check_http_url(value)
 
-    @field_validator("auth_type", mode="plain")
+    @field_validator("auth_type", mode="before")
     @classmethod
     def _check_auth_type(cls, value: object) -> AuthType:
         if value is None or isinstance(value, AuthType):
@@ -194,7 +194,7 @@ class ServerConfig(_Schema):
             return AuthType(value)
         raise ValueError(f"expected one of {one_of(AuthType)}, got {describe(value)}")
 
-    @field_validator("tls_verify", mode="plain")
+    @field_validator("tls_verify", mode="before")
     @classmethod
     def _check_tls_verify(cls, value: object, info: ValidationInfo) -> bool | str:
         return check_tls_verify(value, info)
@@ -236,14 +236,14 @@ class ModelConfig(_Schema):
     def _check_status_uri(cls, value: str | None) -> str | None:
         return None if value is None else check_http_url(value)
 
-    @field_validator("task", mode="plain")
+    @field_validator("task", mode="before")
     @classmethod
     def _check_task(cls, value: object) -> Task:
         if isinstance(value, str) and value in Task._value2member_map_:
             return Task(value)
         raise ValueError(f"expected one of {one_of(Task)}, got {describe(value)}")
 
-    @field_validator("supports", mode="plain")
+    @field_validator("supports", mode="before")
     @classmethod
     def _check_supports(cls, value: object) -> tuple[Level, ...]:
         if not isinstance(value, list | tuple) or not value:
@@ -268,7 +268,7 @@ class ModelConfig(_Schema):
     def _check_array(cls, value: object) -> object:
         return _data_filter_array(value)
 
-    @field_validator("tls_verify", mode="plain")
+    @field_validator("tls_verify", mode="before")
     @classmethod
     def _check_tls_verify(cls, value: object, info: ValidationInfo) -> bool | str:
         return check_tls_verify(value, info)

@@ -5,8 +5,8 @@ Every result is nested by the UIDs found in the received files::
     {StudyUID: {SeriesUID: {SOPInstanceUID: {...}, "metadata": [...]}, "metadata": [...]}}
 
 Masks stay numpy arrays here; the app serialises them with
-``orjson.OPT_SERIALIZE_NUMPY``, which writes a 512x512 mask about 20x faster
-than ``ndarray.tolist()`` followed by a JSON encoder.
+``orjson.OPT_SERIALIZE_NUMPY``, which writes a 512x512 mask about 5x faster
+than ``ndarray.tolist()`` then orjson (30x faster than the json module).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Part-10 file's byte values. The reference decoder is::
 
     pydicom.dcmread(io.BytesIO(bytes(json.loads(instance))))
 
-:func:`decode_instance` does the same about 2x faster: ``orjson`` parses the
+:func:`decode_instance` does the same about 3x faster: ``orjson`` parses the
 inner array and ``bytes()`` packs the list of small ints in one C loop (faster
 than ``numpy.array(..., dtype=uint8)``). Both accept whitespace in the array.
 

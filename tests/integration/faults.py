@@ -1,0 +1,105 @@
+"""Upstreams that misbehave in ways a real server cannot be made to: they hang, or
+answer with a body that is not JSON. Each runs in a thread of the test process."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from harness import LOOPBACK
+
+
+@contextmanager
+def hanging_server() -> Iterator[str]:
+    """Accepts connections and reads requests, but never answers. Yields its base URL."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((LOOPBACK, 0))
+    listener.listen(64)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def accept_loop() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            held.append(connection)
+
+    thread = threading.Thread(target=accept_loop, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{LOOPBACK}:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        for connection in held:
+            connection.close()
+        listener.close()
+
+
+@contextmanager
+def canned_http_server(status_line: str, body: bytes, content_type: str) -> Iterator[str]:
+    """Answers every request with the same response once it has read the headers
+    (and drains the request body first). Yields its base URL."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((LOOPBACK, 0))
+    listener.listen(64)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    response = (
+        f"HTTP/1.1 {status_line}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+
+    def serve(connection: socket.socket) -> None:
+        with connection:
+            connection.settimeout(10)
+            data = b""
+            try:
+                while b"\r\n\r\n" not in data:
+                    chunk = connection.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                if b"chunked" in data.split(b"\r\n\r\n", 1)[0].lower():
+                    while not data.endswith(b"0\r\n\r\n"):
+                        chunk = connection.recv(1 << 20)
+                        if not chunk:
+                            break
+                        data = data[-16:] + chunk
+                connection.sendall(response)
+            except OSError:
+                return
+
+    def accept_loop() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(connection,), daemon=True).start()
+
+    thread = threading.Thread(target=accept_loop, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{LOOPBACK}:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        listener.close()
+
+
+def closed_port_url() -> str:
+    """A URL on a loopback port nothing listens on (connection refused)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port = sock.getsockname()[1]
+    return f"http://{LOOPBACK}:{port}"
