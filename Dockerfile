@@ -17,7 +17,7 @@ RUN pip install . && rm -rf /build
 
 WORKDIR /app
 RUN mkdir -p /app/log /app/data && chown model-proxy:model-proxy /app/log /app/data
-USER model-proxy
+COPY docker/entrypoint.sh /usr/local/bin/model-proxy-entrypoint
 
 EXPOSE 8002
 VOLUME ["/app/log", "/app/data"]
@@ -26,4 +26,6 @@ VOLUME ["/app/log", "/app/data"]
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
     CMD ["python", "-c", "import os, ssl, urllib.request; urllib.request.urlopen('https://127.0.0.1:' + os.environ.get('MODEL_PROXY_PORT', '8002') + '/health', context=ssl._create_unverified_context(), timeout=4)"]
 
-ENTRYPOINT ["model-proxy", "serve", "--config-dir", "/app", "--data-dir", "/app/data", "--log-dir", "/app/log"]
+# Starts as root only to hand /app/log and /app/data to uid 10001, then drops privileges
+# (see docker/entrypoint.sh). Extra `docker run` arguments go to `model-proxy serve`.
+ENTRYPOINT ["model-proxy-entrypoint"]

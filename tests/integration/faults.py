@@ -1,12 +1,16 @@
 """Upstreams that misbehave in ways a real server cannot be made to: they hang, or
-answer with a body that is not JSON. Each runs in a thread of the test process."""
+answer with a body that is not JSON; and a TLS terminator in front of a real server
+(Orthanc 1.10's own HTTPS crashes on Debian's OpenSSL). Each runs in threads of the
+test process."""
 
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 
 from harness import LOOPBACK
 
@@ -103,3 +107,61 @@ def closed_port_url() -> str:
         sock.bind((LOOPBACK, 0))
         port = sock.getsockname()[1]
     return f"http://{LOOPBACK}:{port}"
+
+
+@contextmanager
+def tls_terminator(target_url: str, cert: Path, key: Path) -> Iterator[str]:
+    """HTTPS on a free loopback port, relayed as plain TCP to ``target_url``'s port,
+    with the given certificate. Yields ``https://127.0.0.1:PORT``."""
+    target_port = int(target_url.rsplit(":", 1)[1].split("/", 1)[0])
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(cert), str(key))
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((LOOPBACK, 0))
+    listener.listen(64)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while chunk := source.recv(1 << 16):
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def relay(client: socket.socket) -> None:
+        try:
+            client.settimeout(10)
+            secure = context.wrap_socket(client, server_side=True)
+            secure.settimeout(None)
+        except (OSError, ssl.SSLError):
+            client.close()  # e.g. a client that refused our certificate
+            return
+        with secure, socket.create_connection((LOOPBACK, target_port)) as upstream:
+            back = threading.Thread(target=pump, args=(upstream, secure), daemon=True)
+            back.start()
+            pump(secure, upstream)
+            back.join(timeout=10)
+
+    def accept_loop() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=relay, args=(connection,), daemon=True).start()
+
+    thread = threading.Thread(target=accept_loop, daemon=True)
+    thread.start()
+    try:
+        yield f"https://{LOOPBACK}:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        listener.close()

@@ -124,6 +124,8 @@ class OrthancServer:
         return f"{self.url}/dicom-web"
 
     def client(self, **kwargs: Any) -> httpx.Client:
+        # The harness's own calls (uploads) need not verify a test certificate.
+        kwargs.setdefault("verify", not self.url.startswith("https://"))
         return http_client(base_url=self.url, auth=self.auth, **kwargs)
 
     def upload(self, part10: bytes) -> str:
@@ -154,10 +156,13 @@ class OrthancServer:
         self.process.stop()
 
 
-def orthanc_config(port: int, workdir: Path, users: Mapping[str, str] | None) -> dict[str, Any]:
+def orthanc_config(
+    port: int, workdir: Path, users: Mapping[str, str] | None, ssl_pem: Path | None = None
+) -> dict[str, Any]:
     # Orthanc 1.10 has no bind-address option: it listens on all interfaces, and
     # RemoteAccessAllowed=false makes it refuse every client that is not loopback.
-    return {
+    tls = {"SslEnabled": True, "SslCertificate": str(ssl_pem)} if ssl_pem else {}
+    return tls | {
         "Name": workdir.name,
         "StorageDirectory": str(workdir / "storage"),
         "IndexDirectory": str(workdir / "index"),
@@ -173,15 +178,21 @@ def orthanc_config(port: int, workdir: Path, users: Mapping[str, str] | None) ->
     }
 
 
-def start_orthanc(workdir: Path, *, users: Mapping[str, str] | None = None) -> OrthancServer:
-    """Start Orthanc with empty storage in ``workdir``; wait until ``/system`` answers."""
+def start_orthanc(
+    workdir: Path, *, users: Mapping[str, str] | None = None, ssl_pem: Path | None = None
+) -> OrthancServer:
+    """Start Orthanc with empty storage in ``workdir``; wait until ``/system`` answers.
+
+    With ``ssl_pem`` (private key and certificate in one PEM file) it serves HTTPS.
+    """
+    scheme = "https" if ssl_pem else "http"
     binary = find_orthanc()
     workdir.mkdir(parents=True, exist_ok=True)
     auth = next(iter(users.items())) if users else None
 
     def make(port: int) -> ManagedProcess:
         config = workdir / "orthanc.json"
-        config.write_text(json.dumps(orthanc_config(port, workdir, users), indent=2))
+        config.write_text(json.dumps(orthanc_config(port, workdir, users, ssl_pem), indent=2))
         return ManagedProcess(
             f"orthanc {workdir.name}",
             [binary, str(config)],
@@ -190,11 +201,11 @@ def start_orthanc(workdir: Path, *, users: Mapping[str, str] | None = None) -> O
         )
 
     def probe(port: int) -> bool:
-        with http_client(auth=auth, timeout=2.0) as client:
-            return client.get(f"http://{LOOPBACK}:{port}/system").status_code == 200
+        with http_client(auth=auth, timeout=2.0, verify=False) as client:
+            return client.get(f"{scheme}://{LOOPBACK}:{port}/system").status_code == 200
 
     process, port = start_on_free_port(make, probe, START_TIMEOUT)
-    return OrthancServer(f"http://{LOOPBACK}:{port}", auth, process, workdir)
+    return OrthancServer(f"{scheme}://{LOOPBACK}:{port}", auth, process, workdir)
 
 
 # --- the example model -----------------------------------------------------------------

@@ -376,7 +376,7 @@ def test_series_model_with_instance_inputs(deployment: Deployment) -> None:
 def test_study_model_with_nested_instance_inputs(deployment: Deployment) -> None:
     study = deployment.study
     main, other = study.series
-    filters = [
+    filters: list[dict[str, Any]] = [
         {
             "dataKey": "main",
             "uuid": main.series_uid,

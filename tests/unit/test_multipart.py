@@ -298,21 +298,11 @@ def test_max_part_bytes_accepts_parts_within_the_limit() -> None:
         assert decode(build(bodies), sizes, max_part_bytes=1000) == bodies
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the limit is checked against the buffer, which also holds the start of"
-    " the delimiter, so a part of exactly max_part_bytes is rejected when fed in small chunks",
-)
 def test_a_part_of_exactly_max_part_bytes_is_accepted_whatever_the_chunking() -> None:
     bodies = [b"z" * 100]
     assert decode(build(bodies), ones(), max_part_bytes=100) == bodies
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the limit is only checked while the closing delimiter is missing, so a"
-    " part larger than max_part_bytes that arrives within one chunk is returned",
-)
 def test_a_part_over_max_part_bytes_is_rejected_even_in_one_chunk() -> None:
     with pytest.raises(MalformedMultipart):
         MultipartDecoder(BOUNDARY, max_part_bytes=100).feed(build([b"z" * 101]))

@@ -71,7 +71,9 @@ def test_encoded_instance_embeds_in_a_json_body() -> None:
 
 
 def test_real_dicom_file_decodes_as_the_reference_model_api_does() -> None:
-    path = Path(pydicom.data.get_testdata_file("CT_small.dcm"))
+    found = pydicom.data.get_testdata_file("CT_small.dcm")
+    assert isinstance(found, str)
+    path = Path(found)
     part10 = path.read_bytes()
     instance = json.loads(encode_instance(part10))
     decoded = pydicom.dcmread(io.BytesIO(bytes(json.loads(instance))))
@@ -126,7 +128,7 @@ def test_body_that_is_not_json_is_a_model_error(body: bytes) -> None:
 
 @pytest.mark.parametrize("body", [b"", b"  \r\n\t"])
 def test_empty_body_is_a_model_error(body: bytes) -> None:
-    with pytest.raises(ModelError, match="lung model.*empty") as info:
+    with pytest.raises(ModelError, match=r"lung model.*empty") as info:
         unwrap_result(body, "lung model")
     assert info.value.code == "model_bad_response"
 

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import time
+import warnings
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -86,9 +87,12 @@ class FolderIndex:
 
 def _read_uids(path: Path) -> _IndexedFile | None:
     try:
-        dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_UID_TAGS)
-        uids = [str(dataset.get(tag, "")) for tag in _UID_TAGS]
-    except (InvalidDicomError, OSError, ValueError, KeyError, EOFError) as exc:
+        # pydicom warns, rather than raises, on some corrupt files: skip those too.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_UID_TAGS)
+            uids = [str(dataset.get(tag, "")) for tag in _UID_TAGS]
+    except (InvalidDicomError, OSError, ValueError, KeyError, EOFError, Warning) as exc:
         logger.debug("skipping %s: not a readable DICOM file (%s)", path, exc)
         return None
     if not all(uids):

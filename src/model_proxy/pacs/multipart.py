@@ -142,18 +142,23 @@ class MultipartDecoder:
             found = buffer.find(self._delimiter, self._scan_from)
             if found < 0:
                 # Resume the next search just before the tail that could hold
-                # the start of a delimiter split across chunks.
+                # the start of a delimiter split across chunks; everything before
+                # that tail is certainly part content.
                 self._scan_from = max(0, len(buffer) - len(self._delimiter) + 1)
-                if self._max_part_bytes is not None and len(buffer) > self._max_part_bytes:
-                    raise MalformedMultipart(
-                        f"a part is larger than the limit of {self._max_part_bytes} bytes"
-                    )
+                self._check_part_size(self._scan_from)
                 return False
+            self._check_part_size(found)
             parts.append(bytes(buffer[:found]))
             del buffer[: found + len(self._delimiter)]
             self._state = _State.AFTER_DELIMITER
             return True
         return False
+
+    def _check_part_size(self, size: int) -> None:
+        if self._max_part_bytes is not None and size > self._max_part_bytes:
+            raise MalformedMultipart(
+                f"a part is larger than the limit of {self._max_part_bytes} bytes"
+            )
 
 
 def _parse_headers(raw: bytes) -> dict[str, str]:

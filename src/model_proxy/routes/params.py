@@ -21,6 +21,7 @@ _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 _UID_MAX_LENGTH = 64
 _PARAM = "data-filters"
 _BRACKETS = re.compile(r"\[([^\[\]]*)\]")
+_INDEX = re.compile(r"0|[1-9][0-9]{0,3}")  # ASCII only, no leading zeros: "01" is not 1
 _MAX_FILTERS = 256
 _MAX_INDEX = 1023
 
@@ -95,7 +96,7 @@ def _lists_from_indexes(node: object) -> object:
     if not isinstance(node, dict):
         return node
     converted = {key: _lists_from_indexes(value) for key, value in node.items()}
-    if converted and all(key.isdigit() for key in converted):
+    if converted and all(_INDEX.fullmatch(key) for key in converted):
         indexes = sorted(int(key) for key in converted)
         if indexes[-1] > _MAX_INDEX or indexes != list(range(len(indexes))):
             raise _filter_error("data-filters indexes must count up from 0 without gaps")
