@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(serve, "log-dir", "log", "folder for log files")
     _add(serve, "pacs-timeout", "60", "seconds a PACS may stay silent before the request fails")
     _add(serve, "model-timeout", "600", "seconds a model may stay silent before the request fails")
+    _add(serve, "probe-timeout", "10", "seconds a /status probe may take")
 
     gen_cert = commands.add_parser("gen-cert", help="write a self-signed zhiva.crt and zhiva.key")
     _add(gen_cert, "out-dir", ".", "where to write the files")
@@ -145,13 +146,14 @@ def load_checked_config(config_dir: Path) -> ProxyConfig:
 def serve(args: argparse.Namespace) -> int:
     from model_proxy.logs import setup_logging
 
+    probe = _seconds(args.probe_timeout, "probe-timeout")
     settings = Settings(
         config_dir=Path(args.config_dir),
         data_dir=Path(args.data_dir),
         log_dir=Path(args.log_dir) if args.log_dir else None,
         show_status_page=env_flag("ZHIVA_SHOW_STATUS_PAGE"),
-        pacs_timeouts=Timeouts(idle=_seconds(args.pacs_timeout, "pacs-timeout")),
-        model_timeouts=Timeouts(idle=_seconds(args.model_timeout, "model-timeout")),
+        pacs_timeouts=Timeouts(idle=_seconds(args.pacs_timeout, "pacs-timeout"), probe=probe),
+        model_timeouts=Timeouts(idle=_seconds(args.model_timeout, "model-timeout"), probe=probe),
     )
     port = _port(args.port)
     tls_files = None if args.no_tls else _tls_files(Path(args.cert), Path(args.key))

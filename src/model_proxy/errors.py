@@ -75,3 +75,8 @@ def short_id(uuid: str) -> str:
     """
     head = uuid.split("-", 1)[0]
     return f"{head}…" if head != uuid else uuid
+
+
+def shorten(value: str, limit: int = 80) -> str:
+    """A caller's value cut short enough to echo in a message."""
+    return value if len(value) <= limit else value[: limit - 3] + "..."

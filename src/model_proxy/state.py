@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from model_proxy.config import ProxyConfig, ServerConfig
-from model_proxy.errors import BadRequest, NotFound
+from model_proxy.errors import BadRequest, NotFound, shorten
 from model_proxy.models.client import ModelClient
 from model_proxy.pacs.dicomweb import DicomWebSource
 from model_proxy.pacs.local_folder import LocalFolderSource
@@ -49,7 +49,7 @@ class ProxyState:
             found = self.config.servers.get(server_id)
             if found is None:
                 raise NotFound(
-                    f"server {server_id!r} is not in servers.json", code="unknown_server"
+                    f"server {shorten(server_id)!r} is not in servers.json", code="unknown_server"
                 )
             server = found
         return server, self.sources[server.id]

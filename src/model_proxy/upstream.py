@@ -24,11 +24,16 @@ class Timeouts:
 
     connect: float = 10.0
     idle: float = 60.0
+    # A health probe must not take as long as an inference may: /status waits for all.
+    probe: float = 10.0
 
     def for_httpx(self) -> httpx.Timeout:
         return httpx.Timeout(
             connect=self.connect, read=self.idle, write=self.idle, pool=self.connect
         )
+
+    def for_probe(self) -> httpx.Timeout:
+        return httpx.Timeout(self.probe, connect=min(self.connect, self.probe))
 
 
 def make_client(

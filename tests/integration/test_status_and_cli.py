@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from faults import closed_port_url, tls_terminator
+from faults import closed_port_url, hanging_server, tls_terminator
 from harness import (
     ExampleModel,
     OrthancServer,
@@ -247,3 +247,20 @@ def test_plain_http_with_no_tls(start_proxy: ProxyFactory) -> None:
     assert proxy.url.startswith("http://")
     with httpx.Client(trust_env=False) as client:
         assert client.get(f"{proxy.url}/health").status_code == 200
+
+
+def test_status_does_not_wait_for_hanging_upstreams(start_proxy: ProxyFactory) -> None:
+    with hanging_server() as hanging:
+        server_id, model_id = new_uid(), new_uid()
+        proxy = start_proxy(
+            {server_id: {"uri": f"{hanging}/dicom-web"}},
+            {model_id: {"uri": f"{hanging}/seg", "task": "segmentation",
+                        "supports": ["/studies"], "statusUri": f"{hanging}/"}},
+            env={"ZHIVA_SHOW_STATUS_PAGE": "true"},
+            extra_args=["--probe-timeout", "1"],
+        )  # fmt: skip
+        with proxy.client(timeout=httpx.Timeout(8.0)) as client:
+            report = client.get("/status", headers={"Accept": "application/json"}).json()
+    for entry in (report["servers"][server_id], report["models"][model_id]):
+        assert entry["ok"] is False
+        assert "timed out" in entry["error"]

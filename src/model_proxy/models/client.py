@@ -26,6 +26,7 @@ class ModelClient:
         self.label = f"model {short_id(model.id)}"
         self._model = model
         self._max_result_bytes = max_result_bytes
+        self._timeouts = timeouts
         self._client = make_client(tls_verify=model.tls_verify, timeouts=timeouts)
 
     async def infer(self, body: AsyncIterator[bytes]) -> bytes:
@@ -69,7 +70,9 @@ class ModelClient:
         started = time.perf_counter()
         try:
             with translate_errors(self.label, ModelError):
-                response = await self._client.get(url, follow_redirects=True)
+                response = await self._client.get(
+                    url, follow_redirects=True, timeout=self._timeouts.for_probe()
+                )
         except ProxyError as exc:  # a probe reports failures, it never raises them
             return ProbeResult(False, _ms_since(started), exc.message)
         latency = _ms_since(started)

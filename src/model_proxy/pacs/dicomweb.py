@@ -33,6 +33,7 @@ class DicomWebSource:
         self.label = f"PACS {short_id(server.id)}"
         self._server = server
         self._max_instance_bytes = max_instance_bytes
+        self._timeouts = timeouts
         self._client = make_client(
             tls_verify=server.tls_verify, timeouts=timeouts, auth=build_auth(server)
         )
@@ -118,7 +119,9 @@ class DicomWebSource:
         started = time.perf_counter()
         try:
             with translate_errors(self.label, PacsError):
-                response = await self._client.get(url, follow_redirects=True)
+                response = await self._client.get(
+                    url, follow_redirects=True, timeout=self._timeouts.for_probe()
+                )
         except ProxyError as exc:  # a probe reports failures, it never raises them
             return ProbeResult(False, _ms_since(started), exc.message)
         latency = _ms_since(started)

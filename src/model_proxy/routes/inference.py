@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from model_proxy.config import Level, ModelConfig, Task
-from model_proxy.errors import BadRequest, NotFound
+from model_proxy.errors import BadRequest, NotFound, shorten
 from model_proxy.models.body import BodyWriter, plan_body
 from model_proxy.pacs.source import Target
 from model_proxy.routes.params import parse_data_filters, resolve_inputs, validate_uid
@@ -62,7 +62,9 @@ async def infer(request: Request) -> Response:
         raise NotFound("Not found")
     model = state.config.models.get(params["model_id"])
     if model is None:
-        raise NotFound(f"model {params['model_id']!r} is not in models.json", code="unknown_model")
+        raise NotFound(
+            f"model {shorten(params['model_id'])!r} is not in models.json", code="unknown_model"
+        )
     _check_route_fits_model(family, model, level)
     target = Target(
         validate_uid(params["study"], "study UID"),

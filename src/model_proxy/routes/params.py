@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from model_proxy.config import DataFilterEntry, Level, ModelConfig
-from model_proxy.errors import BadRequest
+from model_proxy.errors import BadRequest, shorten
 from model_proxy.models.body import InstanceInput, SeriesInput
 
 # DICOM PS3.5 section 9.1: dot-separated numbers without leading zeros, 64 chars at most.
@@ -29,9 +29,8 @@ _MAX_INDEX = 1023
 def validate_uid(value: str, what: str) -> str:
     """``value`` if it is a valid DICOM UID, else a 400 naming ``what``."""
     if len(value) > _UID_MAX_LENGTH or not _UID.fullmatch(value):
-        shown = value if len(value) <= 80 else value[:77] + "..."
         raise BadRequest(
-            f"{what} {shown!r} is not a valid DICOM UID (digits and dots, no leading"
+            f"{what} {shorten(value)!r} is not a valid DICOM UID (digits and dots, no leading"
             f" zeros, at most {_UID_MAX_LENGTH} characters)",
             code="invalid_uid",
         )
