@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -16,14 +16,14 @@ from harness import LOOPBACK
 
 
 @contextmanager
-def hanging_server() -> Iterator[str]:
-    """Accepts connections and reads requests, but never answers. Yields its base URL."""
+def _listening(handle: Callable[[socket.socket], None], scheme: str = "http") -> Iterator[str]:
+    """Accept loopback connections in a thread, each handled in a thread of its own.
+    Yields the base URL; on exit stops accepting and closes the listener."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind((LOOPBACK, 0))
     listener.listen(64)
     listener.settimeout(0.2)
     stop = threading.Event()
-    held: list[socket.socket] = []
 
     def accept_loop() -> None:
         while not stop.is_set():
@@ -33,29 +33,34 @@ def hanging_server() -> Iterator[str]:
                 continue
             except OSError:
                 return
-            held.append(connection)
+            threading.Thread(target=handle, args=(connection,), daemon=True).start()
 
     thread = threading.Thread(target=accept_loop, daemon=True)
     thread.start()
     try:
-        yield f"http://{LOOPBACK}:{listener.getsockname()[1]}"
+        yield f"{scheme}://{LOOPBACK}:{listener.getsockname()[1]}"
     finally:
         stop.set()
         thread.join(timeout=2)
-        for connection in held:
-            connection.close()
         listener.close()
 
 
 @contextmanager
+def hanging_server() -> Iterator[str]:
+    """Accepts connections and reads requests, but never answers. Yields its base URL."""
+    held: list[socket.socket] = []
+    with _listening(held.append) as url:
+        try:
+            yield url
+        finally:
+            for connection in held:
+                connection.close()
+
+
+@contextmanager
 def canned_http_server(status_line: str, body: bytes, content_type: str) -> Iterator[str]:
-    """Answers every request with the same response once it has read the headers
-    (and drains the request body first). Yields its base URL."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind((LOOPBACK, 0))
-    listener.listen(64)
-    listener.settimeout(0.2)
-    stop = threading.Event()
+    """Answers every request with the same response once it has read the request
+    (a chunked request body is drained first). Yields its base URL."""
     response = (
         f"HTTP/1.1 {status_line}\r\nContent-Type: {content_type}\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
@@ -81,24 +86,8 @@ def canned_http_server(status_line: str, body: bytes, content_type: str) -> Iter
             except OSError:
                 return
 
-    def accept_loop() -> None:
-        while not stop.is_set():
-            try:
-                connection, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(connection,), daemon=True).start()
-
-    thread = threading.Thread(target=accept_loop, daemon=True)
-    thread.start()
-    try:
-        yield f"http://{LOOPBACK}:{listener.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(timeout=2)
-        listener.close()
+    with _listening(serve) as url:
+        yield url
 
 
 def closed_port_url() -> str:
@@ -116,11 +105,6 @@ def tls_terminator(target_url: str, cert: Path, key: Path) -> Iterator[str]:
     target_port = int(target_url.rsplit(":", 1)[1].split("/", 1)[0])
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(str(cert), str(key))
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind((LOOPBACK, 0))
-    listener.listen(64)
-    listener.settimeout(0.2)
-    stop = threading.Event()
 
     def pump(source: socket.socket, sink: socket.socket) -> None:
         try:
@@ -147,21 +131,5 @@ def tls_terminator(target_url: str, cert: Path, key: Path) -> Iterator[str]:
             pump(secure, upstream)
             back.join(timeout=10)
 
-    def accept_loop() -> None:
-        while not stop.is_set():
-            try:
-                connection, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=relay, args=(connection,), daemon=True).start()
-
-    thread = threading.Thread(target=accept_loop, daemon=True)
-    thread.start()
-    try:
-        yield f"https://{LOOPBACK}:{listener.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(timeout=2)
-        listener.close()
+    with _listening(relay, scheme="https") as url:
+        yield url

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import httpx
 import orjson
 
 from model_proxy.config import ModelConfig
-from model_proxy.errors import ModelError, ProxyError, short_id
+from model_proxy.errors import ModelError, short_id
 from model_proxy.models.result import unwrap_result
-from model_proxy.pacs.source import ProbeResult
+from model_proxy.probe import ProbeResult, answered_200, probe_get
 from model_proxy.upstream import Timeouts, make_client, translate_errors
 
 # Past this size, JSON validation runs in a thread so the event loop keeps serving.
@@ -65,26 +64,16 @@ class ModelClient:
         return b"".join(chunks)
 
     async def probe(self) -> ProbeResult:
-        """GET statusUri (redirects followed); without one, any HTTP answer from uri."""
-        url = self._model.status_uri or self._model.uri
-        started = time.perf_counter()
-        try:
-            with translate_errors(self.label, ModelError):
-                response = await self._client.get(
-                    url, follow_redirects=True, timeout=self._timeouts.for_probe()
-                )
-        except ProxyError as exc:  # a probe reports failures, it never raises them
-            return ProbeResult(False, _ms_since(started), exc.message)
-        latency = _ms_since(started)
-        status = response.status_code
-        if self._model.status_uri is None:
-            # A POST-only inference endpoint answers GET with 405: it is up.
-            ok = status < 500
-            detail = f"no statusUri; {url} answered {status}"
-        else:
-            ok = status == 200
-            detail = f"answered {status} {response.reason_phrase}"
-        return ProbeResult(ok, latency, detail, status)
+        """GET statusUri, redirects followed; without one, GET the inference uri:
+        a POST-only endpoint answers 405, which still shows the model is up."""
+        return await probe_get(
+            self._client,
+            self._model.status_uri or self._model.uri,
+            label=self.label,
+            error_type=ModelError,
+            limits=self._timeouts.for_probe(),
+            is_up=answered_200 if self._model.status_uri else _below_500,
+        )
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -113,5 +102,5 @@ async def _error_detail(response: httpx.Response) -> str:
     return f": {text[:300]}"
 
 
-def _ms_since(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 1)
+def _below_500(status: int) -> bool:
+    return status < 500

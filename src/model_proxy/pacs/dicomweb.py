@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
 
 from model_proxy.config import ServerConfig
-from model_proxy.errors import NotFound, PacsError, ProxyError, short_id
+from model_proxy.errors import NotFound, PacsError, short_id
 from model_proxy.pacs.auth import build_auth
 from model_proxy.pacs.multipart import (
     MalformedMultipart,
     MultipartDecoder,
     boundary_from_content_type,
 )
-from model_proxy.pacs.source import ProbeResult, Target
+from model_proxy.pacs.source import Target
+from model_proxy.probe import ProbeResult, probe_get
 from model_proxy.upstream import Timeouts, make_client, translate_errors
 
 # transfer-syntax=* asks for the instances as stored: no server-side transcoding,
@@ -115,25 +115,15 @@ class DicomWebSource:
             )
 
     async def probe(self) -> ProbeResult:
+        """GET statusUri (a QIDO query without one) with the server's auth."""
         url = self._server.status_uri or f"{self._server.uri}/studies?limit=1"
-        started = time.perf_counter()
-        try:
-            with translate_errors(self.label, PacsError):
-                response = await self._client.get(
-                    url, follow_redirects=True, timeout=self._timeouts.for_probe()
-                )
-        except ProxyError as exc:  # a probe reports failures, it never raises them
-            return ProbeResult(False, _ms_since(started), exc.message)
-        latency = _ms_since(started)
-        ok = response.status_code == 200
-        detail = (
-            "answered 200" if ok else f"answered {response.status_code} {response.reason_phrase}"
+        return await probe_get(
+            self._client,
+            url,
+            label=self.label,
+            error_type=PacsError,
+            limits=self._timeouts.for_probe(),
         )
-        return ProbeResult(ok, latency, detail, response.status_code)
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-
-def _ms_since(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 1)

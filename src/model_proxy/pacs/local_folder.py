@@ -23,7 +23,8 @@ from pydicom.errors import InvalidDicomError
 
 from model_proxy.config import ServerConfig
 from model_proxy.errors import NotFound, PacsError, short_id
-from model_proxy.pacs.source import ProbeResult, Target
+from model_proxy.pacs.source import Target
+from model_proxy.probe import ProbeResult, elapsed_ms
 
 logger = logging.getLogger(__name__)
 
@@ -159,14 +160,10 @@ class LocalFolderSource:
         try:
             await self._refresh(only_if_stale=True)
         except PacsError as exc:
-            return ProbeResult(False, _ms_since(started), exc.message)
+            return ProbeResult(False, elapsed_ms(started), exc.message)
         studies = len(self._index.studies)
         detail = f"{self._index.instance_count} instances in {studies} studies"
-        return ProbeResult(True, _ms_since(started), detail)
+        return ProbeResult(True, elapsed_ms(started), detail)
 
     async def aclose(self) -> None:
         return None
-
-
-def _ms_since(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 1)

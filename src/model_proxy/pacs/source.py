@@ -7,6 +7,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from model_proxy.probe import ProbeResult
+
 
 @dataclass(frozen=True)
 class Target:
@@ -22,16 +24,6 @@ class Target:
         if self.series is not None:
             return f"series {self.series} of study {self.study}"
         return f"study {self.study}"
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """The outcome of a health probe, as shown on /status."""
-
-    ok: bool
-    latency_ms: float
-    detail: str
-    http_status: int | None = None
 
 
 class DicomSource(Protocol):

@@ -16,7 +16,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from model_proxy.errors import NotFound
-from model_proxy.pacs.source import ProbeResult
+from model_proxy.probe import ProbeResult
 from model_proxy.state import ProxyState
 
 
