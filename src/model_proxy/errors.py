@@ -18,6 +18,8 @@ boundary where they happen (pacs/, models/), never in the routes.
 
 from __future__ import annotations
 
+import re
+
 
 class ProxyError(Exception):
     """An error with an HTTP status, a stable machine code and a human message."""
@@ -80,3 +82,16 @@ def short_id(uuid: str) -> str:
 def shorten(value: str, limit: int = 80) -> str:
     """A caller's value cut short enough to echo in a message."""
     return value if len(value) <= limit else value[: limit - 3] + "..."
+
+
+# "https://user:secret@pacs" -> "https://user:***@pacs"
+_URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^/@\s]*@")
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with any password written inside a URL replaced by ``***``.
+
+    >>> redact_urls("https://proxy:s3cret@pacs.local/dicom-web")
+    'https://proxy:***@pacs.local/dicom-web'
+    """
+    return _URL_PASSWORD.sub(r"\1***@", text)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from model_proxy.errors import ProxyError, UpstreamError
+from model_proxy.errors import ProxyError, UpstreamError, redact_urls
 from model_proxy.upstream import translate_errors
 
 
@@ -51,6 +51,6 @@ async def probe_get(
     return ProbeResult(
         is_up(status),
         elapsed_ms(started),
-        f"{url} answered {status} {response.reason_phrase}",
+        f"{redact_urls(url)} answered {status} {response.reason_phrase}",
         status,
     )

@@ -7,13 +7,14 @@ entry and field. Values are shown as they look in the JSON file.
 from __future__ import annotations
 
 import json
-import re
 from enum import StrEnum
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 from urllib.request import url2pathname
 
 from pydantic import ValidationInfo
+
+from model_proxy.errors import redact_urls
 
 
 class EntryProblems(ValueError):
@@ -63,17 +64,13 @@ MODEL_FIELDS: dict[str, str] = {
 }
 
 
-# "https://user:secret@pacs" -> "https://user:***@pacs"
-_URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^/@\s]*@")
-
-
 def describe(value: object) -> str:
     """A value as it looks in the JSON file, shortened for a message."""
     try:
         text = json.dumps(value, ensure_ascii=False)
     except (TypeError, ValueError):
         text = repr(value)
-    text = _URL_PASSWORD.sub(r"\1***@", text)
+    text = redact_urls(text)
     return text if len(text) <= 80 else text[:77] + "..."
 
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from model_proxy.errors import NotFound
+from model_proxy.errors import NotFound, redact_urls
 from model_proxy.probe import ProbeResult
 from model_proxy.state import ProxyState
 
@@ -30,7 +30,10 @@ async def collect_status(state: ProxyState) -> dict[str, dict[str, dict[str, Any
     )
     servers = {
         server_id: _entry(result, state.config.servers[server_id].status_uri, kind="server")
-        | {"uri": state.config.servers[server_id].uri, "isDefault": _is_default(state, server_id)}
+        | {
+            "uri": redact_urls(state.config.servers[server_id].uri),
+            "isDefault": _is_default(state, server_id),
+        }
         for server_id, result in zip(server_ids, results[: len(server_ids)], strict=True)
     }
     models = {
@@ -53,7 +56,7 @@ def _entry(result: ProbeResult, status_uri: str | None, *, kind: str) -> dict[st
     entry: dict[str, Any] = {
         "ok": result.ok,
         "latencyMs": result.latency_ms,
-        "statusUri": status_uri,
+        "statusUri": redact_urls(status_uri) if status_uri else None,
         "detail": result.detail,
     }
     if result.http_status is not None:
