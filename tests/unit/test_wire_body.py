@@ -21,7 +21,8 @@ from model_proxy.errors import ModelError, NotFound, PacsError
 from model_proxy.models.body import BodyWriter, InstanceInput, Retrieval, SeriesInput, plan_body
 from model_proxy.models.encoder import encode_instance
 from model_proxy.models.result import unwrap_result
-from model_proxy.pacs.source import ProbeResult, Target
+from model_proxy.pacs.source import Target
+from model_proxy.probe import ProbeResult
 
 
 @pytest.fixture

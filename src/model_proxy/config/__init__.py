@@ -1,8 +1,9 @@
 """servers.json and models.json: typed, validated, immutable.
 
->>> config = load_config(Path("."))        # doctest: +SKIP
->>> config.default_server().uri            # doctest: +SKIP
-'https://pacs.local/dicom-web'
+Typical use::
+
+    config = load_config(Path("."))
+    config.default_server().uri            # 'https://pacs.local/dicom-web'
 
 Every problem of both files is reported at once in one :class:`ConfigError`.
 """
