@@ -268,7 +268,7 @@ async def test_probe_reports_the_instance_count(
     source = source_for(folder, min_rescan_interval=0)
     probe = await source.probe()
     assert probe.ok
-    assert probe.detail == "5 instances in 1 studies"
+    assert probe.detail == "5 instances in 1 study"
     assert probe.latency_ms >= 0
     write_study(other_study, folder / "later")
     probe = await source.probe()

@@ -161,8 +161,11 @@ class LocalFolderSource:
             await self._refresh(only_if_stale=True)
         except PacsError as exc:
             return ProbeResult(False, elapsed_ms(started), exc.message)
-        studies = len(self._index.studies)
-        detail = f"{self._index.instance_count} instances in {studies} studies"
+        instances, studies = self._index.instance_count, len(self._index.studies)
+        detail = (
+            f"{instances} instance{'s' * (instances != 1)}"
+            f" in {studies} stud{'ies' if studies != 1 else 'y'}"
+        )
         return ProbeResult(True, elapsed_ms(started), detail)
 
     async def aclose(self) -> None:

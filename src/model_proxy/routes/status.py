@@ -101,7 +101,14 @@ def render_html(report: dict[str, dict[str, dict[str, Any]]]) -> str:
             f"<th>{extra}</th><th>latency</th><th>detail</th></tr></thead>"
             f"<tbody>{body}</tbody></table>"
         )
-    return _PAGE.replace("{sections}", "".join(sections))
+    entries = [*report["servers"].values(), *report["models"].values()]
+    down = sum(not entry["ok"] for entry in entries)
+    summary = (
+        f'<p class="summary ok">All {len(entries)} up.</p>'
+        if not down
+        else f'<p class="summary bad">{down} of {len(entries)} down.</p>'
+    )
+    return _PAGE.replace("{sections}", summary + "".join(sections))
 
 
 _PAGE = """<!doctype html>
@@ -117,6 +124,7 @@ td.num{text-align:right;white-space:nowrap}code{font-size:.85rem}
 .badge{display:inline-block;padding:.1rem .5rem;border-radius:.8rem;font-size:.8rem;
 font-weight:600;color:#fff}.up{background:#2e7d32}.down{background:#c62828}
 footer{margin-top:2rem;color:#777;font-size:.85rem}
+.summary{font-weight:600}.summary.ok{color:#2e7d32}.summary.bad{color:#c62828}
 </style></head><body>
 <h1>model-proxy status</h1>
 {sections}
