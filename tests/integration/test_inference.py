@@ -513,11 +513,15 @@ def test_study_missing_on_the_pacs_is_404(deployment: Deployment) -> None:
     )
 
 
-def test_post_is_405_with_a_json_message(deployment: Deployment) -> None:
+def test_other_methods_are_405_with_a_json_message(deployment: Deployment) -> None:
     with deployment.proxy.client() as client:
         response = client.post(deployment.series_path("segmentations", "seg"))
-    assert response.status_code == 405
-    assert "GET" in response.json()["message"]
+        assert response.status_code == 405
+        assert "GET" in response.json()["message"]
+        # HEAD must not run an inference just to drop its result.
+        head = client.head(deployment.series_path("segmentations", "hanging"))
+        assert head.status_code == 405
+        assert head.headers["allow"] == "GET"
 
 
 # --- upstream failures: clear errors, and the proxy keeps serving ------------------------

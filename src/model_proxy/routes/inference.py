@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -54,6 +55,9 @@ def _check_route_fits_model(family: str, model: ModelConfig, level: Level) -> No
 
 
 async def infer(request: Request) -> Response:
+    if request.method != "GET":
+        # Starlette answers HEAD on GET routes; here it would run a whole inference.
+        raise HTTPException(405, headers={"Allow": "GET"})
     state: ProxyState = request.app.state.proxy
     params: dict[str, str] = dict(request.path_params)
     level = _level_of(params)
