@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from deployment import Deployment, deploy
 from harness import (
     ExampleModel,
     HarnessError,
@@ -148,3 +149,26 @@ def start_proxy(
     yield factory
     for proxy in started:
         proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    tmp_path_factory: pytest.TempPathFactory,
+    orthanc: OrthancServer,
+    orthanc_basic_auth: OrthancServer,
+    example_model: ExampleModel,
+    sample_study: SampleStudy,
+    second_study: SampleStudy,
+    tls_cert: TlsCert,
+) -> Iterator[Deployment]:
+    """A proxy configured with every kind of server and model (see deployment.py)."""
+    with deploy(
+        tmp_path_factory,
+        orthanc,
+        orthanc_basic_auth,
+        example_model,
+        sample_study,
+        second_study,
+        tls_cert,
+    ) as running:
+        yield running
