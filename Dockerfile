@@ -23,8 +23,9 @@ EXPOSE 8002
 VOLUME ["/app/log", "/app/data"]
 
 # The certificate is usually self-signed, so the check does not verify it.
+COPY docker/healthcheck.py /usr/local/lib/model-proxy-healthcheck.py
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
-    CMD ["python", "-c", "import os, ssl, urllib.request; urllib.request.urlopen('https://127.0.0.1:' + os.environ.get('MODEL_PROXY_PORT', '8002') + '/health', context=ssl._create_unverified_context(), timeout=4)"]
+    CMD ["python", "/usr/local/lib/model-proxy-healthcheck.py"]
 
 # Starts as root only to hand /app/log and /app/data to uid 10001, then drops privileges
 # (see docker/entrypoint.sh). Extra `docker run` arguments go to `model-proxy serve`.
