@@ -33,11 +33,3 @@ class Settings:
     max_result_bytes: int = 2048 * MiB
     # "*" keeps the original's behaviour: any viewer origin may call the routes.
     cors_origins: tuple[str, ...] = ("*",)
-
-    @property
-    def servers_file(self) -> Path:
-        return self.config_dir / "servers.json"
-
-    @property
-    def models_file(self) -> Path:
-        return self.config_dir / "models.json"

@@ -47,6 +47,16 @@ class Deployment:
             f"/series/{study.series[series_index].series_uid}"
         )
 
+    def level_path(self, family: str, model: str, level: str, instance_index: int = 0) -> str:
+        """The route of ``level`` ("study", "series", "instance") on the main series."""
+        series = self.study.series[0]
+        path = f"/{family}/{self.models[model]}/studies/{self.study.study_uid}"
+        if level != "study":
+            path += f"/series/{series.series_uid}"
+        if level == "instance":
+            path += f"/instances/{series.sop_uids[instance_index]}"
+        return path
+
 
 @contextmanager
 def deploy(

@@ -61,12 +61,8 @@ def test_instance_segmentation_sends_only_that_instance(deployment: Deployment) 
 def test_annotation_polygons_at_every_level(deployment: Deployment, level: str) -> None:
     study = deployment.study
     series = study.series[0]
-    path = f"/annotations/{deployment.models['ann']}/studies/{study.study_uid}"
-    if level != "study":
-        path += f"/series/{series.series_uid}"
-    if level == "instance":
-        path += f"/instances/{series.sop_uids[len(series.sop_uids) // 2]}"
-    response = deployment.get(path)
+    middle = len(series.sop_uids) // 2
+    response = deployment.get(deployment.level_path("annotations", "ann", level, middle))
     assert response.status_code == 200, response.text
     instances = instances_of(response.json(), study.study_uid, series.series_uid)
     assert instances
@@ -80,13 +76,7 @@ def test_annotation_polygons_at_every_level(deployment: Deployment, level: str) 
 @pytest.mark.parametrize("level", ["study", "series", "instance"])
 def test_prediction_metadata_at_every_level(deployment: Deployment, level: str) -> None:
     study = deployment.study
-    series = study.series[0]
-    path = f"/predictions/{deployment.models['pred']}/studies/{study.study_uid}"
-    if level != "study":
-        path += f"/series/{series.series_uid}"
-    if level == "instance":
-        path += f"/instances/{series.sop_uids[0]}"
-    response = deployment.get(path)
+    response = deployment.get(deployment.level_path("predictions", "pred", level))
     assert response.status_code == 200, response.text
     text = json.dumps(response.json())
     assert '"metadata"' in text and '"dataType"' in text
