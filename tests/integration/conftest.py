@@ -32,6 +32,8 @@ from harness import (
 from harness import (
     start_proxy as start_proxy_process,
 )
+from token_gateway import Gateway, start_token_gateway
+from token_server import TokenServer, start_token_server
 
 from model_proxy.sample_data import SampleStudy, make_study
 
@@ -172,3 +174,21 @@ def deployment(
         tls_cert,
     ) as running:
         yield running
+
+
+@pytest.fixture
+def token_server() -> Iterator[TokenServer]:
+    """The token server double (token_server.py) with its defaults: user doctor/s3cret,
+    OAuth client proxy/client-secret, access tokens for 1 h, refresh tokens for 30 d."""
+    with start_token_server() as server:
+        yield server
+
+
+@pytest.fixture
+def token_pacs(
+    orthanc: OrthancServer, sample_study: SampleStudy, token_server: TokenServer
+) -> Iterator[Gateway]:
+    """The session Orthanc holding ``sample_study`` behind a gateway that wants the
+    access tokens of ``token_server`` (token_gateway.py); ``.server_entry(authType)``."""
+    with start_token_gateway(orthanc.url, token_server) as gateway:
+        yield gateway

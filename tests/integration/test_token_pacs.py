@@ -1,0 +1,202 @@
+"""The token-protected PACS of the test bed: a real Orthanc behind the verifying gateway
+(token_gateway.py), over real HTTP, with tokens from the token server double."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from harness import OrthancServer, http_client
+from token_gateway import Gateway, start_token_gateway
+from token_server import TokenServer, start_token_server
+
+from model_proxy.sample_data import SampleStudy
+
+STUDY_INSTANCE_UID = "0020000D"
+DICOM_JSON = {"Accept": "application/dicom+json"}
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with http_client(timeout=30.0) as client:
+        yield client
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def user_tokens(http: httpx.Client, tokens: TokenServer) -> tuple[str, str]:
+    """(access, refresh) from exchanging a fresh auth token."""
+    response = http.post(tokens.exchange_url, headers=bearer(tokens.issue_auth_token()))
+    assert response.status_code == 200, response.text
+    return response.headers["authorization"].removeprefix("Bearer "), response.text
+
+
+def client_token(http: httpx.Client, tokens: TokenServer, **form: str) -> str:
+    response = http.post(
+        tokens.oauth_token_url,
+        data={"grant_type": "client_credentials", **form},
+        auth=("proxy", "client-secret"),
+    )
+    assert response.status_code == 200, response.text
+    token: str = response.json()["access_token"]
+    return token
+
+
+def study_uids(response: httpx.Response) -> set[str]:
+    assert response.status_code == 200, response.text
+    return {study[STUDY_INSTANCE_UID]["Value"][0] for study in response.json()}
+
+
+def multipart_part_count(response: httpx.Response) -> int:
+    content_type = response.headers["content-type"]
+    assert content_type.startswith("multipart/related"), content_type
+    boundary = content_type.split("boundary=", 1)[1].split(";", 1)[0].strip('"')
+    return response.content.count(b"--" + boundary.encode()) - 1  # minus the closing one
+
+
+def test_valid_token_reaches_orthanc_qido_and_wado(
+    http: httpx.Client, token_pacs: Gateway, token_server: TokenServer, sample_study: SampleStudy
+) -> None:
+    access, _ = user_tokens(http, token_server)
+    found = http.get(f"{token_pacs.dicomweb_url}/studies", headers=bearer(access) | DICOM_JSON)
+    assert sample_study.study_uid in study_uids(found)
+
+    series = sample_study.main_series
+    url = f"{token_pacs.dicomweb_url}/studies/{sample_study.study_uid}/series/{series.series_uid}"
+    retrieved = http.get(
+        url, headers=bearer(access) | {"Accept": 'multipart/related; type="application/dicom"'}
+    )
+    assert retrieved.status_code == 200, retrieved.text
+    assert multipart_part_count(retrieved) == len(series.sop_uids)
+    assert token_pacs.status_counts == {200: 2}
+    assert token_pacs.outcomes == {"accepted": 2}
+    assert token_pacs.seen_tokens == {access: 2}
+
+
+def test_status_uri_answers_200_with_a_token(
+    http: httpx.Client, token_pacs: Gateway, token_server: TokenServer
+) -> None:
+    access, _ = user_tokens(http, token_server)
+    assert http.get(token_pacs.status_url, headers=bearer(access)).status_code == 200
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Basic dXNlcjpwYXNz"}])
+def test_missing_bearer_token_is_401(
+    http: httpx.Client, token_pacs: Gateway, headers: dict[str, str]
+) -> None:
+    response = http.get(token_pacs.status_url, headers=headers)
+    assert response.status_code == 401 and response.json()["message"]
+    assert response.headers["www-authenticate"] == 'Bearer realm="pacs"'
+    assert token_pacs.outcomes == {"missing": 1}
+
+
+def test_expired_token_is_401_then_a_refreshed_one_passes(
+    http: httpx.Client, token_pacs: Gateway, token_server: TokenServer
+) -> None:
+    token_server.set_lifetimes(access=1.0)
+    access, refresh = user_tokens(http, token_server)
+    assert http.get(token_pacs.status_url, headers=bearer(access)).status_code == 200
+    exp = jwt.decode(access, options={"verify_signature": False})["exp"]
+    while time.time() <= exp:
+        time.sleep(0.05)
+
+    expired = http.get(token_pacs.status_url, headers=bearer(access))
+    assert expired.status_code == 401
+    assert 'error="invalid_token"' in expired.headers["www-authenticate"]
+    renewed = http.post(token_server.refresh_url, headers=bearer(refresh))
+    fresh = renewed.headers["authorization"].removeprefix("Bearer ")
+    assert http.get(token_pacs.status_url, headers=bearer(fresh)).status_code == 200
+    assert token_pacs.outcomes == {"accepted": 2, "expired": 1}
+
+
+def test_expire_access_tokens_makes_the_pacs_answer_401(
+    http: httpx.Client, token_pacs: Gateway, token_server: TokenServer
+) -> None:
+    access, _ = user_tokens(http, token_server)
+    token_server.expire_access_tokens()
+    assert http.get(token_pacs.status_url, headers=bearer(access)).status_code == 401
+
+
+def test_invalid_tokens_are_403(
+    http: httpx.Client, token_pacs: Gateway, token_server: TokenServer
+) -> None:
+    access, refresh = user_tokens(http, token_server)
+    with start_token_server() as other:
+        foreign, _ = user_tokens(http, other)
+    tampered = access[:-4] + ("AAAA" if not access.endswith("AAAA") else "BBBB")
+    invalid = [foreign, tampered, refresh, token_server.issue_auth_token(), "not-a-jwt"]
+    for token in invalid:
+        response = http.get(token_pacs.status_url, headers=bearer(token))
+        assert response.status_code == 403, token
+        assert response.json()["message"].startswith("invalid access token")
+    assert token_pacs.status_counts == {403: len(invalid)}
+
+
+def test_oauth_client_token_and_static_token_are_accepted(
+    http: httpx.Client, orthanc: OrthancServer, token_server: TokenServer, sample_study: Any
+) -> None:
+    static = "static-bearer-token-for-the-pacs"
+    with start_token_gateway(orthanc.url, token_server, static_tokens=[static]) as pacs:
+        for token in (client_token(http, token_server, scope="pacs.read"), static):
+            response = http.get(f"{pacs.dicomweb_url}/studies", headers=bearer(token) | DICOM_JSON)
+            assert sample_study.study_uid in study_uids(response)
+        assert http.get(pacs.status_url, headers=bearer(static + "x")).status_code == 403
+        assert pacs.outcomes == {"accepted": 2, "invalid": 1}
+
+
+def test_audience_must_match_the_origin_or_the_gateway(
+    http: httpx.Client, orthanc: OrthancServer, token_server: TokenServer
+) -> None:
+    origin = "https://viewer.example"
+    exchanged = http.post(
+        token_server.exchange_url,
+        headers=bearer(token_server.issue_auth_token()) | {"Origin": origin},
+    )
+    for_origin = exchanged.headers["authorization"].removeprefix("Bearer ")
+    for_pacs = client_token(http, token_server, audience="https://pacs.example")
+    with start_token_gateway(orthanc.url, token_server, audience="https://pacs.example") as pacs:
+
+        def status(token: str, **headers: str) -> int:
+            return http.get(pacs.status_url, headers=bearer(token) | headers).status_code
+
+        assert status(for_origin) == 403
+        assert status(for_origin, Origin=origin) == 200
+        assert status(for_pacs) == 200
+    with start_token_gateway(orthanc.url, token_server) as pacs:
+        assert http.get(pacs.status_url, headers=bearer(for_pacs)).status_code == 403
+
+
+def test_orthanc_errors_and_bodies_pass_through(
+    http: httpx.Client, token_pacs: Gateway, token_server: TokenServer
+) -> None:
+    access, _ = user_tokens(http, token_server)
+    missing = http.get(
+        f"{token_pacs.dicomweb_url}/studies/1.2.3.4/series/5.6.7", headers=bearer(access)
+    )
+    assert missing.status_code == 404
+    posted = http.post(
+        f"{token_pacs.url}/tools/find",
+        json={"Level": "Study", "Query": {}},
+        headers=bearer(access),
+    )
+    assert posted.status_code == 200 and isinstance(posted.json(), list) and posted.json()
+    assert token_pacs.status_counts == {404: 1, 200: 1}
+
+
+def test_server_entry_is_a_servers_json_entry_for_each_token_type(
+    token_pacs: Gateway, token_server: TokenServer
+) -> None:
+    token_entry = token_pacs.server_entry("token")
+    assert token_entry["uri"] == token_pacs.dicomweb_url
+    assert token_entry["signInTokenServer"] == token_server.exchange_url
+    assert token_entry["refreshServer"] == token_server.refresh_url
+    assert token_server.tokens.open_auth_tokens == 1
+    zhiva = token_pacs.server_entry("zhivaAuth", isDefault=False)
+    assert (zhiva["login"], zhiva["password"]) == ("doctor", "s3cret")
+    assert zhiva["signInServer"] == token_server.sign_in_url and zhiva["isDefault"] is False
