@@ -83,7 +83,7 @@ async def handle_proxy_error(request: Request, exc: Exception) -> Response:
         exc.code,
         exc.message,
     )
-    return JSONResponse(exc.to_json(), status_code=exc.status_code)
+    return JSONResponse(exc.to_json(), status_code=exc.status_code, headers=exc.headers())
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:

@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from model_proxy import __version__
+from model_proxy.breaker import BreakerPolicy
 from model_proxy.config import ConfigError, ProxyConfig, load_config
+from model_proxy.retry import RetryPolicy
 from model_proxy.settings import Settings, env_flag
 from model_proxy.upstream import Timeouts
 
@@ -67,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add(serve, "pacs-timeout", "60", "seconds a PACS may stay silent before the request fails")
     _add(serve, "model-timeout", "600", "seconds a model may stay silent before the request fails")
     _add(serve, "probe-timeout", "10", "seconds a /status probe may take")
+    _add(serve, "pacs-retries", "2", "further attempts of a PACS read that failed transiently")
+    _add(
+        serve,
+        "breaker-failures",
+        "5",
+        "consecutive failures of a PACS or model before calls to it fail fast",
+    )
+    _add(serve, "breaker-cooldown", "30", "seconds a tripped PACS or model is left alone")
 
     gen_cert = commands.add_parser("gen-cert", help="write a self-signed zhiva.crt and zhiva.key")
     _add(gen_cert, "out-dir", ".", "where to write the files")
@@ -135,6 +145,12 @@ def _seconds(value: str, flag: str) -> float:
     return seconds
 
 
+def _count(value: str, flag: str, low: int, high: int) -> int:
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise CommandError(f"--{flag} must be a whole number from {low} to {high}, got {value!r}")
+    return int(value)
+
+
 def load_checked_config(config_dir: Path) -> ProxyConfig:
     try:
         return load_config(config_dir)
@@ -154,6 +170,11 @@ def serve(args: argparse.Namespace) -> int:
         show_status_page=env_flag("ZHIVA_SHOW_STATUS_PAGE"),
         pacs_timeouts=Timeouts(idle=_seconds(args.pacs_timeout, "pacs-timeout"), probe=probe),
         model_timeouts=Timeouts(idle=_seconds(args.model_timeout, "model-timeout"), probe=probe),
+        retry=RetryPolicy(retries=_count(args.pacs_retries, "pacs-retries", 0, 10)),
+        breaker=BreakerPolicy(
+            failure_threshold=_count(args.breaker_failures, "breaker-failures", 1, 1000),
+            cooldown=_seconds(args.breaker_cooldown, "breaker-cooldown"),
+        ),
     )
     port = _port(args.port)
     tls_files = None if args.no_tls else _tls_files(Path(args.cert), Path(args.key))

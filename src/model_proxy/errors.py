@@ -11,6 +11,11 @@ Exception tree::
     |   +-- PacsError               502  names the PACS server
     |   +-- ModelError              502  names the model
     +-- UpstreamTimeout             504  the PACS or the model did not answer in time
+    +-- UpstreamUnavailable         503  an upstream's circuit breaker is open: failing fast
+
+An error caused by an upstream's own failure (unreachable, timed out, broke the
+exchange, answered 5xx or garbage) carries that upstream's label in ``upstream``:
+the circuit breakers count only those (breaker.py), never a caller's mistake.
 
 Foreign exceptions (httpx, pydicom, OSError) are translated into these at the
 boundary where they happen (pacs/, models/), never in the routes.
@@ -27,13 +32,21 @@ class ProxyError(Exception):
     status_code = 500
     default_code = "internal_error"
 
-    def __init__(self, message: str, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, code: str | None = None, *, upstream: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code
+        # The label ("PACS b1407f18…") of the upstream whose failure this is, if any.
+        self.upstream = upstream
 
     def to_json(self) -> dict[str, str]:
         return {"message": self.message, "code": self.code}
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers."""
+        return {}
 
 
 class BadRequest(ProxyError):
@@ -67,6 +80,20 @@ class ModelError(UpstreamError):
 class UpstreamTimeout(ProxyError):
     status_code = 504
     default_code = "gateway_timeout"
+
+
+class UpstreamUnavailable(ProxyError):
+    """An upstream failed repeatedly; calls fail fast until ``retry_after`` seconds pass."""
+
+    status_code = 503
+    default_code = "upstream_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int, upstream: str) -> None:
+        super().__init__(message, upstream=upstream)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 def short_id(uuid: str) -> str:

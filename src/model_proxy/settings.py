@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from model_proxy.breaker import BreakerPolicy
+from model_proxy.retry import RetryPolicy
 from model_proxy.upstream import Timeouts
 
 MiB = 1024 * 1024
@@ -33,3 +35,6 @@ class Settings:
     max_result_bytes: int = 2048 * MiB
     # "*" keeps the original's behaviour: any viewer origin may call the routes.
     cors_origins: tuple[str, ...] = ("*",)
+    # PACS reads are retried; model POSTs only as their models.json entry allows.
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)

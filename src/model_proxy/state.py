@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from model_proxy.breaker import CircuitBreaker
 from model_proxy.config import ProxyConfig, ServerConfig
 from model_proxy.errors import BadRequest, NotFound, shorten
 from model_proxy.models.client import ModelClient
 from model_proxy.pacs.dicomweb import DicomWebSource
+from model_proxy.pacs.guarded import GuardedSource
 from model_proxy.pacs.local_folder import LocalFolderSource
 from model_proxy.pacs.source import DicomSource
 from model_proxy.settings import Settings
@@ -30,6 +32,8 @@ class ProxyState:
                 model,
                 timeouts=settings.model_timeouts,
                 max_result_bytes=settings.max_result_bytes,
+                breaker=settings.breaker,
+                retry=settings.retry,
             )
             for model_id, model in config.models.items()
         }
@@ -54,6 +58,11 @@ class ProxyState:
             server = found
         return server, self.sources[server.id]
 
+    def breaker_of_server(self, server_id: str) -> CircuitBreaker | None:
+        """The circuit breaker of a DICOMweb server (a local folder has none)."""
+        source = self.sources[server_id]
+        return source.breaker if isinstance(source, GuardedSource) else None
+
     async def aclose(self) -> None:
         for source in self.sources.values():
             await source.aclose()
@@ -64,8 +73,10 @@ class ProxyState:
 def _make_source(server: ServerConfig, settings: Settings) -> DicomSource:
     if server.is_local_folder:
         return LocalFolderSource(server)
-    return DicomWebSource(
+    source = DicomWebSource(
         server,
         timeouts=settings.pacs_timeouts,
         max_instance_bytes=settings.max_instance_bytes,
+        retry=settings.retry,
     )
+    return GuardedSource(source, CircuitBreaker(source.label, settings.breaker))

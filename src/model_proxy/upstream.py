@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from model_proxy.errors import UpstreamError, UpstreamTimeout
+from model_proxy.errors import ProxyError, UpstreamError, UpstreamTimeout
 
 
 @dataclass(frozen=True)
@@ -60,20 +60,37 @@ def translate_errors(label: str, error_type: type[UpstreamError]) -> Iterator[No
     """Re-raise httpx failures as ``error_type`` or UpstreamTimeout, naming ``label``."""
     try:
         yield
-    except httpx.TimeoutException as exc:
+    except httpx.HTTPError as exc:
+        raise translated(exc, label, error_type) from exc
+
+
+def translated(
+    exc: httpx.HTTPError, label: str, error_type: type[UpstreamError], *, note: str = ""
+) -> ProxyError:
+    """The ProxyError for an httpx failure of upstream ``label``; ``note`` ends the message."""
+    if isinstance(exc, httpx.TimeoutException):
         phase = {
             httpx.ConnectTimeout: "connecting",
             httpx.ReadTimeout: "waiting for data",
             httpx.WriteTimeout: "sending data",
             httpx.PoolTimeout: "waiting for a free connection",
         }.get(type(exc), "waiting")
-        raise UpstreamTimeout(f"{label}: timed out while {phase}") from exc
-    except httpx.ConnectError as exc:
-        raise error_type(f"{label}: unreachable ({describe_connect_error(exc)})") from exc
-    except httpx.RemoteProtocolError as exc:
-        raise error_type(f"{label}: broke the HTTP exchange ({exc})") from exc
-    except httpx.HTTPError as exc:
-        raise error_type(f"{label}: {type(exc).__name__} ({exc})") from exc
+        return UpstreamTimeout(f"{label}: timed out while {phase}{note}", upstream=label)
+    if isinstance(exc, httpx.ConnectError):
+        what = f"unreachable ({describe_connect_error(exc)})"
+    elif isinstance(exc, httpx.RemoteProtocolError):
+        what = f"broke the HTTP exchange ({exc})"
+    else:
+        what = f"{type(exc).__name__} ({exc})"
+    return error_type(f"{label}: {what}{note}", upstream=label)
+
+
+def is_transient(exc: httpx.HTTPError) -> bool:
+    """Whether another attempt might succeed: a timeout or a broken connection,
+    not a refused certificate or a malformed URL."""
+    if not isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError):
+        return False
+    return "CERTIFICATE_VERIFY_FAILED" not in str(exc)
 
 
 def describe_connect_error(exc: httpx.ConnectError) -> str:

@@ -93,7 +93,8 @@ def test_status_json_and_html(
     with proxy.client() as client:
         report = client.get("/status", headers={"Accept": "application/json"}).json()
         page = client.get("/status", headers={"Accept": "text/html"})
-    assert set(report) == {"servers", "models"}
+    assert set(report) == {"servers", "models", "process"}
+    assert report["process"]["asyncioTasks"] > 0
     assert set(report["servers"]) == set(servers)
     assert set(report["models"]) == set(models)
     assert report["servers"][ids["orthanc"]]["ok"] is True
@@ -107,6 +108,8 @@ def test_status_json_and_html(
     for entry in [*report["servers"].values(), *report["models"].values()]:
         assert isinstance(entry["ok"], bool)
         assert entry["latencyMs"] >= 0
+        # A failing probe is no inference failure: the breakers stay closed.
+        assert entry["breaker"] == {"state": "closed", "failures": 0}
     assert "pass" not in json.dumps(report)
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")

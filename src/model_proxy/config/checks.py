@@ -61,6 +61,7 @@ MODEL_FIELDS: dict[str, str] = {
     "statusUri": "a string (an http(s):// URL)",
     "dataFilter": DATA_FILTER_FIELDS["dataFilter"],
     "tlsVerify": SERVER_FIELDS["tlsVerify"],
+    "retries": "an integer from 0 to 5",
 }
 
 

@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     SecretStr,
     StrictBool,
+    StrictInt,
     StrictStr,
     ValidationInfo,
     field_validator,
@@ -219,6 +220,9 @@ class ModelConfig(_Schema):
     status_uri: StrictStr | None = Field(None, alias="statusUri")
     data_filter: tuple[DataFilterEntry, ...] = Field((), alias="dataFilter")
     tls_verify: bool | str = Field(True, alias="tlsVerify")
+    # Extension: how often a failed POST may be sent again; only when the model
+    # could not have seen it (docs/reliability.md). 0: never, as the original.
+    retries: StrictInt = Field(0, ge=0, le=5)
 
     @field_validator("uri")
     @classmethod

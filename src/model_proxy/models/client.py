@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import httpx
 import orjson
 
+from model_proxy.breaker import BreakerPolicy, CircuitBreaker
 from model_proxy.config import ModelConfig
 from model_proxy.errors import ModelError, short_id
 from model_proxy.models.result import unwrap_result
 from model_proxy.probe import ProbeResult, answered_200, probe_get
-from model_proxy.upstream import Timeouts, make_client, translate_errors
+from model_proxy.retry import RetryPolicy
+from model_proxy.upstream import Timeouts, is_transient, make_client, translate_errors, translated
+
+logger = logging.getLogger(__name__)
 
 # Past this size, JSON validation runs in a thread so the event loop keeps serving.
 _PARSE_IN_THREAD_BYTES = 1 << 20
@@ -21,33 +27,72 @@ _PARSE_IN_THREAD_BYTES = 1 << 20
 class ModelClient:
     """Talks to one Model API of models.json."""
 
-    def __init__(self, model: ModelConfig, *, timeouts: Timeouts, max_result_bytes: int) -> None:
+    def __init__(
+        self,
+        model: ModelConfig,
+        *,
+        timeouts: Timeouts,
+        max_result_bytes: int,
+        breaker: BreakerPolicy | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self.label = f"model {short_id(model.id)}"
         self._model = model
         self._max_result_bytes = max_result_bytes
         self._timeouts = timeouts
         self._client = make_client(tls_verify=model.tls_verify, timeouts=timeouts)
+        self.breaker = CircuitBreaker(self.label, breaker or BreakerPolicy())
+        # Only a model that opts in ("retries" in models.json) is called again.
+        self._retry = replace(retry or RetryPolicy(), retries=model.retries)
 
     async def infer(self, body: AsyncIterator[bytes]) -> bytes:
         """POST ``body`` to the model's uri, exactly as written; return the result JSON."""
-        request = self._client.build_request(
-            "POST", self._model.uri, content=body, headers={"Content-Type": "application/json"}
-        )
-        with translate_errors(self.label, ModelError):
-            response = await self._client.send(request, stream=True)
+        async with self.breaker.guard():
+            data = await self._post(body)
+            if len(data) > _PARSE_IN_THREAD_BYTES:
+                return await asyncio.to_thread(unwrap_result, data, self.label)
+            return unwrap_result(data, self.label)
+
+    async def _post(self, body: AsyncIterator[bytes]) -> bytes:
+        tracked = _TrackedBody(body)
+        budget = self._retry.budget()
+        while True:
+            request = self._client.build_request(
+                "POST",
+                self._model.uri,
+                content=tracked,
+                headers={"Content-Type": "application/json"},
+            )
             try:
-                if not response.is_success:
-                    raise ModelError(
-                        f"{self.label}: answered {response.status_code}"
-                        f" {response.reason_phrase}{await _error_detail(response)}",
-                        code="model_failed",
-                    )
-                data = await self._read_limited(response)
-            finally:
-                await response.aclose()
-        if len(data) > _PARSE_IN_THREAD_BYTES:
-            return await asyncio.to_thread(unwrap_result, data, self.label)
-        return unwrap_result(data, self.label)
+                response = await self._client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                # Only before the first byte of the body left: the model cannot have
+                # seen the request, and the body can still be sent whole.
+                retry = is_transient(exc) and not tracked.started
+                delay = budget.next_delay() if retry else None
+                if delay is None:
+                    raise translated(exc, self.label, ModelError) from exc
+                logger.warning(
+                    "%s: %s; retry %d in %.1f s",
+                    self.label,
+                    translated(exc, self.label, ModelError).message,
+                    budget.used,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            with translate_errors(self.label, ModelError):
+                try:
+                    if not response.is_success:
+                        raise ModelError(
+                            f"{self.label}: answered {response.status_code}"
+                            f" {response.reason_phrase}{await _error_detail(response)}",
+                            code="model_failed",
+                            upstream=self.label if response.status_code >= 500 else None,
+                        )
+                    return await self._read_limited(response)
+                finally:
+                    await response.aclose()
 
     async def _read_limited(self, response: httpx.Response) -> bytes:
         chunks: list[bytes] = []
@@ -100,6 +145,21 @@ async def _error_detail(response: httpx.Response) -> str:
             text = raw.decode("utf-8", "replace")
     text = " ".join(text.split())
     return f": {text[:300]}"
+
+
+class _TrackedBody:
+    """An async iterator that remembers whether anything was read from it."""
+
+    def __init__(self, body: AsyncIterator[bytes]) -> None:
+        self._body = body
+        self.started = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        self.started = True
+        return await anext(self._body)
 
 
 def _below_500(status: int) -> bool:

@@ -19,12 +19,16 @@ def unwrap_result(body: bytes, label: str) -> bytes:
     b'{"a": 1}'
     """
     if not body.strip():
-        raise ModelError(f"{label}: answered 200 with an empty body", code="model_bad_response")
+        raise ModelError(
+            f"{label}: answered 200 with an empty body", code="model_bad_response", upstream=label
+        )
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ModelError(
-            f"{label}: answered with a body that is not JSON ({exc.msg})", code="model_bad_response"
+            f"{label}: answered with a body that is not JSON ({exc.msg})",
+            code="model_bad_response",
+            upstream=label,
         ) from exc
     if not isinstance(document, str):
         return body

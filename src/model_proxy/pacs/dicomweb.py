@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import asynccontextmanager
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import aclosing, asynccontextmanager, contextmanager
 
 import httpx
 
 from model_proxy.config import ServerConfig
-from model_proxy.errors import NotFound, PacsError, short_id
+from model_proxy.errors import NotFound, PacsError, ProxyError, short_id
 from model_proxy.pacs.auth import build_auth
+from model_proxy.pacs.instance_key import instance_key
 from model_proxy.pacs.multipart import (
     MalformedMultipart,
     MultipartDecoder,
+    TruncatedMultipart,
     boundary_from_content_type,
 )
 from model_proxy.pacs.source import Target
 from model_proxy.probe import ProbeResult, probe_get
-from model_proxy.upstream import Timeouts, make_client, translate_errors
+from model_proxy.retry import RETRYABLE_STATUSES, RetryBudget, RetryPolicy
+from model_proxy.upstream import Timeouts, is_transient, make_client, translated
+
+logger = logging.getLogger(__name__)
 
 # transfer-syntax=* asks for the instances as stored: no server-side transcoding,
 # which is slow and may fail for compressed syntaxes the model can read anyway.
@@ -28,12 +35,18 @@ class DicomWebSource:
     """Retrieves Part-10 instances from a DICOMweb server with WADO-RS."""
 
     def __init__(
-        self, server: ServerConfig, *, timeouts: Timeouts, max_instance_bytes: int
+        self,
+        server: ServerConfig,
+        *,
+        timeouts: Timeouts,
+        max_instance_bytes: int,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.label = f"PACS {short_id(server.id)}"
         self._server = server
         self._max_instance_bytes = max_instance_bytes
         self._timeouts = timeouts
+        self._retry = retry or RetryPolicy()
         self._client = make_client(
             tls_verify=server.tls_verify, timeouts=timeouts, auth=build_auth(server)
         )
@@ -48,22 +61,92 @@ class DicomWebSource:
 
     @asynccontextmanager
     async def retrieve(self, target: Target) -> AsyncIterator[AsyncIterator[bytes]]:
-        request = self._client.build_request(
-            "GET", self.url_for(target), headers={"Accept": WADO_ACCEPT}
-        )
-        with translate_errors(self.label, PacsError):
-            response = await self._client.send(request, stream=True)
+        budget = self._retry.budget()
+        response = await self._open(target, budget)
+        instances = self._resumable_instances(response, target, budget)
         try:
-            self._check_status(response, target)
-            instances = self._iter_instances(response, target)
+            yield instances
+        finally:
+            await instances.aclose()
+
+    async def _open(self, target: Target, budget: RetryBudget) -> httpx.Response:
+        """Send the WADO-RS request until it is answered with data, retrying what
+        may be transient (timeouts, broken connections, 429/502/503/504)."""
+        while True:
+            request = self._client.build_request(
+                "GET", self.url_for(target), headers={"Accept": WADO_ACCEPT}
+            )
             try:
-                yield instances
-            finally:
-                await instances.aclose()
+                response = await self._client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                delay = budget.next_delay() if is_transient(exc) else None
+                if delay is None:
+                    raise translated(exc, self.label, PacsError, note=_tries(budget)) from exc
+                reason = translated(exc, self.label, PacsError).message
+            else:
+                if response.status_code not in RETRYABLE_STATUSES:
+                    break
+                delay = budget.next_delay(response.headers.get("retry-after"))
+                if delay is None:
+                    break
+                reason = f"answered {response.status_code}"
+                await response.aclose()
+            logger.warning(
+                "%s: %s for %s; retry %d in %.1f s",
+                self.label,
+                reason,
+                target.describe(),
+                budget.used,
+                delay,
+            )
+            await asyncio.sleep(delay)
+        try:
+            self._check_status(response, target, budget)
+        except BaseException:
+            await response.aclose()
+            raise
+        return response
+
+    async def _resumable_instances(
+        self, response: httpx.Response, target: Target, budget: RetryBudget
+    ) -> AsyncGenerator[bytes, None]:
+        """The instances of ``response``; when the transfer breaks, ask again and
+        skip the instances already given (the model has them), within ``budget``."""
+        given: set[bytes] = set()
+        try:
+            while True:
+                try:
+                    async with aclosing(self._iter_instances(response, target)) as parts:
+                        async for part in parts:
+                            key = instance_key(part)
+                            if key not in given:
+                                given.add(key)
+                                yield part
+                    break
+                except _BrokenTransfer as broken:
+                    await response.aclose()
+                    delay = budget.next_delay()
+                    if delay is None:
+                        broken.error.message += _tries(budget)
+                        raise broken.error from broken.__cause__
+                    logger.warning(
+                        "%s: %s after %d instances; resuming (retry %d in %.1f s)",
+                        self.label,
+                        broken.error.message,
+                        len(given),
+                        budget.used,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    response = await self._open(target, budget)
         finally:
             await response.aclose()
+        if not given:
+            raise NotFound(
+                f"{target.describe()} has no instances on {self.label}", code="not_on_pacs"
+            )
 
-    def _check_status(self, response: httpx.Response, target: Target) -> None:
+    def _check_status(self, response: httpx.Response, target: Target, budget: RetryBudget) -> None:
         status = response.status_code
         if status in (200, 206):
             return
@@ -76,43 +159,54 @@ class DicomWebSource:
             )
         raise PacsError(
             f"{self.label}: answered {status} {response.reason_phrase} for {target.describe()}"
+            + _tries(budget),
+            # A 4xx other than those is a request the PACS does not understand,
+            # not a PACS that is down.
+            upstream=self.label if status >= 500 or status == 429 else None,
         )
 
     async def _iter_instances(
         self, response: httpx.Response, target: Target
     ) -> AsyncGenerator[bytes, None]:
+        """The Part-10 files of one response; raises _BrokenTransfer when the
+        connection breaks, PacsError when the response is not what was asked."""
         content_type = response.headers.get("content-type", "")
         if content_type.split(";", 1)[0].strip().lower() == "application/dicom":
             # Some servers answer a single instance without the multipart envelope.
-            with translate_errors(self.label, PacsError):
-                yield await response.aread()
+            with _transfer(self.label):
+                data = await response.aread()
+            yield data
             return
         boundary = boundary_from_content_type(content_type)
         if boundary is None:
             raise PacsError(
                 f"{self.label}: answered with Content-Type {content_type[:100]!r} for"
-                f" {target.describe()}, expected multipart/related"
+                f" {target.describe()}, expected multipart/related",
+                code="pacs_bad_response",
+                upstream=self.label,
             )
         decoder = MultipartDecoder(boundary, max_part_bytes=self._max_instance_bytes)
-        count = 0
         try:
-            with translate_errors(self.label, PacsError):
+            with _transfer(self.label):
                 async for chunk in response.aiter_bytes():
                     for part in decoder.feed(chunk):
-                        count += 1
                         yield part
                     if decoder.done:
                         break
             decoder.close()
+        except TruncatedMultipart as exc:
+            error = PacsError(
+                f"{self.label}: the response for {target.describe()} was cut short: {exc}",
+                code="pacs_bad_response",
+                upstream=self.label,
+            )
+            raise _BrokenTransfer(error) from exc
         except MalformedMultipart as exc:
             raise PacsError(
                 f"{self.label}: sent a malformed response for {target.describe()}: {exc}",
                 code="pacs_bad_response",
+                upstream=self.label,
             ) from exc
-        if count == 0:
-            raise NotFound(
-                f"{target.describe()} has no instances on {self.label}", code="not_on_pacs"
-            )
 
     async def probe(self) -> ProbeResult:
         """GET statusUri (a QIDO query without one) with the server's auth."""
@@ -127,3 +221,28 @@ class DicomWebSource:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+class _BrokenTransfer(Exception):
+    """The response broke off in a way another request may not: worth resuming."""
+
+    def __init__(self, error: ProxyError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+@contextmanager
+def _transfer(label: str) -> Iterator[None]:
+    """Translate httpx failures while reading a response body; transient ones
+    (cut connection, idle timeout) become _BrokenTransfer."""
+    try:
+        yield
+    except httpx.HTTPError as exc:
+        error = translated(exc, label, PacsError)
+        if is_transient(exc):
+            raise _BrokenTransfer(error) from exc
+        raise error from exc
+
+
+def _tries(budget: RetryBudget) -> str:
+    return f" (tried {budget.used + 1} times)" if budget.used else ""

@@ -20,6 +20,10 @@ class MalformedMultipart(ValueError):
     """The stream does not follow RFC 2046 multipart syntax, or ended early."""
 
 
+class TruncatedMultipart(MalformedMultipart):
+    """The stream ended before its closing delimiter: the connection was cut."""
+
+
 class _State(enum.Enum):
     PREAMBLE = enum.auto()
     HEADERS = enum.auto()
@@ -86,7 +90,7 @@ class MultipartDecoder:
                 _State.BODY: "inside a part (truncated)",
                 _State.AFTER_DELIMITER: "after a delimiter",
             }[self._state]
-            raise MalformedMultipart(f"multipart stream ended {where}")
+            raise TruncatedMultipart(f"multipart stream ended {where}")
 
     def _step(self, parts: list[bytes]) -> bool:
         """Advance one state if the buffer allows it; False when more input is needed."""

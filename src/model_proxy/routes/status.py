@@ -15,12 +15,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from model_proxy.breaker import CircuitBreaker
 from model_proxy.errors import NotFound, redact_urls
 from model_proxy.probe import ProbeResult
 from model_proxy.state import ProxyState
 
 
-async def collect_status(state: ProxyState) -> dict[str, dict[str, dict[str, Any]]]:
+async def collect_status(state: ProxyState) -> dict[str, dict[str, Any]]:
     """Probe everything concurrently; each probe has its upstream's own timeouts."""
     server_ids = list(state.config.servers)
     model_ids = list(state.config.models)
@@ -34,6 +35,7 @@ async def collect_status(state: ProxyState) -> dict[str, dict[str, dict[str, Any
             "uri": redact_urls(state.config.servers[server_id].uri),
             "isDefault": _is_default(state, server_id),
         }
+        | _breaker_entry(state.breaker_of_server(server_id))
         for server_id, result in zip(server_ids, results[: len(server_ids)], strict=True)
     }
     models = {
@@ -42,9 +44,16 @@ async def collect_status(state: ProxyState) -> dict[str, dict[str, dict[str, Any
             "task": state.config.models[model_id].task.value,
             "supports": [level.value for level in state.config.models[model_id].supports],
         }
+        | _breaker_entry(state.models[model_id].breaker)
         for model_id, result in zip(model_ids, results[len(server_ids) :], strict=True)
     }
-    return {"servers": servers, "models": models}
+    # Live asyncio tasks: flat under load, so a leak shows (the leak test reads it).
+    process = {"asyncioTasks": len(asyncio.all_tasks())}
+    return {"servers": servers, "models": models, "process": process}
+
+
+def _breaker_entry(breaker: CircuitBreaker | None) -> dict[str, Any]:
+    return {} if breaker is None else {"breaker": breaker.snapshot()}
 
 
 def _is_default(state: ProxyState, server_id: str) -> bool:
@@ -77,7 +86,7 @@ async def status(request: Request) -> Response:
     return HTMLResponse(render_html(report), headers={"Cache-Control": "no-store"})
 
 
-def render_html(report: dict[str, dict[str, dict[str, Any]]]) -> str:
+def render_html(report: dict[str, dict[str, Any]]) -> str:
     sections = []
     for title, key, extra in (
         ("PACS servers", "servers", "uri"),
@@ -92,7 +101,7 @@ def render_html(report: dict[str, dict[str, dict[str, Any]]]) -> str:
                 f"<td><code>{html.escape(uuid)}</code></td>"
                 f"<td>{html.escape(str(entry.get(extra, '')))}</td>"
                 f'<td class="num">{entry["latencyMs"]:.0f} ms</td>'
-                f"<td>{html.escape(entry['detail'])}</td>"
+                f"<td>{html.escape(entry['detail'])}{_breaker_html(entry)}</td>"
                 "</tr>"
             )
         body = "".join(rows) or '<tr><td colspan="5">none configured</td></tr>'
@@ -111,6 +120,22 @@ def render_html(report: dict[str, dict[str, dict[str, Any]]]) -> str:
     return _PAGE.replace("{sections}", summary + "".join(sections))
 
 
+def _breaker_html(entry: dict[str, Any]) -> str:
+    breaker = entry.get("breaker")
+    if breaker is None or breaker["state"] == "closed":
+        return ""
+    when = (
+        f"a trial call in {breaker['retryInSeconds']:.0f} s"
+        if breaker["state"] == "open"
+        else "the next call is a trial"
+    )
+    return (
+        f'<br><span class="breaker">circuit breaker {breaker["state"]} after'
+        f" {breaker['failures']} failures; {when}: {html.escape(str(breaker['lastFailure']))}"
+        "</span>"
+    )
+
+
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -124,6 +149,7 @@ td.num{text-align:right;white-space:nowrap}code{font-size:.85rem}
 .badge{display:inline-block;padding:.1rem .5rem;border-radius:.8rem;font-size:.8rem;
 font-weight:600;color:#fff}.up{background:#2e7d32}.down{background:#c62828}
 footer{margin-top:2rem;color:#777;font-size:.85rem}
+.breaker{color:#c62828;font-size:.85rem}
 .summary{font-weight:600}.summary.ok{color:#2e7d32}.summary.bad{color:#c62828}
 </style></head><body>
 <h1>model-proxy status</h1>

@@ -1,0 +1,35 @@
+"""A DICOM source behind its circuit breaker (breaker.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from model_proxy.breaker import CircuitBreaker
+from model_proxy.pacs.source import DicomSource, Target
+from model_proxy.probe import ProbeResult
+
+
+class GuardedSource:
+    """Retrievals from ``inner`` fail fast with 503 while its breaker is open.
+
+    A retrieval counts from the request until the last instance was read, so a
+    PACS that breaks mid-stream counts as failing. Probes (for /status) bypass
+    the breaker: they show the server's health, they do not change the verdict.
+    """
+
+    def __init__(self, inner: DicomSource, breaker: CircuitBreaker) -> None:
+        self.label = inner.label
+        self.breaker = breaker
+        self._inner = inner
+
+    @asynccontextmanager
+    async def retrieve(self, target: Target) -> AsyncIterator[AsyncIterator[bytes]]:
+        async with self.breaker.guard(), self._inner.retrieve(target) as instances:
+            yield instances
+
+    async def probe(self) -> ProbeResult:
+        return await self._inner.probe()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
