@@ -3,14 +3,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import jwt
 import pytest
-from harness import OrthancServer, http_client
+from harness import OrthancServer, TlsCert, http_client
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
+from threaded_server import ThreadedServer
 from token_gateway import Gateway, start_token_gateway
 from token_server import TokenServer, start_token_server
 
@@ -200,3 +207,89 @@ def test_server_entry_is_a_servers_json_entry_for_each_token_type(
     zhiva = token_pacs.server_entry("zhivaAuth", isDefault=False)
     assert (zhiva["login"], zhiva["password"]) == ("doctor", "s3cret")
     assert zhiva["signInServer"] == token_server.sign_in_url and zhiva["isDefault"] is False
+
+
+def test_reject_next_answers_401_whatever_the_token(
+    http: httpx.Client, token_pacs: Gateway, token_server: TokenServer
+) -> None:
+    access, _ = user_tokens(http, token_server)
+    token_pacs.reject_next(2, status=401)
+    statuses = [http.get(token_pacs.status_url, headers=bearer(access)).status_code for _ in "abc"]
+    assert statuses == [401, 401, 200]
+    assert token_pacs.outcomes == {"rejected": 2, "accepted": 1}
+    assert token_pacs.requests == [("GET", "/dicom-web/studies", s) for s in statuses]
+
+
+def test_fifty_concurrent_requests_pass_the_gateway(
+    token_pacs: Gateway, token_server: TokenServer, sample_study: SampleStudy
+) -> None:
+    with http_client() as http:
+        access, _ = user_tokens(http, token_server)
+    url = f"{token_pacs.dicomweb_url}/studies/{sample_study.study_uid}/series"
+
+    async def query_all() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=50)
+        async with httpx.AsyncClient(limits=limits, trust_env=False, timeout=60.0) as client:
+            calls = [client.get(url, headers=bearer(access) | DICOM_JSON) for _ in range(50)]
+            return await asyncio.gather(*calls)
+
+    responses = asyncio.run(query_all())
+    assert [len(response.json()) for response in responses] == [len(sample_study.series)] * 50
+    assert token_pacs.status_counts == {200: 50}
+
+
+def test_responses_stream_through_unbuffered(http: httpx.Client, token_server: TokenServer) -> None:
+    # An upstream that sends its first part and then waits for the test: if the gateway
+    # buffered whole responses, the first part would never arrive (read timeout).
+    release = threading.Event()
+
+    async def slow_multipart(request: Request) -> StreamingResponse:
+        async def parts() -> AsyncIterator[bytes]:
+            yield b"--b\r\nContent-Type: application/dicom\r\n\r\nfirst\r\n"
+            while not release.is_set():
+                await asyncio.sleep(0.01)
+            yield b"--b\r\nContent-Type: application/dicom\r\n\r\nsecond\r\n--b--\r\n"
+
+        return StreamingResponse(parts(), media_type='multipart/related; boundary="b"')
+
+    upstream = ThreadedServer(
+        Starlette(routes=[Route("/dicom-web/{path:path}", slow_multipart)]), "slow upstream"
+    )
+    upstream.start()
+    try:
+        access, _ = user_tokens(http, token_server)
+        with (
+            start_token_gateway(upstream.url, token_server) as pacs,
+            http.stream(
+                "GET", f"{pacs.dicomweb_url}/studies/1.2/series/3.4", headers=bearer(access)
+            ) as response,
+        ):
+            chunks = response.iter_raw()
+            received = next(chunks)
+            while b"first" not in received:
+                received += next(chunks)
+            assert b"second" not in received
+            release.set()
+            received += b"".join(chunks)
+        assert received.endswith(b"second\r\n--b--\r\n")
+    finally:
+        release.set()
+        upstream.stop()
+
+
+def test_token_server_and_gateway_over_tls(
+    orthanc: OrthancServer, tls_cert: TlsCert, sample_study: SampleStudy
+) -> None:
+    with (
+        start_token_server(tls=tls_cert) as tokens,
+        start_token_gateway(orthanc.url, tokens, tls=tls_cert) as pacs,
+        http_client(verify=tls_cert.ssl_context()) as https,
+    ):
+        assert tokens.url.startswith("https://") and pacs.url.startswith("https://")
+        signed_in = https.post(
+            tokens.sign_in_url, json={"username": "doctor", "password": "s3cret"}
+        )
+        exchanged = https.post(tokens.exchange_url, headers=bearer(signed_in.json()["token"]))
+        access = exchanged.headers["authorization"].removeprefix("Bearer ")
+        found = https.get(f"{pacs.dicomweb_url}/studies", headers=bearer(access) | DICOM_JSON)
+        assert sample_study.study_uid in study_uids(found)

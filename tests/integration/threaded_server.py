@@ -1,7 +1,7 @@
 """An ASGI app served by uvicorn in a background thread of the test process, so that a
 test can read the app's state (counters, issued tokens) directly.
 
-    server = ThreadedServer(app, "token server")
+    server = ThreadedServer(app, "token server", tls=None)  # a TlsCert: https
     server.start()            # binds a free loopback port, returns once it accepts
     httpx.get(f"{server.url}/health")
     server.stop()             # may be started again later, on the same port
@@ -13,18 +13,20 @@ import socket
 import threading
 
 import uvicorn
-from harness import LOOPBACK, START_TIMEOUT, HarnessError
+from harness import LOOPBACK, START_TIMEOUT, HarnessError, TlsCert
 from starlette.types import ASGIApp
 
 STOP_TIMEOUT = 10.0
 
 
 class ThreadedServer:
-    """One uvicorn server on ``http://127.0.0.1:PORT``; ``start``/``stop`` repeatable."""
+    """One uvicorn server on ``http://127.0.0.1:PORT`` (``https`` with ``tls``);
+    ``start``/``stop`` repeatable."""
 
-    def __init__(self, app: ASGIApp, name: str) -> None:
+    def __init__(self, app: ASGIApp, name: str, *, tls: TlsCert | None = None) -> None:
         self.app = app
         self.name = name
+        self.tls = tls
         self.port = 0
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -33,7 +35,8 @@ class ThreadedServer:
     def url(self) -> str:
         if not self.port:
             raise HarnessError(f"{self.name} has not been started")
-        return f"http://{LOOPBACK}:{self.port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{LOOPBACK}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -61,6 +64,8 @@ class ThreadedServer:
             access_log=False,
             backlog=256,
             timeout_graceful_shutdown=2,
+            ssl_certfile=str(self.tls.cert) if self.tls else None,
+            ssl_keyfile=str(self.tls.key) if self.tls else None,
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(

@@ -12,6 +12,8 @@ spirit of RFC 6750 section 3):
 - anything else that is not a valid access token of that server (bad signature, garbage,
   a refresh or auth token, an ``aud`` that matches neither the request's ``Origin`` nor
   the gateway's ``audience``) -> 403;
+- while ``reject_next(n, status)`` is armed: that status, whatever the token (e.g. a
+  PACS that keeps answering 401 although the token was just refreshed);
 - a valid user or OAuth 2.0 client-credentials access token, or one of the configured
   ``static_tokens`` (for ``authType: "bearer"``) -> the request goes to Orthanc without
   the Authorization header, and Orthanc's answer streams back unbuffered.
@@ -35,6 +37,7 @@ from typing import Any
 
 import httpx
 import jwt
+from harness import TlsCert
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -80,6 +83,7 @@ class Gateway:
         *,
         static_tokens: Collection[str] = (),
         audience: str | None = None,
+        tls: TlsCert | None = None,
     ) -> None:
         self.orthanc_url = orthanc_url.rstrip("/")
         self.token_server = token_server
@@ -89,12 +93,14 @@ class Gateway:
         self._status_counts: Counter[int] = Counter()
         self._outcomes: Counter[str] = Counter()
         self._seen_tokens: Counter[str] = Counter()
+        self._requests: list[tuple[str, str, int]] = []
+        self._rejections = (0, 0)  # (count, status) still to answer
         self._client: httpx.AsyncClient | None = None
         app = Starlette(
             routes=[Route("/{path:path}", self._handle, methods=METHODS)],
             lifespan=self._lifespan,
         )
-        self._http = ThreadedServer(app, "token gateway")
+        self._http = ThreadedServer(app, "token gateway", tls=tls)
 
     @property
     def url(self) -> str:
@@ -128,11 +134,24 @@ class Gateway:
         with self._lock:
             return self._seen_tokens.copy()
 
+    @property
+    def requests(self) -> list[tuple[str, str, int]]:
+        """Every request so far as (method, path, status answered)."""
+        with self._lock:
+            return list(self._requests)
+
     def reset_counters(self) -> None:
         with self._lock:
             self._status_counts.clear()
             self._outcomes.clear()
             self._seen_tokens.clear()
+            self._requests.clear()
+
+    def reject_next(self, n: int, status: int = 401) -> None:
+        """Answer the next ``n`` requests with ``status`` whatever their token (outcome
+        "rejected"); 0 disarms it."""
+        with self._lock:
+            self._rejections = (n, status)
 
     def server_entry(self, auth_type: str, **fields: Any) -> dict[str, Any]:
         """A servers.json entry for this PACS. ``token`` gets a fresh auth token,
@@ -174,22 +193,27 @@ class Gateway:
             yield
             self._client = None
 
-    def _record(self, status: int, outcome: str | None = None) -> None:
+    def _record(self, request: Request, status: int, outcome: str) -> None:
         with self._lock:
             self._status_counts[status] += 1
-            if outcome:
-                self._outcomes[outcome] += 1
+            self._outcomes[outcome] += 1
+            self._requests.append((request.method, request.url.path, status))
 
     def _authorize(self, request: Request) -> None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         token = token.strip()
+        invalid = 'Bearer realm="pacs", error="invalid_token"'
         if scheme.lower() != "bearer" or not token:
             raise Rejected(401, "missing", "bearer token required", 'Bearer realm="pacs"')
         with self._lock:
             self._seen_tokens[token] += 1
+            count, status = self._rejections
+            if count > 0:
+                self._rejections = (count - 1, status)
+        if count > 0:
+            raise Rejected(status, "rejected", f"rejected ({status}) on purpose", invalid)
         if any(hmac.compare_digest(token.encode(), known.encode()) for known in self.static_tokens):
             return
-        invalid = 'Bearer realm="pacs", error="invalid_token"'
         try:
             claims = self.token_server.verify_access(token)
         except jwt.ExpiredSignatureError as exc:
@@ -206,7 +230,7 @@ class Gateway:
         try:
             self._authorize(request)
         except Rejected as rejected:
-            self._record(rejected.status, rejected.outcome)
+            self._record(request, rejected.status, rejected.outcome)
             return JSONResponse(
                 {"message": rejected.message},
                 status_code=rejected.status,
@@ -226,9 +250,9 @@ class Gateway:
         try:
             upstream = await self._client.send(upstream_request, stream=True)
         except httpx.HTTPError as exc:
-            self._record(502, "accepted")
+            self._record(request, 502, "accepted")
             return JSONResponse({"message": f"gateway: Orthanc failed: {exc!r}"}, 502)
-        self._record(upstream.status_code, "accepted")
+        self._record(request, upstream.status_code, "accepted")
         response = StreamingResponse(
             _relay(upstream), upstream.status_code, background=BackgroundTask(upstream.aclose)
         )
@@ -254,10 +278,15 @@ def start_token_gateway(
     *,
     static_tokens: Collection[str] = (),
     audience: str | None = None,
+    tls: TlsCert | None = None,
 ) -> Iterator[Gateway]:
     """A running Gateway in front of Orthanc's base URL (``OrthancServer.url``, not its
-    DICOMweb root), stopped on exit."""
-    gateway = Gateway(orthanc_url, token_server, static_tokens=static_tokens, audience=audience)
+    DICOMweb root), stopped on exit. ``static_tokens``: bearer tokens accepted as they
+    are; ``audience``: an ``aud`` accepted besides the request's Origin; ``tls``: serve
+    HTTPS with that certificate."""
+    gateway = Gateway(
+        orthanc_url, token_server, static_tokens=static_tokens, audience=audience, tls=tls
+    )
     gateway.start()
     try:
         yield gateway

@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import orjson
+from harness import TlsCert
 from oauth_request import OAuthError, parse_client_credentials
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -73,6 +74,7 @@ class TokenServer:
         users: Mapping[str, str] | None = None,
         oauth_clients: Mapping[str, str] | None = None,
         oauth_scopes: Collection[str] | None = None,
+        tls: TlsCert | None = None,
     ) -> None:
         self.tokens = TokenIssuer(
             access_lifetime=access_lifetime, refresh_lifetime=refresh_lifetime
@@ -86,7 +88,7 @@ class TokenServer:
         self._calls: Counter[str] = Counter()
         self._successes: Counter[str] = Counter()
         self._failures: dict[str | None, tuple[int, int]] = {}  # endpoint -> (count, status)
-        self._delay = 0.0
+        self._delays: dict[str | None, float] = {}  # endpoint (None: all) -> seconds
         self._origins: list[str] = []
         self._oauth_grants: list[dict[str, str | None]] = []
         routes = [
@@ -95,7 +97,7 @@ class TokenServer:
             Route("/refresh", self._counted("refresh", self._refresh), methods=["POST"]),
             Route("/oauth/token", self._counted("oauth_token", self._oauth), methods=["POST"]),
         ]
-        self._http = ThreadedServer(Starlette(routes=routes), "token server")
+        self._http = ThreadedServer(Starlette(routes=routes), "token server", tls=tls)
 
     # --- addresses -------------------------------------------------------------------
 
@@ -189,10 +191,13 @@ class TokenServer:
         with self._lock:
             self._failures[endpoint] = (n, status)
 
-    def set_delay(self, seconds: float) -> None:
-        """Every request waits this long before it is handled (e.g. to let concurrent
-        requests pile up behind a refresh)."""
-        self._delay = seconds
+    def set_delay(self, seconds: float, *, endpoint: str | None = None) -> None:
+        """Requests (to ``endpoint`` only, if given) wait this long before they are
+        handled, e.g. to let concurrent requests pile up behind one refresh. 0 ends it."""
+        if endpoint is not None and endpoint not in ENDPOINTS:
+            raise ValueError(f"endpoint must be one of {ENDPOINTS}, got {endpoint!r}")
+        with self._lock:
+            self._delays[endpoint] = seconds
 
     def start(self) -> None:
         """Start serving (again, on the same port, after ``stop``); state is kept."""
@@ -221,8 +226,9 @@ class TokenServer:
                 self._calls[endpoint] += 1
                 if "origin" in request.headers:
                     self._origins.append(request.headers["origin"])
-            if self._delay:
-                await asyncio.sleep(self._delay)
+                delay = self._delays.get(endpoint) or self._delays.get(None)
+            if delay:
+                await asyncio.sleep(delay)
             status = self._injected_failure(endpoint)
             if status is not None:
                 return _message(status, f"injected failure of {endpoint}")
@@ -323,15 +329,18 @@ def start_token_server(
     users: Mapping[str, str] | None = None,
     oauth_clients: Mapping[str, str] | None = None,
     oauth_scopes: Collection[str] | None = None,
+    tls: TlsCert | None = None,
 ) -> Iterator[TokenServer]:
     """A running TokenServer (default user doctor/s3cret, OAuth client proxy /
-    client-secret), stopped on exit."""
+    client-secret), stopped on exit. ``oauth_scopes``: the only scopes a client may
+    ask for (None: any). ``tls``: serve HTTPS with that certificate."""
     server = TokenServer(
         access_lifetime=access_lifetime,
         refresh_lifetime=refresh_lifetime,
         users=users,
         oauth_clients=oauth_clients,
         oauth_scopes=oauth_scopes,
+        tls=tls,
     )
     server.start()
     try:
