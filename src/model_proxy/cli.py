@@ -1,4 +1,4 @@
-"""The ``model-proxy`` command: serve, gen-cert, check-config, example-model, demo.
+"""The ``model-proxy`` command: serve, gen-cert, check-config, check-auth, example-model, demo.
 
 Every flag can also come from ``MODEL_PROXY_<FLAG>`` (``--config-dir`` from
 ``MODEL_PROXY_CONFIG_DIR``); a flag on the command line wins. Errors end as one
@@ -84,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate servers.json and models.json")
     _add(check, "config-dir", ".", "folder holding servers.json and models.json")
 
+    check_auth = commands.add_parser(
+        "check-auth",
+        help="sign in, exchange and refresh tokens live for each PACS server, step by step",
+    )
+    _add(check_auth, "config-dir", ".", "folder holding servers.json and models.json")
+    _add(check_auth, "data-dir", "data", "folder of the proxy's data (tokens are stored there)")
+    _add(check_auth, "pacs-timeout", "60", "seconds a PACS or token server may stay silent")
+    check_auth.add_argument("--server", help="check only this server (its UUID)")
+
     example = commands.add_parser("example-model", help="run the bundled example Model API")
     _add(example, "host", "127.0.0.1", "address to listen on")
     _add(example, "port", "8011", "port to listen on")
@@ -107,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return gen_cert(Path(args.out_dir))
         if args.command == "check-config":
             return check_config(Path(args.config_dir))
+        if args.command == "check-auth":
+            return check_auth(args)
         if args.command == "example-model":
             from model_proxy.example_model import run
 
@@ -263,6 +274,33 @@ def check_config(config_dir: Path) -> int:
         print(f"warning: {warning}")
     print("configuration is valid")
     return 0
+
+
+def check_auth(args: argparse.Namespace) -> int:
+    """Exit 0 when every step passed, 1 when one failed (2: unusable config)."""
+    import asyncio
+
+    from model_proxy.pacs.auth import PacsAuth
+    from model_proxy.pacs.auth_check import check_servers
+
+    logging.getLogger("model_proxy.config").disabled = True  # check-config reports those
+    config = load_checked_config(Path(args.config_dir))
+    servers = list(config.servers.values())
+    if args.server is not None:
+        servers = [s for s in servers if s.id.lower() == args.server.lower()]
+        if not servers:
+            known = ", ".join(config.servers) or "none"
+            raise CommandError(f"server {args.server!r} is not in servers.json (known: {known})")
+    timeouts = Timeouts(idle=_seconds(args.pacs_timeout, "pacs-timeout"))
+    auth = PacsAuth(Path(args.data_dir), timeouts)
+
+    async def run() -> bool:
+        try:
+            return await check_servers(servers, auth, timeouts)
+        finally:
+            await auth.aclose()
+
+    return 0 if asyncio.run(run()) else 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from model_proxy.breaker import CircuitBreaker
 from model_proxy.config import ProxyConfig, ServerConfig
 from model_proxy.errors import BadRequest, NotFound, shorten
 from model_proxy.models.client import ModelClient
+from model_proxy.pacs.auth import PacsAuth
 from model_proxy.pacs.dicomweb import DicomWebSource
 from model_proxy.pacs.guarded import GuardedSource
 from model_proxy.pacs.local_folder import LocalFolderSource
@@ -21,12 +22,14 @@ class ProxyState:
     config: ProxyConfig
     sources: dict[str, DicomSource]
     models: dict[str, ModelClient]
+    auth: PacsAuth
 
     @classmethod
     def build(cls, settings: Settings, config: ProxyConfig) -> ProxyState:
+        auth = PacsAuth(settings.data_dir, settings.pacs_timeouts)
         sources: dict[str, DicomSource] = {}
         for server_id, server in config.servers.items():
-            sources[server_id] = _make_source(server, settings)
+            sources[server_id] = _make_source(server, settings, auth)
         models = {
             model_id: ModelClient(
                 model,
@@ -37,7 +40,7 @@ class ProxyState:
             )
             for model_id, model in config.models.items()
         }
-        return cls(settings, config, sources, models)
+        return cls(settings, config, sources, models, auth)
 
     def source_for(self, server_id: str | None) -> tuple[ServerConfig, DicomSource]:
         """The server named by ``?server=``, or the default one."""
@@ -68,9 +71,10 @@ class ProxyState:
             await source.aclose()
         for model in self.models.values():
             await model.aclose()
+        await self.auth.aclose()
 
 
-def _make_source(server: ServerConfig, settings: Settings) -> DicomSource:
+def _make_source(server: ServerConfig, settings: Settings, auth: PacsAuth) -> DicomSource:
     if server.is_local_folder:
         return LocalFolderSource(server)
     source = DicomWebSource(
@@ -78,5 +82,6 @@ def _make_source(server: ServerConfig, settings: Settings) -> DicomSource:
         timeouts=settings.pacs_timeouts,
         max_instance_bytes=settings.max_instance_bytes,
         retry=settings.retry,
+        auth=auth.for_server(server),
     )
     return GuardedSource(source, CircuitBreaker(source.label, settings.breaker))

@@ -15,7 +15,7 @@ from deployment import Deployment, expect_error
         ("down", 502, "pacs_error", "unreachable"),
         ("wrong-password", 502, "pacs_auth_failed", "401"),
         ("hanging", 504, "gateway_timeout", "timed out"),
-        ("token", 502, "pacs_auth_unsupported", "'token' is not supported"),
+        ("token", 502, "pacs_auth_unavailable", "token server unreachable at token exchange"),
     ],
 )
 def test_pacs_failures(

@@ -221,9 +221,9 @@ def test_auth_is_checked_even_with_other_errors() -> None:
 
 
 def test_unknown_auth_type_lists_allowed() -> None:
-    message = only(server_errors({"uri": "https://pacs", "authType": "oauth2"}))
-    assert 'field "authType"' in message and '"oauth2"' in message
-    assert '"", "basicAuth", "token", "zhivaAuth"' in message
+    message = only(server_errors({"uri": "https://pacs", "authType": "kerberos"}))
+    assert 'field "authType"' in message and '"kerberos"' in message
+    assert '"", "basicAuth", "token", "zhivaAuth", "oauth2", "bearer"' in message
 
 
 def test_tls_verify(tmp_path: Path) -> None:

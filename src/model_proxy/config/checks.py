@@ -7,6 +7,7 @@ entry and field. Values are shown as they look in the JSON file.
 from __future__ import annotations
 
 import json
+import os
 from enum import StrEnum
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
@@ -31,21 +32,28 @@ class EntryProblems(ValueError):
 
 # What each JSON field must hold, keyed by its name in the file. The loader uses
 # these to phrase type errors and, through the keys, to spot unknown fields.
+SECRET_REFERENCE = 'a string, {"env": "VARIABLE"} or {"file": "/path/of/file"}'  # noqa: S105 (describes, holds none)
 SERVER_FIELDS: dict[str, str] = {
     "uri": "a string (an http(s):// or file:// URL)",
     "isDefault": "true or false",
     "statusUri": "a string (an http(s):// URL)",
-    "authType": 'one of "", "basicAuth", "token", "zhivaAuth"',
+    "authType": 'one of "", "basicAuth", "token", "zhivaAuth", "oauth2", "bearer"',
     "login": "a string",
-    "password": "a string",
-    "authToken": "a string",
-    "token": "a string",
+    "password": SECRET_REFERENCE,
+    "authToken": SECRET_REFERENCE,
+    "token": SECRET_REFERENCE,
     "signInServer": "a string (an http(s):// URL)",
     "signInTokenServer": "a string (an http(s):// URL)",
     "refreshServer": "a string (an http(s):// URL)",
+    "tokenUrl": "a string (an http(s):// URL)",
+    "clientId": "a string",
+    "clientSecret": SECRET_REFERENCE,
+    "clientAuthMethod": '"client_secret_basic" or "client_secret_post"',
+    "scope": "a string (space-separated scopes)",
+    "audience": "a string",
     "tlsVerify": "true, false or the path of a CA bundle file",
 }
-SECRET_FIELDS = frozenset({"password", "authToken", "token"})
+SECRET_FIELDS = frozenset({"password", "authToken", "token", "clientSecret"})
 
 DATA_FILTER_FIELDS: dict[str, str] = {
     "dataKey": 'a string of letters, digits and hyphens (like "series-one")',
@@ -153,3 +161,50 @@ def empty_is_unset(value: object) -> object:
     # The original docs show every field in one template; copies keep "" for
     # the ones that do not apply.
     return None if value == "" else value
+
+
+def resolve_secret(value: object, info: ValidationInfo) -> object:
+    """A secret field's value: a literal string, or read from where a reference points.
+
+    ``{"env": "PACS_PW"}`` reads an environment variable; ``{"file": "pacs_pw"}`` reads
+    a file (relative to the config folder), without its trailing newline. Messages
+    name the variable or the file, never the value.
+    """
+    if not isinstance(value, dict):
+        return value  # a string, or a wrong type the loader describes without showing it
+    if len(value) == 1 and isinstance(value.get("env"), str) and value["env"]:
+        return _secret_from_env(value["env"])
+    if len(value) == 1 and isinstance(value.get("file"), str) and value["file"]:
+        return _secret_from_file(value["file"], info)
+    keys = ", ".join(json.dumps(str(key)) for key in value) or "none"
+    raise ValueError(f"expected {SECRET_REFERENCE}, got an object with the keys {keys}")
+
+
+def _secret_from_env(name: str) -> str:
+    found = os.environ.get(name)
+    if found is None:
+        raise ValueError(f"environment variable {describe(name)} is not set")
+    if not found:
+        raise ValueError(f"environment variable {describe(name)} is empty")
+    return found
+
+
+def _secret_from_file(name: str, info: ValidationInfo) -> str:
+    path = Path(name).expanduser()
+    if not path.is_absolute():
+        base = (info.context or {}).get("base_dir")
+        path = Path(base or Path.cwd()) / path
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"secret file {describe(str(path))} does not exist") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"secret file {describe(str(path))} is not UTF-8 text") from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ValueError(f"secret file {describe(str(path))} cannot be read: {reason}") from None
+    # `echo secret > file` and editors add a final newline that is no part of the secret.
+    text = text.rstrip("\r\n")
+    if not text:
+        raise ValueError(f"secret file {describe(str(path))} is empty")
+    return text

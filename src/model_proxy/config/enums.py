@@ -12,6 +12,9 @@ class AuthType(StrEnum):
     BASIC = "basicAuth"
     TOKEN = "token"  # noqa: S105 (a name of an auth method, not a secret)
     ZHIVA = "zhivaAuth"
+    # Beyond the original: OAuth 2.0 client credentials and a static bearer token.
+    OAUTH2 = "oauth2"
+    BEARER = "bearer"
 
 
 class Task(StrEnum):

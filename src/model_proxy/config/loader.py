@@ -46,10 +46,15 @@ _EXAMPLE_UUID = "b1407f18-575d-487c-bc0c-640c6da651bc"
 _AUTH_FIELD_USERS: dict[str, tuple[AuthType, ...]] = {
     "login": (AuthType.BASIC, AuthType.ZHIVA),
     "password": (AuthType.BASIC, AuthType.ZHIVA),
-    "auth_token": (AuthType.TOKEN,),
+    "auth_token": (AuthType.TOKEN, AuthType.BEARER),
     "sign_in_server": (AuthType.ZHIVA,),
     "sign_in_token_server": (AuthType.TOKEN, AuthType.ZHIVA),
     "refresh_server": (AuthType.TOKEN, AuthType.ZHIVA),
+    "token_url": (AuthType.OAUTH2,),
+    "client_id": (AuthType.OAUTH2,),
+    "client_secret": (AuthType.OAUTH2,),
+    "scope": (AuthType.OAUTH2,),
+    "audience": (AuthType.OAUTH2,),
 }
 
 
@@ -275,6 +280,11 @@ def _server_warnings(where: str, server: ServerConfig, raw: Mapping[str, Any]) -
     warnings = []
     if raw.get("authToken") not in (None, "") and raw.get("token") not in (None, ""):
         warnings.append(f'{where}: both "authToken" and "token" are set; "authToken" is used')
+    if server.auth_type is AuthType.TOKEN and server.refresh_server is None:
+        warnings.append(
+            f'{where}: authType "token" without "refreshServer": when the access token'
+            " expires, this server fails until a new authToken is configured"
+        )
     unused = [
         name
         for name, users in _AUTH_FIELD_USERS.items()

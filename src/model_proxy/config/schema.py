@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,10 +43,19 @@ from .checks import (
     describe,
     empty_is_unset,
     one_of,
+    resolve_secret,
 )
 from .enums import AuthType, Level, Task
 
-__all__ = ["AuthType", "DataFilterEntry", "Level", "ModelConfig", "ServerConfig", "Task"]
+__all__ = [
+    "AuthType",
+    "ClientAuthMethod",
+    "DataFilterEntry",
+    "Level",
+    "ModelConfig",
+    "ServerConfig",
+    "Task",
+]
 
 _DATA_KEY = re.compile(r"[A-Za-z0-9-]+")
 
@@ -107,6 +117,8 @@ _AUTH_NEEDS: dict[AuthType, tuple[str, ...]] = {
     AuthType.BASIC: ("login", "password"),
     AuthType.TOKEN: ("authToken", "signInTokenServer"),
     AuthType.ZHIVA: ("login", "password", "signInServer", "signInTokenServer"),
+    AuthType.OAUTH2: ("tokenUrl", "clientId", "clientSecret"),
+    AuthType.BEARER: ("authToken",),
 }
 
 _AUTH_ATTRIBUTES = {
@@ -115,7 +127,17 @@ _AUTH_ATTRIBUTES = {
     "authToken": "auth_token",
     "signInServer": "sign_in_server",
     "signInTokenServer": "sign_in_token_server",
+    "tokenUrl": "token_url",
+    "clientId": "client_id",
+    "clientSecret": "client_secret",
 }
+
+
+class ClientAuthMethod(StrEnum):
+    """How an OAuth 2.0 client authenticates at the token endpoint (RFC 6749 2.3.1)."""
+
+    BASIC = "client_secret_basic"  # HTTP Basic; every server must support it
+    POST = "client_secret_post"  # client_id and client_secret in the form body
 
 
 def missing_auth_fields(
@@ -149,6 +171,12 @@ class ServerConfig(_Schema):
     sign_in_server: StrictStr | None = Field(None, alias="signInServer")
     sign_in_token_server: StrictStr | None = Field(None, alias="signInTokenServer")
     refresh_server: StrictStr | None = Field(None, alias="refreshServer")
+    token_url: StrictStr | None = Field(None, alias="tokenUrl")
+    client_id: StrictStr | None = Field(None, alias="clientId")
+    client_secret: SecretStr | None = Field(None, alias="clientSecret")
+    client_auth_method: ClientAuthMethod = Field(ClientAuthMethod.BASIC, alias="clientAuthMethod")
+    scope: StrictStr | None = None
+    audience: StrictStr | None = None
     tls_verify: bool | str = Field(True, alias="tlsVerify")
 
     @property
@@ -165,23 +193,41 @@ class ServerConfig(_Schema):
     @field_validator(
         "status_uri",
         "login",
-        "password",
-        "auth_token",
         "sign_in_server",
         "sign_in_token_server",
         "refresh_server",
+        "token_url",
+        "client_id",
+        "scope",
+        "audience",
         mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return empty_is_unset(value)
 
+    @field_validator("password", "auth_token", "client_secret", mode="before")
+    @classmethod
+    def _resolve_secret(cls, value: object, info: ValidationInfo) -> object:
+        return resolve_secret(empty_is_unset(value), info)
+
+    @field_validator("client_auth_method", mode="before")
+    @classmethod
+    def _check_client_auth_method(cls, value: object) -> ClientAuthMethod:
+        if value is None or value == "":
+            return ClientAuthMethod.BASIC
+        if isinstance(value, str) and value in ClientAuthMethod._value2member_map_:
+            return ClientAuthMethod(value)
+        raise ValueError(f"expected one of {one_of(ClientAuthMethod)}, got {describe(value)}")
+
     @field_validator("uri")
     @classmethod
     def _check_uri(cls, value: str) -> str:
         return check_server_uri(value)
 
-    @field_validator("status_uri", "sign_in_server", "sign_in_token_server", "refresh_server")
+    @field_validator(
+        "status_uri", "sign_in_server", "sign_in_token_server", "refresh_server", "token_url"
+    )
     @classmethod
     def _check_urls(cls, value: str | None) -> str | None:
         return None if value is None else check_http_url(value)

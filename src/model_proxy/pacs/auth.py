@@ -1,43 +1,114 @@
 """Authentication towards a PACS, as httpx auth flows.
 
-Each ``authType`` of servers.json maps to an ``httpx.Auth``: a generator flow
-that can add headers, and retry once after a 401, without the DICOMweb client
-knowing which scheme is in use (the shape of httpx's own DigestAuth).
+Each ``authType`` of servers.json maps to an ``httpx.Auth``, so the DICOMweb client
+never knows which scheme is in use (the shape of httpx's own DigestAuth)::
+
+    ""          no Authorization header
+    basicAuth   httpx.BasicAuth(login, password)
+    bearer      the configured authToken, as is
+    token       \\
+    zhivaAuth    > SessionBearerAuth: a TokenSession's access token; on a 401 the
+    oauth2      /  session renews it once and the request is sent once more
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import AsyncGenerator, Generator
+from pathlib import Path
 
 import httpx
 
 from model_proxy.config import AuthType, ServerConfig
-from model_proxy.errors import PacsError, short_id
+from model_proxy.errors import short_id
+from model_proxy.pacs.auth_calls import TokenServerClient
+from model_proxy.pacs.auth_oauth2 import ClientCredentialsRenewal
+from model_proxy.pacs.auth_session import Renewal, TokenSession
+from model_proxy.pacs.auth_token_server import TokenServerRenewal
+from model_proxy.pacs.tokens import TokenStore
+from model_proxy.upstream import Timeouts
+
+TOKEN_AUTH_TYPES = (AuthType.TOKEN, AuthType.ZHIVA, AuthType.OAUTH2)
 
 
-class NotYetSupportedAuth(httpx.Auth):
-    """Stands for an auth type this release accepts in config but cannot perform.
+class BearerAuth(httpx.Auth):
+    """A static bearer token (``authType: "bearer"``)."""
 
-    Every request through it fails with a 502 that says so, rather than reaching
-    the PACS unauthenticated.
-    """
-
-    def __init__(self, server: ServerConfig) -> None:
-        self._message = (
-            f"PACS {short_id(server.id)}: authType {server.auth_type.value!r} is not"
-            " supported by this release of model-proxy"
-        )
+    def __init__(self, token: str) -> None:
+        self._header = f"Bearer {token}"
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        raise PacsError(self._message, code="pacs_auth_unsupported")
+        request.headers["Authorization"] = self._header
+        yield request
+
+
+class SessionBearerAuth(httpx.Auth):
+    """The access token of a TokenSession; one renewal and one retry on a 401."""
+
+    def __init__(self, session: TokenSession) -> None:
+        self.session = session
+
+    def sync_auth_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]:
+        raise RuntimeError("token authentication needs an httpx.AsyncClient")
         yield request  # pragma: no cover - makes this a generator
 
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        token = await self.session.token()
+        request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code != 401:
+            return
+        # Expired early, revoked, or the token server's clock differs: renew once.
+        token = await self.session.replace_rejected(token)
+        request.headers["Authorization"] = f"Bearer {token}"
+        yield request
 
-def build_auth(server: ServerConfig) -> httpx.Auth | None:
-    """The auth flow for ``server``'s authType (None for no auth)."""
-    if server.auth_type is AuthType.NONE:
-        return None
-    if server.auth_type is AuthType.BASIC:
-        assert server.login is not None and server.password is not None  # config validated
-        return httpx.BasicAuth(server.login, server.password.get_secret_value())
-    return NotYetSupportedAuth(server)
+
+class PacsAuth:
+    """The auth flows of all servers; owns their token sessions.
+
+    Cheap to build: nothing is read or fetched until a request needs a token, and
+    the token files hold the state, so a rebuilt PacsAuth (config reload) carries on
+    where the previous one stopped without a new sign-in or exchange.
+    """
+
+    def __init__(self, data_dir: Path, timeouts: Timeouts) -> None:
+        self.store = TokenStore(Path(data_dir) / "tokens")
+        self._timeouts = timeouts
+        self._sessions: dict[str, TokenSession] = {}
+
+    def for_server(self, server: ServerConfig) -> httpx.Auth | None:
+        """The auth flow for ``server``'s authType (None for no auth)."""
+        if server.auth_type is AuthType.NONE:
+            return None
+        if server.auth_type is AuthType.BASIC:
+            assert server.login is not None and server.password is not None  # config validated
+            return httpx.BasicAuth(server.login, server.password.get_secret_value())
+        if server.auth_type is AuthType.BEARER:
+            assert server.auth_token is not None
+            return BearerAuth(server.auth_token.get_secret_value())
+        return SessionBearerAuth(self.session_for(server))
+
+    def session_for(self, server: ServerConfig) -> TokenSession:
+        """The token session of a token, zhivaAuth or oauth2 server (one per server)."""
+        session = self._sessions.get(server.id)
+        if session is None:
+            session = TokenSession(f"PACS {short_id(server.id)}", self.renewal_for(server))
+            self._sessions[server.id] = session
+        return session
+
+    def renewal_for(self, server: ServerConfig) -> Renewal:
+        calls = TokenServerClient(tls_verify=server.tls_verify, timeouts=self._timeouts)
+        if server.auth_type is AuthType.OAUTH2:
+            return ClientCredentialsRenewal(server, calls)
+        if server.auth_type in (AuthType.TOKEN, AuthType.ZHIVA):
+            return TokenServerRenewal(server, calls, self.store)
+        raise ValueError(f"authType {server.auth_type.value!r} has no token session")
+
+    async def aclose(self) -> None:
+        for session in self._sessions.values():
+            await session.aclose()
+        self._sessions.clear()

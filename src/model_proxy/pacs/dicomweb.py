@@ -11,7 +11,6 @@ import httpx
 
 from model_proxy.config import ServerConfig
 from model_proxy.errors import NotFound, PacsError, ProxyError, short_id
-from model_proxy.pacs.auth import build_auth
 from model_proxy.pacs.instance_key import instance_key
 from model_proxy.pacs.multipart import (
     MalformedMultipart,
@@ -41,15 +40,14 @@ class DicomWebSource:
         timeouts: Timeouts,
         max_instance_bytes: int,
         retry: RetryPolicy | None = None,
+        auth: httpx.Auth | None = None,
     ) -> None:
         self.label = f"PACS {short_id(server.id)}"
         self._server = server
         self._max_instance_bytes = max_instance_bytes
         self._timeouts = timeouts
         self._retry = retry or RetryPolicy()
-        self._client = make_client(
-            tls_verify=server.tls_verify, timeouts=timeouts, auth=build_auth(server)
-        )
+        self._client = make_client(tls_verify=server.tls_verify, timeouts=timeouts, auth=auth)
 
     def url_for(self, target: Target) -> str:
         url = f"{self._server.uri}/studies/{target.study}"

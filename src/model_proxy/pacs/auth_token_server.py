@@ -1,0 +1,189 @@
+"""``token`` and ``zhivaAuth``: access tokens from the original's token server.
+
+The order of preference when a new access token is needed (contract section 7):
+
+1. a fresher access token in the token file (another process or an earlier run
+   renewed it);
+2. ``refreshServer`` with the stored refresh token;
+3. ``zhivaAuth``: sign in with login and password, then exchange the auth token;
+   ``token``: exchange the configured auth token, but only if it was never
+   exchanged before: it is single-use, and the token server would refuse it
+   anyway. The administrator is told to configure a new one.
+
+Every token obtained is written to the token file before it is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import replace
+
+from model_proxy.config import AuthType, ServerConfig
+from model_proxy.errors import short_id
+from model_proxy.pacs.auth_calls import (
+    ExchangedTokens,
+    TokenCallFailed,
+    TokenServerClient,
+    TokenStep,
+)
+from model_proxy.pacs.auth_session import PacsAuthRejected, auth_error
+from model_proxy.pacs.tokens import (
+    AccessToken,
+    StoredTokens,
+    TokenStore,
+    access_token,
+    describe_expiry,
+    fingerprint,
+)
+
+logger = logging.getLogger("model_proxy.auth")
+
+NEW_AUTH_TOKEN_ADVICE = "put a new authToken in servers.json"  # noqa: S105
+
+
+class TokenServerRenewal:
+    """Obtains access tokens for one ``token`` or ``zhivaAuth`` server."""
+
+    def __init__(self, server: ServerConfig, calls: TokenServerClient, store: TokenStore) -> None:
+        assert server.auth_type in (AuthType.TOKEN, AuthType.ZHIVA)
+        assert server.sign_in_token_server is not None  # config validated
+        self.server = server
+        self.label = f"PACS {short_id(server.id)}"
+        self._calls = calls
+        self._store = store
+        self._exchange_url = server.sign_in_token_server
+        if server.auth_type is AuthType.TOKEN:
+            assert server.auth_token is not None
+            self._auth_token_seen = fingerprint("authToken", server.auth_token.get_secret_value())
+            self.credential = fingerprint("token", self._auth_token_seen)
+        else:
+            assert server.sign_in_server is not None and server.login is not None
+            self._auth_token_seen = ""
+            self.credential = fingerprint("zhivaAuth", server.sign_in_server, server.login)
+        # Auth tokens exchanged by this process, should the token file be unwritable.
+        self._exchanged_here: set[str] = set()
+
+    @property
+    def token_file(self) -> str:
+        return str(self._store.path_for(self.server.id))
+
+    async def renew(self, current: AccessToken | None, *, rejected: bool) -> AccessToken:
+        stored = await self.load()
+        if stored.access_token and (current is None or stored.access_token != current.value):
+            candidate = access_token(stored.access_token, just_issued=False)
+            if candidate.is_fresh(time.time()):
+                return candidate
+        refresh_problem = "there is no refresh token"
+        if stored.refresh_token and self.server.refresh_server:
+            try:
+                return await self.refresh(stored)
+            except TokenCallFailed as failure:
+                if not failure.rejected:
+                    raise auth_error(self.label, failure) from None
+                refresh_problem = failure.reason
+                logger.warning("%s: %s; the refresh token is dropped", self.label, failure.reason)
+                stored = replace(stored, access_token=None, refresh_token=None)
+                await self._save(stored)
+        elif not self.server.refresh_server:
+            refresh_problem = 'no "refreshServer" is configured'
+        if self.server.auth_type is AuthType.ZHIVA:
+            try:
+                return await self.exchange(await self.sign_in(), stored)
+            except TokenCallFailed as failure:
+                raise auth_error(self.label, failure, self.advice(failure)) from None
+        if self.already_exchanged(stored):
+            raise PacsAuthRejected(
+                f"{self.label}: the access token expired or was refused and cannot be renewed"
+                f" ({refresh_problem}); the authToken was already exchanged and works only"
+                f" once: {NEW_AUTH_TOKEN_ADVICE}"
+            )
+        assert self.server.auth_token is not None
+        try:
+            return await self.exchange(self.server.auth_token.get_secret_value(), stored)
+        except TokenCallFailed as failure:
+            raise auth_error(self.label, failure, self.advice(failure)) from None
+
+    async def load(self) -> StoredTokens:
+        stored = await asyncio.to_thread(self._store.load, self.server.id)
+        return stored.tokens_for(self.server.auth_type.value, self.credential)
+
+    def already_exchanged(self, stored: StoredTokens) -> bool:
+        seen = self._auth_token_seen
+        return seen in stored.exchanged_auth_tokens or seen in self._exchanged_here
+
+    async def sign_in(self) -> str:
+        """The auth token for login and password (``zhivaAuth``)."""
+        server = self.server
+        assert server.sign_in_server and server.login and server.password
+        auth_token = await self._calls.sign_in(
+            server.sign_in_server, server.login, server.password.get_secret_value()
+        )
+        logger.info("%s: signed in at the token server as %s", self.label, server.login)
+        return auth_token
+
+    async def exchange(self, auth_token: str, stored: StoredTokens) -> AccessToken:
+        """Exchange ``auth_token`` for access and refresh tokens, and store them."""
+        exchanged: ExchangedTokens = await self._calls.exchange(self._exchange_url, auth_token)
+        token = access_token(exchanged.access_token)
+        updated = StoredTokens(
+            auth_type=self.server.auth_type.value,
+            credential=self.credential,
+            access_token=exchanged.access_token,
+            refresh_token=exchanged.refresh_token,
+            exchanged_auth_tokens=stored.exchanged_auth_tokens,
+        )
+        if self.server.auth_type is AuthType.TOKEN:
+            self._exchanged_here.add(self._auth_token_seen)
+            updated = updated.with_exchanged(self._auth_token_seen)
+        await self._save(updated)
+        logger.info(
+            "%s: exchanged the auth token; access token %s, %s",
+            self.label,
+            describe_expiry(token),
+            "refresh token received" if exchanged.refresh_token else "no refresh token",
+        )
+        return token
+
+    async def refresh(self, stored: StoredTokens) -> AccessToken:
+        """A new access token for the stored refresh token, stored."""
+        assert stored.refresh_token and self.server.refresh_server
+        value = await self._calls.refresh(self.server.refresh_server, stored.refresh_token)
+        token = access_token(value)
+        await self._save(replace(stored, access_token=value))
+        logger.info("%s: refreshed the access token, %s", self.label, describe_expiry(token))
+        return token
+
+    async def aclose(self) -> None:
+        await self._calls.aclose()
+
+    async def _save(self, tokens: StoredTokens) -> None:
+        try:
+            await asyncio.to_thread(self._store.save, self.server.id, tokens)
+        except OSError as exc:
+            # The tokens still work in this process; only a restart would lose them.
+            logger.error(
+                "%s: cannot write the token file %s (%s); the tokens are lost at the next"
+                " restart%s",
+                self.label,
+                self.token_file,
+                exc.strerror or type(exc).__name__,
+                f", and the authToken cannot be exchanged again: {NEW_AUTH_TOKEN_ADVICE} then"
+                if self.server.auth_type is AuthType.TOKEN
+                else "",
+            )
+
+    def advice(self, failure: TokenCallFailed) -> str:
+        """What to do about ``failure``, to append to its reason."""
+        if not failure.rejected or not (failure.status and 400 <= failure.status < 500):
+            return ""
+        if failure.status in (404, 405):
+            return ""  # the message already points at the URL
+        if failure.step is TokenStep.SIGN_IN:
+            return '; check "login" and "password"'
+        if failure.step is not TokenStep.EXCHANGE:
+            return ""
+        if self.server.auth_type is AuthType.TOKEN:
+            return f": the auth token was already used or is invalid; {NEW_AUTH_TOKEN_ADVICE}"
+        return ": the token server refused the auth token it had just issued at sign-in"
