@@ -1,10 +1,11 @@
-"""POSTs a body to a Model API and reads its result (compat-contract section 5.4)."""
+"""POSTs a body to a Model API and opens its result (compat-contract section 5.4)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import httpx
@@ -13,15 +14,12 @@ import orjson
 from model_proxy.breaker import BreakerPolicy, CircuitBreaker
 from model_proxy.config import ModelConfig
 from model_proxy.errors import ModelError, short_id
-from model_proxy.models.result import unwrap_result
+from model_proxy.models.result_stream import ResultStream
 from model_proxy.probe import ProbeResult, answered_200, probe_get
 from model_proxy.retry import RetryPolicy
 from model_proxy.upstream import Timeouts, is_transient, make_client, translate_errors, translated
 
 logger = logging.getLogger(__name__)
-
-# Past this size, JSON validation runs in a thread so the event loop keeps serving.
-_PARSE_IN_THREAD_BYTES = 1 << 20
 
 
 class ModelClient:
@@ -45,15 +43,24 @@ class ModelClient:
         # Only a model that opts in ("retries" in models.json) is called again.
         self._retry = replace(retry or RetryPolicy(), retries=model.retries)
 
-    async def infer(self, body: AsyncIterator[bytes]) -> bytes:
-        """POST ``body`` to the model's uri, exactly as written; return the result JSON."""
-        async with self.breaker.guard():
-            data = await self._post(body)
-            if len(data) > _PARSE_IN_THREAD_BYTES:
-                return await asyncio.to_thread(unwrap_result, data, self.label)
-            return unwrap_result(data, self.label)
+    @asynccontextmanager
+    async def open_result(self, body: AsyncIterator[bytes]) -> AsyncIterator[ResultStream]:
+        """POST ``body`` to the model's uri, exactly as written; give its answer as a
+        ResultStream (``await start()`` it). A non-2xx answer raises ModelError.
 
-    async def _post(self, body: AsyncIterator[bytes]) -> bytes:
+        The circuit breaker sees the whole exchange: a result that breaks while
+        it streams counts as a failure of the model."""
+        async with self.breaker.guard():
+            response = await self._post(body)
+            try:
+                yield ResultStream(
+                    self._chunks(response), label=self.label, max_bytes=self._max_result_bytes
+                )
+            finally:
+                await response.aclose()
+
+    async def _post(self, body: AsyncIterator[bytes]) -> httpx.Response:
+        """The model's 2xx answer, its body not read yet."""
         tracked = _TrackedBody(body)
         budget = self._retry.budget()
         while True:
@@ -81,32 +88,24 @@ class ModelClient:
                 )
                 await asyncio.sleep(delay)
                 continue
-            with translate_errors(self.label, ModelError):
-                try:
-                    if not response.is_success:
-                        raise ModelError(
-                            f"{self.label}: answered {response.status_code}"
-                            f" {response.reason_phrase}{await _error_detail(response)}",
-                            code="model_failed",
-                            upstream=self.label if response.status_code >= 500 else None,
-                        )
-                    return await self._read_limited(response)
-                finally:
-                    await response.aclose()
-
-    async def _read_limited(self, response: httpx.Response) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > self._max_result_bytes:
+            if response.is_success:
+                return response
+            try:
+                with translate_errors(self.label, ModelError):
+                    detail = await _error_detail(response)
                 raise ModelError(
-                    f"{self.label}: result is larger than the limit of"
-                    f" {self._max_result_bytes} bytes",
-                    code="model_result_too_large",
+                    f"{self.label}: answered {response.status_code}"
+                    f" {response.reason_phrase}{detail}",
+                    code="model_failed",
+                    upstream=self.label if response.status_code >= 500 else None,
                 )
-            chunks.append(chunk)
-        return b"".join(chunks)
+            finally:
+                await response.aclose()
+
+    async def _chunks(self, response: httpx.Response) -> AsyncIterator[bytes]:
+        with translate_errors(self.label, ModelError):
+            async for chunk in response.aiter_bytes():
+                yield chunk
 
     async def probe(self) -> ProbeResult:
         """GET statusUri, redirects followed; without one, GET the inference uri:

@@ -8,7 +8,8 @@ data from the PACS into the model, return the model's result.
 from __future__ import annotations
 
 import logging
-import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -18,8 +19,10 @@ from starlette.routing import Route
 from model_proxy.config import Level, ModelConfig, Task
 from model_proxy.errors import BadRequest, NotFound, shorten
 from model_proxy.models.body import BodyWriter, plan_body
+from model_proxy.models.result_stream import ResultStream
 from model_proxy.pacs.source import Target
 from model_proxy.routes.params import parse_data_filters, resolve_inputs, validate_uid
+from model_proxy.routes.results import Inference, respond
 from model_proxy.state import ProxyState
 
 logger = logging.getLogger(__name__)
@@ -82,22 +85,21 @@ async def infer(request: Request) -> Response:
     server, source = state.source_for(server_param[0] if server_param else None)
     client = state.models[model.id]
 
-    started = time.perf_counter()
-    writer = BodyWriter(plan_body(level, target, inputs), source)
-    async with writer:
-        result = await client.infer(writer.chunks())
-    logger.info(
-        "inference model=%s server=%s level=%s instances=%d dicom_bytes=%d result_bytes=%d"
-        " seconds=%.2f",
-        model.id,
-        server.id,
-        level.value,
-        writer.instances_sent,
-        writer.bytes_in,
-        len(result),
-        time.perf_counter() - started,
-    )
-    return Response(result, media_type="application/json")
+    plan = plan_body(level, target, inputs)
+    writer = BodyWriter(plan, source)
+
+    @asynccontextmanager
+    async def open_result() -> AsyncIterator[ResultStream]:
+        async with writer, client.open_result(writer.chunks()) as result:
+            yield result
+
+    def describe() -> str:
+        return (
+            f"model={model.id} server={server.id} level={level.value}"
+            f" instances={writer.instances_sent} dicom_bytes={writer.bytes_in}"
+        )
+
+    return await respond(request, Inference(open_result, describe))
 
 
 routes = [
