@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import httpx
-import jwt
 import pytest
 from harness import OrthancServer, TlsCert, http_client
 from starlette.applications import Starlette
@@ -18,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 from threaded_server import ThreadedServer
+from token_calls import bearer, client_token, unverified, user_tokens, wait_past
 from token_gateway import Gateway, start_token_gateway
 from token_server import TokenServer, start_token_server
 
@@ -31,28 +29,6 @@ DICOM_JSON = {"Accept": "application/dicom+json"}
 def http() -> Iterator[httpx.Client]:
     with http_client(timeout=30.0) as client:
         yield client
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def user_tokens(http: httpx.Client, tokens: TokenServer) -> tuple[str, str]:
-    """(access, refresh) from exchanging a fresh auth token."""
-    response = http.post(tokens.exchange_url, headers=bearer(tokens.issue_auth_token()))
-    assert response.status_code == 200, response.text
-    return response.headers["authorization"].removeprefix("Bearer "), response.text
-
-
-def client_token(http: httpx.Client, tokens: TokenServer, **form: str) -> str:
-    response = http.post(
-        tokens.oauth_token_url,
-        data={"grant_type": "client_credentials", **form},
-        auth=("proxy", "client-secret"),
-    )
-    assert response.status_code == 200, response.text
-    token: str = response.json()["access_token"]
-    return token
 
 
 def study_uids(response: httpx.Response) -> set[str]:
@@ -109,9 +85,7 @@ def test_expired_token_is_401_then_a_refreshed_one_passes(
     token_server.set_lifetimes(access=1.0)
     access, refresh = user_tokens(http, token_server)
     assert http.get(token_pacs.status_url, headers=bearer(access)).status_code == 200
-    exp = jwt.decode(access, options={"verify_signature": False})["exp"]
-    while time.time() <= exp:
-        time.sleep(0.05)
+    wait_past(unverified(access)["exp"])
 
     expired = http.get(token_pacs.status_url, headers=bearer(access))
     assert expired.status_code == 401
@@ -146,7 +120,7 @@ def test_invalid_tokens_are_403(
 
 
 def test_oauth_client_token_and_static_token_are_accepted(
-    http: httpx.Client, orthanc: OrthancServer, token_server: TokenServer, sample_study: Any
+    http: httpx.Client, orthanc: OrthancServer, token_server: TokenServer, sample_study: SampleStudy
 ) -> None:
     static = "static-bearer-token-for-the-pacs"
     with start_token_gateway(orthanc.url, token_server, static_tokens=[static]) as pacs:

@@ -1,19 +1,26 @@
 """The token server double itself, over real HTTP: every flow of contract section 7 and
-OAuth 2.0 client credentials (the gateway in front of Orthanc: test_token_pacs.py)."""
+the controls tests use (OAuth 2.0: test_token_oauth.py; the gateway in front of
+Orthanc: test_token_pacs.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import time
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote_plus
 
 import httpx
 import jwt
 import pytest
 from harness import http_client
+from token_calls import (
+    basic,
+    bearer,
+    exchange,
+    oauth_form,
+    response_bearer,
+    unverified,
+    wait_past,
+)
 from token_server import TokenServer, start_token_server
 
 USER_CLAIMS = {"exp", "iat", "iss", "name", "username", "canEditResource"}
@@ -23,34 +30,6 @@ USER_CLAIMS = {"exp", "iat", "iss", "name", "username", "canEditResource"}
 def http() -> Iterator[httpx.Client]:
     with http_client(timeout=10.0) as client:
         yield client
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def response_bearer(response: httpx.Response) -> str:
-    scheme, _, token = response.headers["authorization"].partition(" ")
-    assert scheme == "Bearer" and token, response.headers
-    return token
-
-
-def unverified(token: str) -> dict[str, Any]:
-    claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
-    return claims
-
-
-def exchange(http: httpx.Client, tokens: TokenServer, auth_token: str) -> tuple[str, str]:
-    """(access, refresh) for an auth token, asserting the contract's response shape."""
-    response = http.post(tokens.exchange_url, headers=bearer(auth_token))
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/html")
-    return response_bearer(response), response.text
-
-
-def wait_past(exp: int) -> None:
-    while time.time() <= exp:
-        time.sleep(0.05)
 
 
 # --- sign-in and exchange ------------------------------------------------------------
@@ -101,6 +80,21 @@ def test_auth_token_is_single_use(http: httpx.Client, token_server: TokenServer)
     assert again.status_code == 401
     assert "already used" in again.json()["message"]
     assert token_server.calls["exchange"] == 2 and token_server.successes["exchange"] == 1
+
+
+def test_auth_token_is_single_use_under_concurrent_exchanges(token_server: TokenServer) -> None:
+    auth_token = token_server.issue_auth_token()
+
+    async def exchange_all() -> list[int]:
+        async with httpx.AsyncClient(trust_env=False, timeout=30.0) as client:
+            calls = [
+                client.post(token_server.exchange_url, headers=bearer(auth_token))
+                for _ in range(10)
+            ]
+            return [response.status_code for response in await asyncio.gather(*calls)]
+
+    assert sorted(asyncio.run(exchange_all())) == [200] + [401] * 9
+    assert token_server.successes["exchange"] == 1
 
 
 @pytest.mark.parametrize(
@@ -210,6 +204,32 @@ def test_fifty_concurrent_refreshes_all_succeed(
 # --- misbehaviour ----------------------------------------------------------------------
 
 
+def test_controls_reject_unknown_endpoints(token_server: TokenServer) -> None:
+    with pytest.raises(ValueError, match="endpoint must be one of"):
+        token_server.fail_next(1, endpoint="signin")
+    with pytest.raises(ValueError, match="endpoint must be one of"):
+        token_server.set_delay(1.0, endpoint="token")
+
+
+def test_fail_next_without_endpoint_fails_any_endpoint(
+    http: httpx.Client, token_server: TokenServer
+) -> None:
+    token_server.fail_next(2, status=500)
+    signed_in = http.post(
+        token_server.sign_in_url, json={"username": "doctor", "password": "s3cret"}
+    )
+    oauth = http.post(
+        token_server.oauth_token_url, data=oauth_form(), headers=basic("proxy", "client-secret")
+    )
+    assert (signed_in.status_code, oauth.status_code) == (500, 500)
+    assert (
+        http.post(
+            token_server.oauth_token_url, data=oauth_form(), headers=basic("proxy", "client-secret")
+        ).status_code
+        == 200
+    )
+
+
 def test_fail_next_injects_failures_then_recovers(
     http: httpx.Client, token_server: TokenServer
 ) -> None:
@@ -244,109 +264,3 @@ def test_origin_becomes_the_audience_and_is_recorded(
     assert unverified(response_bearer(response))["aud"] == origin
     assert unverified(response.text)["aud"] == origin
     assert token_server.origins == [origin]
-
-
-# --- OAuth 2.0 client credentials ------------------------------------------------------
-
-
-def oauth_form(**fields: str) -> dict[str, str]:
-    return {"grant_type": "client_credentials", **fields}
-
-
-def basic(client_id: str, secret: str) -> dict[str, str]:
-    raw = f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()
-    return {"Authorization": f"Basic {base64.b64encode(raw).decode()}"}
-
-
-def test_oauth_client_credentials_in_the_form(
-    http: httpx.Client, token_server: TokenServer
-) -> None:
-    response = http.post(
-        token_server.oauth_token_url,
-        data=oauth_form(client_id="proxy", client_secret="client-secret", scope="pacs.read"),
-    )
-    assert response.status_code == 200, response.text
-    assert response.headers["cache-control"] == "no-store"
-    body = response.json()
-    assert body["token_type"] == "Bearer" and body["expires_in"] == 3600
-    assert body["scope"] == "pacs.read" and "refresh_token" not in body
-    claims = token_server.verify_access(body["access_token"])
-    assert claims["client_id"] == "proxy" and claims["scope"] == "pacs.read"
-    assert token_server.oauth_grants == [
-        {"client_id": "proxy", "scope": "pacs.read", "audience": None, "client_auth": "form"}
-    ]
-
-
-def test_oauth_client_credentials_by_basic_auth_with_encoded_id() -> None:
-    clients = {"svc:pacs": "p@ss word/+"}
-    with start_token_server(oauth_clients=clients) as tokens, http_client() as http:
-        response = http.post(
-            tokens.oauth_token_url,
-            data=oauth_form(audience="https://pacs.example"),
-            headers=basic("svc:pacs", "p@ss word/+"),
-        )
-        assert response.status_code == 200, response.text
-        claims = tokens.verify_access(response.json()["access_token"])
-    assert claims["client_id"] == "svc:pacs" and claims["aud"] == "https://pacs.example"
-    assert "scope" not in response.json()
-
-
-@pytest.mark.parametrize(
-    ("form", "headers", "status", "error"),
-    [
-        (oauth_form(client_id="proxy", client_secret="wrong"), {}, 401, "invalid_client"),
-        (oauth_form(), basic("proxy", "wrong"), 401, "invalid_client"),
-        (oauth_form(client_id="nobody", client_secret="x"), {}, 401, "invalid_client"),
-        (oauth_form(), {}, 401, "invalid_client"),
-        (
-            oauth_form(client_id="proxy", client_secret="client-secret"),
-            basic("proxy", "client-secret"),
-            400,
-            "invalid_request",
-        ),
-        ({"client_id": "proxy", "client_secret": "client-secret"}, {}, 400, "invalid_request"),
-        (
-            {"grant_type": "password", "client_id": "proxy", "client_secret": "client-secret"},
-            {},
-            400,
-            "unsupported_grant_type",
-        ),
-    ],
-)
-def test_oauth_errors_follow_rfc_6749(
-    http: httpx.Client,
-    token_server: TokenServer,
-    form: dict[str, str],
-    headers: dict[str, str],
-    status: int,
-    error: str,
-) -> None:
-    response = http.post(token_server.oauth_token_url, data=form, headers=headers)
-    assert response.status_code == status
-    assert response.json()["error"] == error and response.json()["error_description"]
-    if "Authorization" in headers and status == 401:
-        assert response.headers["www-authenticate"].startswith("Basic")
-    assert token_server.calls["oauth_token"] == 1 and token_server.successes["oauth_token"] == 0
-
-
-def test_oauth_scope_outside_the_allowed_ones_is_invalid_scope(http: httpx.Client) -> None:
-    with start_token_server(oauth_scopes={"pacs.read"}) as tokens:
-        response = http.post(
-            tokens.oauth_token_url,
-            data=oauth_form(scope="pacs.read pacs.write"),
-            headers=basic("proxy", "client-secret"),
-        )
-    assert response.status_code == 400
-    assert response.json() == {
-        "error": "invalid_scope",
-        "error_description": "unknown scope: pacs.write",
-    }
-
-
-def test_oauth_json_body_is_invalid_request(http: httpx.Client, token_server: TokenServer) -> None:
-    response = http.post(
-        token_server.oauth_token_url,
-        json={"grant_type": "client_credentials"},
-        headers=basic("proxy", "client-secret"),
-    )
-    assert response.status_code == 400 and response.json()["error"] == "invalid_request"
