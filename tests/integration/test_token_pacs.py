@@ -82,7 +82,7 @@ def test_missing_bearer_token_is_401(
 def test_expired_token_is_401_then_a_refreshed_one_passes(
     http: httpx.Client, token_pacs: Gateway, token_server: TokenServer
 ) -> None:
-    token_server.set_lifetimes(access=1.0)
+    token_server.set_lifetimes(access=2.0)  # 2 s: room for a slow machine before expiry
     access, refresh = user_tokens(http, token_server)
     assert http.get(token_pacs.status_url, headers=bearer(access)).status_code == 200
     wait_past(unverified(access)["exp"])

@@ -155,7 +155,8 @@ def test_refresh_gives_new_access_tokens_and_keeps_the_refresh_token(
 def test_short_lifetimes_expire_within_the_test(
     http: httpx.Client, token_server: TokenServer
 ) -> None:
-    token_server.set_lifetimes(access=1.0, refresh=2.0)
+    # Two seconds between steps, so that a loaded machine does not make it flaky.
+    token_server.set_lifetimes(access=2.0, refresh=4.0)
     access, refresh = exchange(http, token_server, token_server.issue_auth_token())
     assert token_server.verify_access(access)
     wait_past(unverified(access)["exp"])

@@ -20,6 +20,11 @@ Tokens are RS256 JWTs (token_issuer.py). When an exchange or refresh request car
 ``Origin`` header, the tokens get it as ``aud`` (contract 7.5); ``origins`` records them,
 so a test can assert the proxy sent none.
 
+Controls: ``issue_auth_token``, ``set_lifetimes``, ``expire_access_tokens``,
+``revoke_refresh_tokens``, ``fail_next``, ``set_delay``, ``stop``/``start`` (down, then
+back with its state). What happened: ``calls`` (every request), ``successes`` (2xx),
+``origins``, ``oauth_grants``.
+
     with start_token_server(access_lifetime=2.0) as tokens:
         entry = {"authToken": tokens.issue_auth_token(), "signInTokenServer": tokens.exchange_url}
         ...
