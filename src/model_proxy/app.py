@@ -17,6 +17,7 @@ from starlette.routing import Route
 from model_proxy import __version__
 from model_proxy.config import ProxyConfig
 from model_proxy.errors import ProxyError
+from model_proxy.reload import LeaseMiddleware, LiveState, Reloader
 from model_proxy.routes import inference, status
 from model_proxy.settings import Settings
 from model_proxy.state import ProxyState
@@ -27,10 +28,19 @@ logger = logging.getLogger(__name__)
 def create_app(settings: Settings, config: ProxyConfig) -> Starlette:
     """The proxy for an already validated ``config`` (the CLI loads and checks it)."""
 
+    live = LiveState()
+
+    def put_in_force(state: ProxyState) -> None:
+        app.state.proxy = state  # the state in force; requests use their leased one
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state = ProxyState.build(settings, config)
-        app.state.proxy = state
+        await live.replace(state)
+        put_in_force(state)
+        reloader = Reloader(settings, live, on_state=put_in_force)
+        reloader.start(settings.watch_config)
+        app.state.reloader = reloader
         logger.info(
             "model-proxy %s ready: %d servers, %d models, status page %s",
             __version__,
@@ -41,15 +51,18 @@ def create_app(settings: Settings, config: ProxyConfig) -> Starlette:
         try:
             yield
         finally:
-            await state.aclose()
+            await reloader.stop()
+            await live.aclose()
+            logger.info("model-proxy stopped; upstream clients closed")
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/health", health, methods=["GET"]),
             *status.routes,
             *inference.routes,
         ],
         middleware=[
+            Middleware(LeaseMiddleware, live=live),
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),
@@ -57,7 +70,7 @@ def create_app(settings: Settings, config: ProxyConfig) -> Starlette:
                 allow_headers=["*"],
                 expose_headers=["Content-Length", "Content-Type"],
                 max_age=600,
-            )
+            ),
         ],
         exception_handlers={
             ProxyError: handle_proxy_error,
@@ -66,6 +79,7 @@ def create_app(settings: Settings, config: ProxyConfig) -> Starlette:
         },
         lifespan=lifespan,
     )
+    return app
 
 
 async def health(request: Request) -> Response:

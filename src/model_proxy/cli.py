@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -77,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
         "consecutive failures of a PACS or model before calls to it fail fast",
     )
     _add(serve, "breaker-cooldown", "30", "seconds a tripped PACS or model is left alone")
+    _add(
+        serve,
+        "shutdown-grace",
+        "30",
+        "seconds in-flight requests may take to finish after SIGTERM",
+    )
+    _add(
+        serve,
+        "watch-config",
+        "0",
+        "seconds between checks for changed config files (0: reload on SIGHUP only)",
+    )
 
     gen_cert = commands.add_parser("gen-cert", help="write a self-signed zhiva.crt and zhiva.key")
     _add(gen_cert, "out-dir", ".", "where to write the files")
@@ -146,13 +160,14 @@ def _port(value: str) -> int:
     return int(value)
 
 
-def _seconds(value: str, flag: str) -> float:
+def _seconds(value: str, flag: str, *, allow_zero: bool = False) -> float:
     try:
         seconds = float(value)
     except ValueError:
         seconds = -1
-    if seconds <= 0:
-        raise CommandError(f"--{flag} must be a positive number of seconds, got {value!r}")
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        kind = "zero or a positive" if allow_zero else "a positive"
+        raise CommandError(f"--{flag} must be {kind} number of seconds, got {value!r}")
     return seconds
 
 
@@ -174,6 +189,8 @@ def serve(args: argparse.Namespace) -> int:
     from model_proxy.logs import setup_logging
 
     probe = _seconds(args.probe_timeout, "probe-timeout")
+    # uvicorn takes whole seconds
+    shutdown_grace = math.ceil(_seconds(args.shutdown_grace, "shutdown-grace", allow_zero=True))
     settings = Settings(
         config_dir=Path(args.config_dir),
         data_dir=Path(args.data_dir),
@@ -186,6 +203,7 @@ def serve(args: argparse.Namespace) -> int:
             failure_threshold=_count(args.breaker_failures, "breaker-failures", 1, 1000),
             cooldown=_seconds(args.breaker_cooldown, "breaker-cooldown"),
         ),
+        watch_config=_seconds(args.watch_config, "watch-config", allow_zero=True),
     )
     port = _port(args.port)
     tls_files = None if args.no_tls else _tls_files(Path(args.cert), Path(args.key))
@@ -195,7 +213,14 @@ def serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CommandError(f"cannot create {exc.filename}: {exc.strerror}") from None
     config = load_checked_config(settings.config_dir)
-    run_server(settings, config, host=args.host, port=port, tls_files=tls_files)
+    run_server(
+        settings,
+        config,
+        host=args.host,
+        port=port,
+        tls_files=tls_files,
+        shutdown_grace=shutdown_grace,
+    )
     return 0
 
 
@@ -217,10 +242,12 @@ def run_server(
     host: str,
     port: int,
     tls_files: tuple[Path, Path] | None,
+    shutdown_grace: int = 30,
 ) -> None:
     import uvicorn
 
     from model_proxy.app import create_app
+    from model_proxy.http_limits import BoundedHttpToolsProtocol
 
     scheme = "https" if tls_files else "http"
     logger.info("serving on %s://%s:%d", scheme, host, port)
@@ -232,13 +259,20 @@ def run_server(
         ssl_keyfile=str(tls_files[1]) if tls_files else None,
         log_config=None,
         server_header=False,
-        timeout_graceful_shutdown=30,
+        http=BoundedHttpToolsProtocol,
+        timeout_graceful_shutdown=shutdown_grace,
     )
     server = uvicorn.Server(uvicorn_config)
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the
+    # handler it found; the default one would kill the process with status -15 after
+    # a clean shutdown. A no-op handler makes the exit status 0.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
         server.run()
     except OSError as exc:  # e.g. the port is taken
         raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if not server.started:
         raise CommandError(f"the server did not start on {host}:{port}; see the log above")
 

@@ -38,3 +38,5 @@ class Settings:
     # PACS reads are retried; model POSTs only as their models.json entry allows.
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    # Seconds between checks for changed config files; 0 reloads on SIGHUP only.
+    watch_config: float = 0.0

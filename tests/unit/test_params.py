@@ -209,6 +209,9 @@ def test_bracket_index_with_non_ascii_digit_is_a_bad_request() -> None:
         (brackets("[first]", dataKey="a", uuid="1.2"), "must be an array"),
         (brackets("[0]", dataKey="a", uuid="1.2") + brackets("[x]", uuid="1"), "array"),
         ([("data-filters[0]", "1.2")], r"data-filters\[0\] must be an object"),
+        ([("data-filters[0][dataFilter][0][dataFilter][0]", "x")], "nests deeper"),
+        # Deep enough to overflow Python's recursion limit if it were followed.
+        ([("data-filters" + "[a]" * 2000, "x")], "nests deeper"),
     ],
 )
 def test_malformed_bracket_parameters(items: list[tuple[str, str]], match: str) -> None:
@@ -242,6 +245,7 @@ def test_malformed_bracket_parameters(items: list[tuple[str, str]], match: str) 
             ' "dataFilter": []}]}]',
             "nest at most two levels",
         ),
+        ("[" * 5000 + "]" * 5000, "not valid JSON"),
     ],
 )
 def test_invalid_json_filters(document: str, match: str) -> None:

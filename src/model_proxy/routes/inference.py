@@ -61,7 +61,7 @@ async def infer(request: Request) -> Response:
     if request.method != "GET":
         # Starlette answers HEAD on GET routes; here it would run a whole inference.
         raise HTTPException(405, headers={"Allow": "GET"})
-    state: ProxyState = request.app.state.proxy
+    state: ProxyState = request.state.proxy  # leased by reload.LeaseMiddleware
     params: dict[str, str] = dict(request.path_params)
     level = _level_of(params)
     family = params["family"]

@@ -24,6 +24,8 @@ _BRACKETS = re.compile(r"\[([^\[\]]*)\]")
 _INDEX = re.compile(r"0|[1-9][0-9]{0,3}")  # ASCII only, no leading zeros: "01" is not 1
 _MAX_FILTERS = 256
 _MAX_INDEX = 1023
+# data-filters[0][dataFilter][1][uuid] is the deepest name a valid request has.
+_MAX_BRACKETS = 4
 
 
 def validate_uid(value: str, what: str) -> str:
@@ -78,6 +80,10 @@ def _from_brackets(items: list[tuple[str, str]]) -> object:
         segments = _BRACKETS.findall(rest)
         if not segments or "".join(f"[{s}]" for s in segments) != rest:
             raise _filter_error(f"cannot read the parameter name {key[:100]!r}")
+        if len(segments) > _MAX_BRACKETS:
+            raise _filter_error(
+                f"{key[:100]!r} nests deeper than data-filters[i][dataFilter][j][field]"
+            )
         node: dict[str, object] = root
         for segment in segments[:-1]:
             child = node.setdefault(segment, {})

@@ -76,7 +76,7 @@ def _entry(result: ProbeResult, status_uri: str | None, *, kind: str) -> dict[st
 
 
 async def status(request: Request) -> Response:
-    state: ProxyState = request.app.state.proxy
+    state: ProxyState = request.state.proxy  # leased by reload.LeaseMiddleware
     if not state.settings.show_status_page:
         raise NotFound("Not found")
     report = await collect_status(state)

@@ -1,0 +1,210 @@
+"""Config reload without downtime: SIGHUP (or changed files) swaps in a new ProxyState.
+
+Each request leases the state in force when it arrived (``LeaseMiddleware`` puts it in
+``request.state.proxy``) and keeps it to its last byte, so a reload never pulls a
+config or an upstream client from under a running inference. A replaced state closes
+its clients when its last lease ends.
+
+A reload validates everything before it changes anything: a config that does not load
+is refused with every problem in the log, and the config in force stays. Extra files
+(e.g. an ``access.json``) join through ``Reloader.hooks``: each hook loads and checks
+its file and returns the function that puts the result in force, or raises
+``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from model_proxy.config import ConfigError, load_config
+from model_proxy.settings import Settings
+from model_proxy.state import ProxyState
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILES = ("servers.json", "models.json", "access.json")
+
+ReloadHook = Callable[[], Callable[[], None]]
+
+
+class LiveState:
+    """The ProxyState in force, and the replaced ones still serving their requests."""
+
+    def __init__(self) -> None:
+        self._current: ProxyState | None = None
+        self._leases: dict[int, int] = {}
+        self._retired: dict[int, ProxyState] = {}
+
+    @property
+    def current(self) -> ProxyState:
+        if self._current is None:
+            raise RuntimeError("the proxy state is used before the app started")
+        return self._current
+
+    @property
+    def retired_count(self) -> int:
+        return len(self._retired)
+
+    @asynccontextmanager
+    async def lease(self) -> AsyncIterator[ProxyState]:
+        state = self.current
+        key = id(state)
+        self._leases[key] = self._leases.get(key, 0) + 1
+        try:
+            yield state
+        finally:
+            self._leases[key] -= 1
+            if self._leases[key] == 0:
+                del self._leases[key]
+                retired = self._retired.pop(key, None)
+                if retired is not None:
+                    await _close(retired, "after its last request")
+
+    async def replace(self, state: ProxyState) -> int:
+        """Put ``state`` in force; returns how many requests still run on the old one."""
+        old, self._current = self._current, state
+        if old is None:
+            return 0
+        running = self._leases.get(id(old), 0)
+        if running:
+            self._retired[id(old)] = old
+        else:
+            await _close(old, "at once")
+        return running
+
+    async def aclose(self) -> None:
+        """At shutdown, after the grace period: close every state, leased or not."""
+        states = [*self._retired.values(), *([self._current] if self._current else [])]
+        self._retired.clear()
+        self._current = None
+        for state in states:
+            await state.aclose()
+
+
+async def _close(state: ProxyState, when: str) -> None:
+    try:
+        await state.aclose()
+    except Exception:  # a close failure must not fail the request that triggered it
+        logger.exception("closing the previous config's upstream clients failed")
+    else:
+        logger.info("previous config's upstream clients closed %s", when)
+
+
+class LeaseMiddleware:
+    """Pure ASGI: each HTTP request holds the state in force when it arrived."""
+
+    def __init__(self, app: ASGIApp, live: LiveState) -> None:
+        self.app = app
+        self.live = live
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        async with self.live.lease() as state:
+            scope.setdefault("state", {})["proxy"] = state
+            await self.app(scope, receive, send)
+
+
+class Reloader:
+    """Reloads the config files into a new ProxyState; one reload at a time."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        live: LiveState,
+        on_state: Callable[[ProxyState], None] = lambda state: None,
+    ) -> None:
+        self.settings = settings
+        self.live = live
+        self.on_state = on_state
+        self.hooks: list[ReloadHook] = []
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[bool]] = set()
+        self._watcher: asyncio.Task[None] | None = None
+
+    def watched_files(self) -> list[Path]:
+        return [self.settings.config_dir / name for name in CONFIG_FILES]
+
+    async def reload(self, reason: str) -> bool:
+        """Load, check and put in force the config files; False if they were refused."""
+        async with self._lock:
+            config_dir = self.settings.config_dir
+            logger.info("reloading the config from %s (%s)", config_dir, reason)
+            try:
+                config = await asyncio.to_thread(load_config, config_dir)
+                commits = [hook() for hook in self.hooks]
+                state = ProxyState.build(self.settings, config)
+            except ConfigError as exc:
+                problems = "\n".join(f"  - {line}" for line in exc.messages)
+                logger.error(
+                    "config reload refused, the previous config stays in force:\n%s", problems
+                )
+                return False
+            except Exception as exc:
+                logger.error("config reload refused, the previous config stays in force: %s", exc)
+                return False
+            for commit in commits:
+                commit()
+            running = await self.live.replace(state)
+            self.on_state(state)
+            logger.info(
+                "config reloaded: %d servers, %d models; %d requests finish on the previous one",
+                len(config.servers),
+                len(config.models),
+                running,
+            )
+            return True
+
+    def request_reload(self, reason: str) -> None:
+        """Start a reload from a signal handler (the loop keeps a reference to it)."""
+        task = asyncio.get_running_loop().create_task(self.reload(reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def start(self, watch_interval: float = 0.0) -> None:
+        """Reload on SIGHUP, and every ``watch_interval`` seconds if a file changed."""
+        loop = asyncio.get_running_loop()
+        if hasattr(signal, "SIGHUP"):
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload, "SIGHUP")
+        if watch_interval > 0:
+            self._watcher = loop.create_task(self._watch(watch_interval))
+
+    async def stop(self) -> None:
+        if hasattr(signal, "SIGHUP"):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._watcher
+        for task in list(self._tasks):
+            with suppress(asyncio.CancelledError):
+                await task
+
+    async def _watch(self, interval: float) -> None:
+        seen = self._stamps()
+        while True:
+            await asyncio.sleep(interval)
+            stamps = self._stamps()
+            if stamps != seen:
+                seen = stamps
+                await self.reload("config files changed")
+
+    def _stamps(self) -> dict[Path, tuple[int, int] | None]:
+        stamps: dict[Path, tuple[int, int] | None] = {}
+        for path in self.watched_files():
+            try:
+                stat = os.stat(path)
+            except OSError:
+                stamps[path] = None
+            else:
+                stamps[path] = (stat.st_mtime_ns, stat.st_size)
+        return stamps
