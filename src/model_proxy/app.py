@@ -68,7 +68,7 @@ def create_app(settings: Settings, config: ProxyConfig) -> Starlette:
                 allow_origins=list(settings.cors_origins),
                 allow_methods=["GET", "OPTIONS"],
                 allow_headers=["*"],
-                expose_headers=["Content-Length", "Content-Type"],
+                expose_headers=["Content-Length", "Content-Type", "ETag"],
                 max_age=600,
             ),
         ],

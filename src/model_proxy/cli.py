@@ -11,6 +11,7 @@ import argparse
 import logging
 import math
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -90,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         "watch-config",
         "0",
         "seconds between checks for changed config files (0: reload on SIGHUP only)",
+    )
+    _add(
+        serve,
+        "cache-size",
+        "2GiB",
+        "disk space for cached results (like 500MB, 2GiB; 0 turns the cache off)",
     )
 
     gen_cert = commands.add_parser("gen-cert", help="write a self-signed zhiva.crt and zhiva.key")
@@ -177,6 +184,20 @@ def _count(value: str, flag: str, low: int, high: int) -> int:
     return int(value)
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kKmMgGtT]i?[bB]?|[bB])?")
+_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
+
+
+def _size(value: str, flag: str) -> int:
+    """Bytes from "0", "1500000", "500MB", "2GiB" (k/M/G/T; with i, powers of 1024)."""
+    found = _SIZE.fullmatch(value.strip())
+    if found is None:
+        raise CommandError(f"--{flag} must be a size like 0, 500MB or 2GiB, got {value!r}")
+    unit = (found.group(2) or "").lower().removesuffix("b")
+    factor = 1024 ** "kmgt".index(unit[0]) * 1024 if unit.endswith("i") else _UNITS[unit]
+    return int(float(found.group(1)) * factor)
+
+
 def load_checked_config(config_dir: Path) -> ProxyConfig:
     try:
         return load_config(config_dir)
@@ -204,6 +225,7 @@ def serve(args: argparse.Namespace) -> int:
             cooldown=_seconds(args.breaker_cooldown, "breaker-cooldown"),
         ),
         watch_config=_seconds(args.watch_config, "watch-config", allow_zero=True),
+        cache_max_bytes=_size(args.cache_size, "cache-size"),
     )
     port = _port(args.port)
     tls_files = None if args.no_tls else _tls_files(Path(args.cert), Path(args.key))

@@ -40,3 +40,5 @@ class Settings:
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     # Seconds between checks for changed config files; 0 reloads on SIGHUP only.
     watch_config: float = 0.0
+    # Results on disk under data_dir/result-cache, LRU-evicted past this; 0: no cache.
+    cache_max_bytes: int = 2048 * MiB

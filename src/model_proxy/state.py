@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from model_proxy.breaker import CircuitBreaker
+from model_proxy.cache import ResultCache
 from model_proxy.config import ProxyConfig, ServerConfig
 from model_proxy.errors import BadRequest, NotFound, shorten
 from model_proxy.models.client import ModelClient
@@ -23,6 +24,7 @@ class ProxyState:
     sources: dict[str, DicomSource]
     models: dict[str, ModelClient]
     auth: PacsAuth
+    result_cache: ResultCache
 
     @classmethod
     def build(cls, settings: Settings, config: ProxyConfig) -> ProxyState:
@@ -40,7 +42,10 @@ class ProxyState:
             )
             for model_id, model in config.models.items()
         }
-        return cls(settings, config, sources, models, auth)
+        result_cache = ResultCache.shared(
+            settings.data_dir / "result-cache", settings.cache_max_bytes
+        )
+        return cls(settings, config, sources, models, auth, result_cache)
 
     def source_for(self, server_id: str | None) -> tuple[ServerConfig, DicomSource]:
         """The server named by ``?server=``, or the default one."""

@@ -8,7 +8,9 @@ answers a real model cannot be made to give on purpose (cut mid-stream, untermin
         assert double.calls["/example/segmentation"] == 1
 
 Routes (all POST, the request body is read first):
-    /example/<path>     the example model's /<path>, counted, after ``double.delay`` seconds
+    /example/<path>     the example model's /<path> after ``double.delay`` seconds
+                        (calls are counted by path and query: ``?case=a`` makes a
+                        distinct models.json entry for the same endpoint)
     /cut                2.5 MiB of a valid JSON result, then the connection is closed
     /legacy-cut         the same, double-encoded
     /unterminated       a complete HTTP answer whose JSON never closes
@@ -56,7 +58,8 @@ class _DoubleApp:
         if scope["type"] != "http":
             return
         path: str = scope["path"]
-        self.double.calls[path] += 1
+        query = scope["query_string"].decode()
+        self.double.calls[f"{path}?{query}" if query else path] += 1
         if path.startswith("/example/"):
             await asyncio.sleep(self.double.delay)
             inner = dict(scope, path=path.removeprefix("/example"), raw_path=None)

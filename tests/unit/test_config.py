@@ -45,6 +45,7 @@ def test_public_api() -> None:
     assert sorted(model_proxy.config.__all__) == sorted(
         [
             "AuthType",
+            "CacheValidation",
             "ConfigError",
             "DataFilterEntry",
             "Level",

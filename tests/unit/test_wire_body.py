@@ -202,6 +202,9 @@ class FakeSource:
     async def probe(self) -> ProbeResult:
         return ProbeResult(True, 0.0, "fake")
 
+    async def fingerprint(self, target: Target) -> str | None:
+        return None
+
     async def aclose(self) -> None:
         return None
 

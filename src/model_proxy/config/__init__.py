@@ -9,10 +9,19 @@ Every problem of both files is reported at once in one :class:`ConfigError`.
 """
 
 from .loader import ConfigError, ProxyConfig, load_config, parse_models, parse_servers
-from .schema import AuthType, DataFilterEntry, Level, ModelConfig, ServerConfig, Task
+from .schema import (
+    AuthType,
+    CacheValidation,
+    DataFilterEntry,
+    Level,
+    ModelConfig,
+    ServerConfig,
+    Task,
+)
 
 __all__ = [
     "AuthType",
+    "CacheValidation",
     "ConfigError",
     "DataFilterEntry",
     "Level",

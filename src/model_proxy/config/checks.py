@@ -52,6 +52,7 @@ SERVER_FIELDS: dict[str, str] = {
     "scope": "a string (space-separated scopes)",
     "audience": "a string",
     "tlsVerify": "true, false or the path of a CA bundle file",
+    "cacheValidation": 'one of "count", "strict", "off"',
 }
 SECRET_FIELDS = frozenset({"password", "authToken", "token", "clientSecret"})
 

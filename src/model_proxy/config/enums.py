@@ -44,3 +44,12 @@ class Level(StrEnum):
     STUDY = "/studies"
     SERIES = "/studies/series"
     INSTANCE = "/studies/series/instances"
+
+
+class CacheValidation(StrEnum):
+    """How a cached result is checked against the server before it is reused
+    (``cacheValidation`` in servers.json, docs/performance.md)."""
+
+    COUNT = "count"  # the number of instances of the study or series (QIDO)
+    STRICT = "strict"  # the exact list of SOP Instance UIDs (QIDO)
+    OFF = "off"  # results from this server are never cached

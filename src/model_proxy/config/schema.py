@@ -45,10 +45,11 @@ from .checks import (
     one_of,
     resolve_secret,
 )
-from .enums import AuthType, Level, Task
+from .enums import AuthType, CacheValidation, Level, Task
 
 __all__ = [
     "AuthType",
+    "CacheValidation",
     "ClientAuthMethod",
     "DataFilterEntry",
     "Level",
@@ -178,6 +179,8 @@ class ServerConfig(_Schema):
     scope: StrictStr | None = None
     audience: StrictStr | None = None
     tls_verify: bool | str = Field(True, alias="tlsVerify")
+    # Extension: how a cached result is checked before reuse (docs/performance.md).
+    cache_validation: CacheValidation = Field(CacheValidation.COUNT, alias="cacheValidation")
 
     @property
     def is_local_folder(self) -> bool:
@@ -231,6 +234,13 @@ class ServerConfig(_Schema):
     @classmethod
     def _check_urls(cls, value: str | None) -> str | None:
         return None if value is None else check_http_url(value)
+
+    @field_validator("cache_validation", mode="before")
+    @classmethod
+    def _check_cache_validation(cls, value: object) -> CacheValidation:
+        if isinstance(value, str) and value in CacheValidation._value2member_map_:
+            return CacheValidation(value)
+        raise ValueError(f"expected one of {one_of(CacheValidation)}, got {describe(value)}")
 
     @field_validator("auth_type", mode="before")
     @classmethod

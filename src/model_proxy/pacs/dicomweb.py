@@ -11,6 +11,7 @@ import httpx
 
 from model_proxy.config import ServerConfig
 from model_proxy.errors import NotFound, PacsError, ProxyError, short_id
+from model_proxy.pacs.fingerprint import qido_fingerprint
 from model_proxy.pacs.instance_key import instance_key
 from model_proxy.pacs.multipart import (
     MalformedMultipart,
@@ -205,6 +206,17 @@ class DicomWebSource:
                 code="pacs_bad_response",
                 upstream=self.label,
             ) from exc
+
+    async def fingerprint(self, target: Target) -> str | None:
+        """See pacs/fingerprint.py: a QIDO query, by the server's cacheValidation."""
+        return await qido_fingerprint(
+            self._client,
+            self._server.uri,
+            target,
+            self._server.cache_validation,
+            limits=self._timeouts.for_probe(),
+            label=self.label,
+        )
 
     async def probe(self) -> ProbeResult:
         """GET statusUri (a QIDO query without one) with the server's auth."""

@@ -31,5 +31,9 @@ class GuardedSource:
     async def probe(self) -> ProbeResult:
         return await self._inner.probe()
 
+    async def fingerprint(self, target: Target) -> str | None:
+        # A query for the cache, not a retrieval: it neither waits for nor feeds the breaker.
+        return await self._inner.fingerprint(target)
+
     async def aclose(self) -> None:
         await self._inner.aclose()

@@ -9,6 +9,7 @@ files copied in while the proxy runs are found without a restart.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -102,6 +103,17 @@ def _read_uids(path: Path) -> _IndexedFile | None:
     return _IndexedFile(*uids)
 
 
+def _files_fingerprint(paths: list[Path]) -> str | None:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return "files:" + digest.hexdigest()
+
+
 class LocalFolderSource:
     """Serves the DICOM files under a folder by UID."""
 
@@ -154,6 +166,18 @@ class LocalFolderSource:
                 raise PacsError(
                     f"{self.label}: could not read {path.name} ({exc.strerror or exc})"
                 ) from exc
+
+    async def fingerprint(self, target: Target) -> str | None:
+        """The paths, sizes and modification times of the target's files, after a
+        rescan (stat only; changed files are parsed again)."""
+        try:
+            await self._refresh(only_if_stale=False)
+        except PacsError:
+            return None  # the retrieval reports it
+        paths = self._index.lookup(target)
+        if not paths:
+            return None
+        return await asyncio.to_thread(_files_fingerprint, paths)
 
     async def probe(self) -> ProbeResult:
         started = time.perf_counter()

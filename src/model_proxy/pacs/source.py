@@ -32,7 +32,8 @@ class DicomSource(Protocol):
     ``retrieve`` is an async context manager: entering it starts the retrieval
     and raises NotFound/PacsError/UpstreamTimeout before any data is consumed,
     so a missing study is reported before the model is called. The iterator it
-    gives yields one whole Part-10 file at a time.
+    gives yields one whole Part-10 file at a time. ``fingerprint`` validates
+    cached results.
     """
 
     label: str
@@ -40,5 +41,11 @@ class DicomSource(Protocol):
     def retrieve(self, target: Target) -> AbstractAsyncContextManager[AsyncIterator[bytes]]: ...
 
     async def probe(self) -> ProbeResult: ...
+
+    async def fingerprint(self, target: Target) -> str | None:
+        """A short string that changes when the instances behind ``target`` change,
+        for the result cache to know a result is still valid; None when it cannot
+        tell (the result is then not cached). Cheap: a query, never a retrieval."""
+        ...
 
     async def aclose(self) -> None: ...

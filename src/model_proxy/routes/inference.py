@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from model_proxy.cache import data_fingerprint, request_key
 from model_proxy.config import Level, ModelConfig, Task
 from model_proxy.errors import BadRequest, NotFound, shorten
 from model_proxy.models.body import BodyWriter, plan_body
@@ -99,7 +101,13 @@ async def infer(request: Request) -> Response:
             f" instances={writer.instances_sent} dicom_bytes={writer.bytes_in}"
         )
 
-    return await respond(request, Inference(open_result, describe))
+    inference = Inference(
+        open_result,
+        describe,
+        request_key=request_key(model, server, plan),
+        fingerprint=partial(data_fingerprint, source, plan),
+    )
+    return await respond(request, inference, state.result_cache)
 
 
 routes = [
