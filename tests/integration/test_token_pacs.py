@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+from faults import closed_port_url
 from harness import OrthancServer, TlsCert, http_client
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -267,3 +268,14 @@ def test_token_server_and_gateway_over_tls(
         access = exchanged.headers["authorization"].removeprefix("Bearer ")
         found = https.get(f"{pacs.dicomweb_url}/studies", headers=bearer(access) | DICOM_JSON)
         assert sample_study.study_uid in study_uids(found)
+
+
+def test_unreachable_orthanc_is_502_naming_it(
+    http: httpx.Client, token_server: TokenServer
+) -> None:
+    access, _ = user_tokens(http, token_server)
+    with start_token_gateway(closed_port_url(), token_server) as pacs:
+        response = http.get(pacs.status_url, headers=bearer(access))
+    assert response.status_code == 502
+    assert response.json()["message"].startswith("gateway: Orthanc failed: ConnectError")
+    assert pacs.requests == [("GET", "/dicom-web/studies", 502)]
