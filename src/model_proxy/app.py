@@ -18,7 +18,7 @@ from model_proxy import __version__
 from model_proxy.config import ProxyConfig
 from model_proxy.errors import ProxyError
 from model_proxy.reload import LeaseMiddleware, LiveState, Reloader
-from model_proxy.routes import inference, status
+from model_proxy.routes import inference, openapi, status
 from model_proxy.settings import Settings
 from model_proxy.state import ProxyState
 
@@ -59,6 +59,7 @@ def create_app(settings: Settings, config: ProxyConfig) -> Starlette:
         routes=[
             Route("/health", health, methods=["GET"]),
             *status.routes,
+            *openapi.routes,
             *inference.routes,
         ],
         middleware=[

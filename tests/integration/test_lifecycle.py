@@ -16,6 +16,8 @@ import pytest
 from deployment import expect_error
 from harness import OrthancServer, ProxyFactory, ProxyProcess, new_uid, server_entry
 from slow_upstream import delayed_server
+from token_gateway import Gateway
+from token_server import TokenServer
 
 from model_proxy.sample_data import SampleStudy
 
@@ -177,6 +179,29 @@ def test_a_request_running_during_a_reload_finishes_on_the_old_config(
     log = proxy.log_text()
     assert "1 requests finish on the previous one" in log
     assert "previous config's upstream clients closed after its last request" in log
+
+
+def test_a_reload_does_not_exchange_the_one_off_pacs_token_again(
+    start_proxy: ProxyFactory,
+    token_pacs: Gateway,
+    token_server: TokenServer,
+    sample_study: SampleStudy,
+) -> None:
+    # The auth token is single-use: a reload that exchanged it again would lock the
+    # proxy out of the PACS. The new state finds the tokens in the data folder.
+    model_id, server_id = new_uid(), new_uid()
+    with delayed_server(0.0, RESULT) as fast:
+        proxy = start_proxy(
+            {server_id: token_pacs.server_entry("token")}, {model_id: model(fast.url)}
+        )
+        with proxy.client() as client:
+            assert client.get(series_path(model_id, sample_study)).status_code == 200
+            write_models(proxy, {model_id: model(fast.url), new_uid(): model(fast.url)})
+            send_signal(proxy, signal.SIGHUP)
+            eventually(lambda: "config reloaded: 1 servers, 2 models" in proxy.log_text())
+            assert client.get(series_path(model_id, sample_study)).status_code == 200
+    assert token_server.successes["exchange"] == 1
+    assert token_server.calls["exchange"] == 1
 
 
 def test_watch_config_reloads_changed_files_without_a_signal(

@@ -17,12 +17,13 @@ from model_proxy.errors import BadRequest, shorten
 from model_proxy.models.body import InstanceInput, SeriesInput
 
 # DICOM PS3.5 section 9.1: dot-separated numbers without leading zeros, 64 chars at most.
-_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
-_UID_MAX_LENGTH = 64
+UID_PATTERN = r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*"
+UID_MAX_LENGTH = 64
+MAX_FILTERS = 256
+_UID = re.compile(UID_PATTERN)
 _PARAM = "data-filters"
 _BRACKETS = re.compile(r"\[([^\[\]]*)\]")
 _INDEX = re.compile(r"0|[1-9][0-9]{0,3}")  # ASCII only, no leading zeros: "01" is not 1
-_MAX_FILTERS = 256
 _MAX_INDEX = 1023
 # data-filters[0][dataFilter][1][uuid] is the deepest name a valid request has.
 _MAX_BRACKETS = 4
@@ -30,10 +31,10 @@ _MAX_BRACKETS = 4
 
 def validate_uid(value: str, what: str) -> str:
     """``value`` if it is a valid DICOM UID, else a 400 naming ``what``."""
-    if len(value) > _UID_MAX_LENGTH or not _UID.fullmatch(value):
+    if len(value) > UID_MAX_LENGTH or not _UID.fullmatch(value):
         raise BadRequest(
             f"{what} {shorten(value)!r} is not a valid DICOM UID (digits and dots, no leading"
-            f" zeros, at most {_UID_MAX_LENGTH} characters)",
+            f" zeros, at most {UID_MAX_LENGTH} characters)",
             code="invalid_uid",
         )
     return value
@@ -112,8 +113,8 @@ def _lists_from_indexes(node: object) -> object:
 def _to_filters(document: object, where: str, depth: int) -> list[RequestedFilter]:
     if not isinstance(document, list):
         raise _filter_error(f"{where} must be an array of {{dataKey, uuid}} objects")
-    if len(document) > _MAX_FILTERS:
-        raise _filter_error(f"{where} has more than {_MAX_FILTERS} entries")
+    if len(document) > MAX_FILTERS:
+        raise _filter_error(f"{where} has more than {MAX_FILTERS} entries")
     filters: list[RequestedFilter] = []
     for index, entry in enumerate(document):
         here = f"{where}[{index}]"
