@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from model_proxy import __version__
+from model_proxy.capacity import Capacity
 from model_proxy.config import ProxyConfig
 from model_proxy.errors import ProxyError
 from model_proxy.reload import LeaseMiddleware, LiveState, Reloader
@@ -35,7 +36,8 @@ def create_app(settings: Settings, config: ProxyConfig) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        state = ProxyState.build(settings, config)
+        capacity = Capacity.create(settings)
+        state = ProxyState.build(settings, config, capacity)
         await live.replace(state)
         put_in_force(state)
         reloader = Reloader(settings, live, on_state=put_in_force)
@@ -53,6 +55,7 @@ def create_app(settings: Settings, config: ProxyConfig) -> Starlette:
         finally:
             await reloader.stop()
             await live.aclose()
+            capacity.close()
             logger.info("model-proxy stopped; upstream clients closed")
 
     app = Starlette(

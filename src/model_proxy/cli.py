@@ -21,7 +21,7 @@ from model_proxy import __version__
 from model_proxy.breaker import BreakerPolicy
 from model_proxy.config import ConfigError, ProxyConfig, load_config
 from model_proxy.retry import RetryPolicy
-from model_proxy.settings import Settings, env_flag
+from model_proxy.settings import MiB, Settings, env_flag
 from model_proxy.upstream import Timeouts
 
 EXIT_USAGE = 2
@@ -98,6 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
         "2GiB",
         "disk space for cached results (like 500MB, 2GiB; 0 turns the cache off)",
     )
+    _add(
+        serve,
+        "memory-budget",
+        "512MiB",
+        "instance data all inferences may hold in memory at once (like 512MiB, 2GiB)",
+    )
+    _add(
+        serve,
+        "max-concurrent-inferences",
+        "32",
+        "inferences that may run at once; more are answered 503 with Retry-After",
+    )
+    _add(serve, "pacs-concurrency", "4", "retrievals one inference runs at once on its PACS")
 
     gen_cert = commands.add_parser("gen-cert", help="write a self-signed zhiva.crt and zhiva.key")
     _add(gen_cert, "out-dir", ".", "where to write the files")
@@ -198,6 +211,13 @@ def _size(value: str, flag: str) -> int:
     return int(float(found.group(1)) * factor)
 
 
+def _memory_budget(value: str) -> int:
+    budget = _size(value, "memory-budget")
+    if budget < MiB:
+        raise CommandError(f"--memory-budget must be at least 1MiB, got {value!r}")
+    return budget
+
+
 def load_checked_config(config_dir: Path) -> ProxyConfig:
     try:
         return load_config(config_dir)
@@ -226,6 +246,11 @@ def serve(args: argparse.Namespace) -> int:
         ),
         watch_config=_seconds(args.watch_config, "watch-config", allow_zero=True),
         cache_max_bytes=_size(args.cache_size, "cache-size"),
+        memory_budget=_memory_budget(args.memory_budget),
+        max_concurrent_inferences=_count(
+            args.max_concurrent_inferences, "max-concurrent-inferences", 1, 100_000
+        ),
+        pacs_concurrency=_count(args.pacs_concurrency, "pacs-concurrency", 1, 64),
     )
     port = _port(args.port)
     tls_files = None if args.no_tls else _tls_files(Path(args.cert), Path(args.key))

@@ -12,6 +12,7 @@ Exception tree::
     |   +-- ModelError              502  names the model
     +-- UpstreamTimeout             504  the PACS or the model did not answer in time
     +-- UpstreamUnavailable         503  an upstream's circuit breaker is open: failing fast
+    +-- Overloaded                  503  no room for another inference now (Retry-After)
 
 An error caused by an upstream's own failure (unreachable, timed out, broke the
 exchange, answered 5xx or garbage) carries that upstream's label in ``upstream``:
@@ -90,6 +91,20 @@ class UpstreamUnavailable(ProxyError):
 
     def __init__(self, message: str, *, retry_after: int, upstream: str) -> None:
         super().__init__(message, upstream=upstream)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class Overloaded(ProxyError):
+    """Admission control refused the request; ``retry_after`` seconds is a hint."""
+
+    status_code = 503
+    default_code = "overloaded"
+
+    def __init__(self, message: str, code: str | None = None, *, retry_after: int) -> None:
+        super().__init__(message, code)
         self.retry_after = retry_after
 
     def headers(self) -> dict[str, str]:

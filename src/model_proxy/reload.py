@@ -142,7 +142,8 @@ class Reloader:
             try:
                 config = await asyncio.to_thread(load_config, config_dir)
                 commits = [hook() for hook in self.hooks]
-                state = ProxyState.build(self.settings, config)
+                # The memory budget and encoder threads outlive the config.
+                state = ProxyState.build(self.settings, config, self.live.current.capacity)
             except ConfigError as exc:
                 problems = "\n".join(f"  - {line}" for line in exc.messages)
                 logger.error(

@@ -42,3 +42,11 @@ class Settings:
     watch_config: float = 0.0
     # Results on disk under data_dir/result-cache, LRU-evicted past this; 0: no cache.
     cache_max_bytes: int = 2048 * MiB
+    # Instance bytes in flight across all inferences (docs/performance.md).
+    memory_budget: int = 512 * MiB
+    # Past either limit, a new inference is answered 503 with Retry-After.
+    max_concurrent_inferences: int = 32
+    # Retrievals one inference runs at once against its PACS.
+    pacs_concurrency: int = 4
+    # Threads that encode the wire format; 0: one per CPU.
+    encoder_threads: int = 0

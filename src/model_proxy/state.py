@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from model_proxy.breaker import CircuitBreaker
 from model_proxy.cache import ResultCache
+from model_proxy.capacity import Capacity
 from model_proxy.config import ProxyConfig, ServerConfig
 from model_proxy.errors import BadRequest, NotFound, shorten
 from model_proxy.models.client import ModelClient
@@ -25,9 +26,13 @@ class ProxyState:
     models: dict[str, ModelClient]
     auth: PacsAuth
     result_cache: ResultCache
+    # Shared by every state of the process (capacity.py); a state does not close it.
+    capacity: Capacity
 
     @classmethod
-    def build(cls, settings: Settings, config: ProxyConfig) -> ProxyState:
+    def build(
+        cls, settings: Settings, config: ProxyConfig, capacity: Capacity | None = None
+    ) -> ProxyState:
         auth = PacsAuth(settings.data_dir, settings.pacs_timeouts)
         sources: dict[str, DicomSource] = {}
         for server_id, server in config.servers.items():
@@ -45,7 +50,15 @@ class ProxyState:
         result_cache = ResultCache.shared(
             settings.data_dir / "result-cache", settings.cache_max_bytes
         )
-        return cls(settings, config, sources, models, auth, result_cache)
+        return cls(
+            settings,
+            config,
+            sources,
+            models,
+            auth,
+            result_cache,
+            capacity or Capacity.create(settings),
+        )
 
     def source_for(self, server_id: str | None) -> tuple[ServerConfig, DicomSource]:
         """The server named by ``?server=``, or the default one."""
@@ -88,5 +101,8 @@ def _make_source(server: ServerConfig, settings: Settings, auth: PacsAuth) -> Di
         max_instance_bytes=settings.max_instance_bytes,
         retry=settings.retry,
         auth=auth.for_server(server),
+        # Every running inference may hold pacs_concurrency retrievals: none may
+        # wait for a pooled connection held by a retrieval that waits on it.
+        max_connections=settings.max_concurrent_inferences * settings.pacs_concurrency,
     )
     return GuardedSource(source, CircuitBreaker(source.label, settings.breaker))

@@ -37,7 +37,11 @@ class Timeouts:
 
 
 def make_client(
-    *, tls_verify: bool | str, timeouts: Timeouts, auth: httpx.Auth | None = None
+    *,
+    tls_verify: bool | str,
+    timeouts: Timeouts,
+    auth: httpx.Auth | None = None,
+    max_connections: int = 32,
 ) -> httpx.AsyncClient:
     """An AsyncClient for one upstream; ``tls_verify`` is a bool or a CA bundle path."""
     verify: bool | ssl.SSLContext
@@ -51,7 +55,7 @@ def make_client(
         auth=auth,
         follow_redirects=False,
         trust_env=False,  # a hospital's HTTP(S)_PROXY must not capture PACS traffic
-        limits=httpx.Limits(max_connections=32, max_keepalive_connections=8),
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=8),
     )
 
 

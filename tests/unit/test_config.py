@@ -48,6 +48,7 @@ def test_public_api() -> None:
             "CacheValidation",
             "ConfigError",
             "DataFilterEntry",
+            "InputFormat",
             "Level",
             "ModelConfig",
             "ProxyConfig",

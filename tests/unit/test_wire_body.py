@@ -1,34 +1,32 @@
-"""The model wire format: instance encoding, result unwrapping and the streamed body."""
+"""The model wire format: instance encoding, result unwrapping and the body plan."""
 
 from __future__ import annotations
 
 import io
 import json
 import random
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import orjson
 import pydicom
 import pydicom.data
 import pytest
+from fake_pacs import A1, A3, SERIES_A, SERIES_B, STUDY
 
 from model_proxy.config import Level
-from model_proxy.errors import ModelError, NotFound, PacsError
-from model_proxy.models.body import BodyWriter, InstanceInput, Retrieval, SeriesInput, plan_body
-from model_proxy.models.encoder import encode_instance
+from model_proxy.errors import ModelError
+from model_proxy.models.body import InstanceInput, Retrieval, SeriesInput, plan_body
+from model_proxy.models.encoder import (
+    OPENING,
+    SLICE_BYTES,
+    encode_instance,
+    encode_range,
+    encoded_size,
+    slice_ranges,
+)
 from model_proxy.models.result import unwrap_result
 from model_proxy.pacs.source import Target
-from model_proxy.probe import ProbeResult
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 # --- encode_instance ----------------------------------------------------------------
 
@@ -41,27 +39,65 @@ def wire_decode(encoded: bytes) -> bytes:
 
 
 def test_encode_small_example_exactly() -> None:
-    assert encode_instance(bytes([0, 0, 1])) == b'"[0,0,1]"'
+    # Fixed width: every value in four characters, digits right-aligned.
+    assert encode_instance(bytes([0, 0, 1])) == b'"[  0,  0,  1]"'
+    assert encode_instance(bytes([9, 10, 99, 100, 255])) == b'"[  9, 10, 99,100,255]"'
+    assert encode_instance(b"") == b'"[]"'
 
 
-@pytest.mark.parametrize(
-    "data",
-    [
-        b"",
-        b"\x00",
-        b"\xff",
+def random_inputs() -> list[bytes]:
+    rng = random.Random(7)
+    # Lengths around the pair and slice boundaries of the encoder, odd and even.
+    lengths = [0, 1, 2, 3, 4, 5, 7, 8, 9, 255, 256, 257, 1023, 4096, 65535, 65536, 65537]
+    return [rng.randbytes(length) for length in lengths] + [
         bytes(range(256)),
         bytes(range(255, -1, -1)) * 4,
-        random.Random(1).randbytes(100_000),
-    ],
-    ids=["empty", "zero", "255", "all-values", "all-values-reversed", "random-100k"],
-)
+        bytes([0]) * 1000,
+        bytes([255]) * 1001,
+    ]
+
+
+@pytest.mark.parametrize("data", random_inputs(), ids=lambda d: f"{len(d)}-bytes")
 def test_encode_round_trips(data: bytes) -> None:
     encoded = encode_instance(data)
     assert json.loads(json.loads(encoded)) == list(data)
     assert wire_decode(encoded) == data
-    # Only digits, commas and brackets inside the quotes: nothing needed escaping.
-    assert set(encoded[1:-1]) <= set(b"0123456789,[]")
+    assert len(encoded) == encoded_size(len(data))
+    # Only digits, spaces, commas and brackets inside the quotes: nothing needed escaping.
+    assert set(encoded[1:-1]) <= set(b"0123456789, []")
+    # The example model's fast decoder reads it too.
+    assert bytes(orjson.loads(orjson.loads(encoded))) == data
+
+
+@pytest.mark.parametrize("data", random_inputs(), ids=lambda d: f"{len(d)}-bytes")
+def test_encode_matches_the_compact_reference_up_to_whitespace(data: bytes) -> None:
+    reference = json.dumps(json.dumps(list(data), separators=(",", ":"))).encode()
+    assert encode_instance(data).replace(b" ", b"") == reference
+
+
+def test_slices_joined_are_the_whole_instance() -> None:
+    data = random.Random(3).randbytes(2 * SLICE_BYTES + 3)
+    ranges = slice_ranges(len(data))
+    assert ranges == [
+        (0, SLICE_BYTES),
+        (SLICE_BYTES, 2 * SLICE_BYTES),
+        (2 * SLICE_BYTES, 2 * SLICE_BYTES + 3),
+    ]
+    text = OPENING + b"".join(encode_range(data, start, stop) for start, stop in ranges)
+    assert text == encode_instance(data)
+    assert wire_decode(text) == data
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 5, 100])
+def test_ranges_of_any_size_concatenate(cut: int) -> None:
+    data = random.Random(cut).randbytes(301)
+    pieces = [encode_range(data, start, min(start + cut, 301)) for start in range(0, 301, cut)]
+    assert OPENING + b"".join(pieces) == encode_instance(data)
+
+
+def test_encode_accepts_a_memoryview() -> None:
+    data = bytes(range(10))
+    assert encode_instance(memoryview(data)) == encode_instance(data)
 
 
 def test_encoded_instance_embeds_in_a_json_body() -> None:
@@ -134,239 +170,28 @@ def test_empty_body_is_a_model_error(body: bytes) -> None:
     assert info.value.code == "model_bad_response"
 
 
-# --- plan_body and BodyWriter ---------------------------------------------------------
-
-STUDY = "1.2.3"
-SERIES_A = "1.2.3.1"
-SERIES_B = "1.2.3.2"
-A1, A2, A3 = "1.2.3.1.1", "1.2.3.1.2", "1.2.3.1.3"
-B1 = "1.2.3.2.1"
-
-
-def make_bytes(name: str) -> bytes:
-    # Distinct content per instance, with every byte value, so mix-ups show.
-    return name.encode() + bytes(range(256)) + name.encode()
-
-
-FILES = {uid: make_bytes(uid) for uid in (A1, A2, A3, B1)}
-SERIES = {SERIES_A: [A1, A2, A3], SERIES_B: [B1]}
-
-
-class FakeSource:
-    """A DicomSource over a dict; records every retrieval it is asked for."""
-
-    label = "fake PACS"
-
-    def __init__(
-        self,
-        *,
-        missing: frozenset[Target] = frozenset(),
-        fail_after: Mapping[Target, int] | None = None,
-        extra_series: Mapping[str, list[str]] | None = None,
-    ) -> None:
-        self.series = {**SERIES, **(extra_series or {})}
-        self.missing = missing
-        self.fail_after = dict(fail_after or {})
-        self.entered: list[Target] = []
-        self.exited: list[Target] = []
-
-    def _uids(self, target: Target) -> list[str]:
-        if target.study != STUDY or target in self.missing:
-            raise NotFound(f"{target.describe()} was not found", code="not_on_pacs")
-        if target.series is None:
-            return [uid for uids in self.series.values() for uid in uids]
-        if target.series not in self.series:
-            raise NotFound(f"{target.describe()} was not found", code="not_on_pacs")
-        uids = self.series[target.series]
-        if target.instance is None:
-            return uids
-        if target.instance not in uids:
-            raise NotFound(f"{target.describe()} was not found", code="not_on_pacs")
-        return [target.instance]
-
-    @asynccontextmanager
-    async def retrieve(self, target: Target) -> AsyncIterator[AsyncIterator[bytes]]:
-        uids = self._uids(target)
-        self.entered.append(target)
-        try:
-            yield self._iterate(target, uids)
-        finally:
-            self.exited.append(target)
-
-    async def _iterate(self, target: Target, uids: list[str]) -> AsyncIterator[bytes]:
-        for count, uid in enumerate(uids):
-            if self.fail_after.get(target) == count:
-                raise PacsError(f"{self.label}: connection reset")
-            yield FILES.get(uid, uid.encode())
-
-    async def probe(self) -> ProbeResult:
-        return ProbeResult(True, 0.0, "fake")
-
-    async def fingerprint(self, target: Target) -> str | None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-
-async def write(tokens: list[bytes | Retrieval], source: FakeSource) -> tuple[Any, BodyWriter]:
-    async with BodyWriter(tokens, source) as writer:
-        body = b"".join([chunk async for chunk in writer.chunks()])
-    return json.loads(body), writer
-
-
-def instances(strings: list[str]) -> list[bytes]:
-    return [bytes(json.loads(s)) for s in strings]
-
-
-@pytest.mark.anyio
-async def test_instance_level_body_is_one_string() -> None:
-    source = FakeSource()
-    tokens = plan_body(Level.INSTANCE, Target(STUDY, SERIES_A, A2))
-    body, writer = await write(tokens, source)
-    assert isinstance(body, str)
-    assert bytes(json.loads(body)) == FILES[A2]
-    assert (writer.instances_sent, writer.bytes_in) == (1, len(FILES[A2]))
-    assert source.entered == source.exited == [Target(STUDY, SERIES_A, A2)]
-
-
-@pytest.mark.anyio
-async def test_series_level_body_is_an_array() -> None:
-    source = FakeSource()
-    body, writer = await write(plan_body(Level.SERIES, Target(STUDY, SERIES_A)), source)
-    assert isinstance(body, list)
-    assert instances(body) == [FILES[A1], FILES[A2], FILES[A3]]
-    assert writer.instances_sent == 3
-    assert writer.bytes_in == sum(len(FILES[uid]) for uid in (A1, A2, A3))
-
-
-@pytest.mark.anyio
-async def test_study_level_body_is_a_flat_array_of_all_series() -> None:
-    source = FakeSource()
-    body, writer = await write(plan_body(Level.STUDY, Target(STUDY)), source)
-    assert instances(body) == [FILES[A1], FILES[A2], FILES[A3], FILES[B1]]
-    assert writer.instances_sent == 4
-    assert source.entered == [Target(STUDY)]
-
-
-@pytest.mark.anyio
-async def test_empty_series_is_an_empty_array() -> None:
-    source = FakeSource(extra_series={"1.2.3.9": []})
-    body, writer = await write(plan_body(Level.SERIES, Target(STUDY, "1.2.3.9")), source)
-    assert body == []
-    assert (writer.instances_sent, writer.bytes_in) == (0, 0)
-
-
-@pytest.mark.anyio
-async def test_study_with_series_inputs() -> None:
-    source = FakeSource()
-    inputs = [SeriesInput("series-two", SERIES_B), SeriesInput("series-one", SERIES_A)]
-    body, writer = await write(plan_body(Level.STUDY, Target(STUDY), inputs), source)
-    assert list(body) == ["series-two", "series-one"]
-    assert list(body["series-two"]) == ["data"]
-    assert instances(body["series-two"]["data"]) == [FILES[B1]]
-    assert instances(body["series-one"]["data"]) == [FILES[A1], FILES[A2], FILES[A3]]
-    assert writer.instances_sent == 4
-    assert source.entered == [Target(STUDY, SERIES_B), Target(STUDY, SERIES_A)]
-    # The first retrieval is held open by the writer until it exits, hence any order.
-    assert sorted(source.exited, key=str) == sorted(source.entered, key=str)
-
-
-@pytest.mark.anyio
-async def test_study_with_nested_instance_inputs() -> None:
-    source = FakeSource()
-    inputs = [
-        SeriesInput("ct", SERIES_A, (InstanceInput("first", A1), InstanceInput("last", A3))),
-        SeriesInput("other", SERIES_B),
-    ]
-    body, writer = await write(plan_body(Level.STUDY, Target(STUDY), inputs), source)
-    assert set(body) == {"ct", "other"}
-    nested = body["ct"]["data"]
-    assert set(nested) == {"first", "last"}
-    assert bytes(json.loads(nested["first"]["data"])) == FILES[A1]
-    assert bytes(json.loads(nested["last"]["data"])) == FILES[A3]
-    assert instances(body["other"]["data"]) == [FILES[B1]]
-    assert writer.instances_sent == 3
-    assert source.entered == [
-        Target(STUDY, SERIES_A, A1),
-        Target(STUDY, SERIES_A, A3),
-        Target(STUDY, SERIES_B),
-    ]
-
-
-@pytest.mark.anyio
-async def test_series_with_instance_inputs() -> None:
-    source = FakeSource()
-    inputs = [InstanceInput("moving", A3), InstanceInput("fixed", A1)]
-    body, writer = await write(plan_body(Level.SERIES, Target(STUDY, SERIES_A), inputs), source)
-    assert body == {
-        "moving": {"data": json.loads(encode_instance(FILES[A3]))},
-        "fixed": {"data": json.loads(encode_instance(FILES[A1]))},
-    }
-    assert writer.instances_sent == 2
-    assert writer.bytes_in == len(FILES[A1]) + len(FILES[A3])
+# --- plan_body -------------------------------------------------------------------------
 
 
 def test_plan_has_one_retrieval_per_input() -> None:
     inputs = [InstanceInput("a", A1)]
     tokens = plan_body(Level.SERIES, Target(STUDY, SERIES_A), inputs)
     retrievals = [t for t in tokens if isinstance(t, Retrieval)]
-    assert retrievals == [Retrieval(Target(STUDY, SERIES_A, A1), as_array=False)]
+    assert retrievals == [Retrieval(Target(STUDY, SERIES_A, A1), False, instance_key="a")]
     text = b"".join(t if isinstance(t, bytes) else b'"X"' for t in tokens)
     assert json.loads(text) == {"a": {"data": "X"}}
 
 
-@pytest.mark.anyio
-async def test_not_found_is_raised_on_entering_before_any_byte() -> None:
-    source = FakeSource()
-    tokens = plan_body(Level.SERIES, Target(STUDY, "1.2.3.404"))
-    writer = BodyWriter(tokens, source)
-    with pytest.raises(NotFound) as info:
-        await writer.__aenter__()
-    assert info.value.code == "not_on_pacs"
-    assert source.entered == []
+def test_plan_names_the_data_key_of_each_retrieval() -> None:
+    inputs = [
+        SeriesInput("ct", SERIES_A, (InstanceInput("first", A1), InstanceInput("last", A3))),
+        SeriesInput("other", SERIES_B),
+    ]
+    tokens = plan_body(Level.STUDY, Target(STUDY), inputs)
+    keys = [(t.series_key, t.instance_key, t.as_array) for t in tokens if isinstance(t, Retrieval)]
+    assert keys == [("ct", "first", False), ("ct", "last", False), ("other", None, True)]
 
 
-@pytest.mark.anyio
-async def test_entering_opens_only_the_first_retrieval() -> None:
-    source = FakeSource()
-    inputs = [SeriesInput("one", SERIES_A), SeriesInput("two", SERIES_B)]
-    async with BodyWriter(plan_body(Level.STUDY, Target(STUDY), inputs), source):
-        assert source.entered == [Target(STUDY, SERIES_A)]
-    assert source.exited == [Target(STUDY, SERIES_A)]
-
-
-@pytest.mark.anyio
-async def test_not_found_on_a_later_retrieval_propagates_from_chunks() -> None:
-    source = FakeSource(missing=frozenset({Target(STUDY, SERIES_B)}))
-    inputs = [SeriesInput("one", SERIES_A), SeriesInput("two", SERIES_B)]
-    received: list[bytes] = []
-    with pytest.raises(NotFound):
-        async with BodyWriter(plan_body(Level.STUDY, Target(STUDY), inputs), source) as writer:
-            async for chunk in writer.chunks():
-                received.append(chunk)
-    assert b"".join(received).startswith(b'{"one":{"data":[')
-    assert source.exited == [Target(STUDY, SERIES_A)]
-
-
-@pytest.mark.anyio
-async def test_pacs_error_mid_stream_propagates_and_closes_the_retrieval() -> None:
-    target = Target(STUDY, SERIES_A)
-    source = FakeSource(fail_after={target: 2})
-    received: list[bytes] = []
-    with pytest.raises(PacsError, match="connection reset"):
-        async with BodyWriter(plan_body(Level.SERIES, target), source) as writer:
-            async for chunk in writer.chunks():
-                received.append(chunk)
-    assert received == [b"[" + encode_instance(FILES[A1]), b"," + encode_instance(FILES[A2])]
-    assert writer.bytes_in == len(FILES[A1]) + len(FILES[A2])
-    assert source.exited == [target]
-
-
-@pytest.mark.anyio
-async def test_several_instances_for_a_single_instance_retrieval_is_a_pacs_error() -> None:
-    source = FakeSource()
-    # A misbehaving PACS: asked for one instance, it answers with the whole series.
-    tokens: list[bytes | Retrieval] = [Retrieval(Target(STUDY, SERIES_A), as_array=False)]
-    with pytest.raises(PacsError, match="several instances"):
-        await write(tokens, source)
+def test_plan_without_inputs_has_no_data_key() -> None:
+    tokens = plan_body(Level.STUDY, Target(STUDY))
+    assert tokens == [Retrieval(Target(STUDY), as_array=True)]

@@ -71,6 +71,7 @@ MODEL_FIELDS: dict[str, str] = {
     "dataFilter": DATA_FILTER_FIELDS["dataFilter"],
     "tlsVerify": SERVER_FIELDS["tlsVerify"],
     "retries": "an integer from 0 to 5",
+    "input": 'one of "json", "dicom-multipart"',
 }
 
 

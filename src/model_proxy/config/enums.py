@@ -53,3 +53,10 @@ class CacheValidation(StrEnum):
     COUNT = "count"  # the number of instances of the study or series (QIDO)
     STRICT = "strict"  # the exact list of SOP Instance UIDs (QIDO)
     OFF = "off"  # results from this server are never cached
+
+
+class InputFormat(StrEnum):
+    """How a model wants the instances in its request body (models.json ``input``)."""
+
+    JSON = "json"  # the original's wire format
+    DICOM_MULTIPART = "dicom-multipart"  # Part-10 files as multipart/related parts

@@ -45,13 +45,14 @@ from .checks import (
     one_of,
     resolve_secret,
 )
-from .enums import AuthType, CacheValidation, Level, Task
+from .enums import AuthType, CacheValidation, InputFormat, Level, Task
 
 __all__ = [
     "AuthType",
     "CacheValidation",
     "ClientAuthMethod",
     "DataFilterEntry",
+    "InputFormat",
     "Level",
     "ModelConfig",
     "ServerConfig",
@@ -279,6 +280,8 @@ class ModelConfig(_Schema):
     # Extension: how often a failed POST may be sent again; only when the model
     # could not have seen it (docs/reliability.md). 0: never, as the original.
     retries: StrictInt = Field(0, ge=0, le=5)
+    # Ours: "dicom-multipart" sends Part-10 files instead of the original's JSON.
+    input: InputFormat = InputFormat.JSON
 
     @field_validator("uri")
     @classmethod
@@ -302,6 +305,13 @@ class ModelConfig(_Schema):
         if isinstance(value, str) and value in Task._value2member_map_:
             return Task(value)
         raise ValueError(f"expected one of {one_of(Task)}, got {describe(value)}")
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _check_input(cls, value: object) -> InputFormat:
+        if isinstance(value, str) and value in InputFormat._value2member_map_:
+            return InputFormat(value)
+        raise ValueError(f"expected one of {one_of(InputFormat)}, got {describe(value)}")
 
     @field_validator("supports", mode="before")
     @classmethod

@@ -1,8 +1,9 @@
 """The bundled example Model API: what the demo and the tests run against.
 
 It is also the template for writing your own (see ``docs/model-api.md``): every
-endpoint takes the proxy's wire format in all its body shapes, and answers in
-the viewer's result format, nested by the UIDs of the received files.
+endpoint takes the proxy's wire format in all its body shapes, or the same
+instances as dicom-multipart parts, and answers in the viewer's result format,
+nested by the UIDs of the received files.
 
     POST /segmentation                          body and lung masks
     POST /annotation                            body outline polygons
@@ -77,12 +78,12 @@ TASKS: dict[str, Task] = {
 }
 
 
-def answer(body: bytes, task: Task, legacy: bool) -> bytes:
+def answer(body: bytes, task: Task, legacy: bool, content_type: str = "application/json") -> bytes:
     """The whole CPU-bound request: parse, decode, analyse, serialise.
 
     Runs in a worker thread; raises :class:`WireFormatError` for a bad body.
     """
-    payload = parse_body(body)
+    payload = parse_body(body, content_type)
     decoded: Decoded = []
     for index, entry in enumerate(payload.entries):
         where = _name(entry, index)
@@ -124,8 +125,9 @@ def run(host: str = "127.0.0.1", port: int = 8011) -> None:
 def _endpoint(task: Task, legacy: bool) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         body = await request.body()
+        content_type = request.headers.get("content-type", "application/json")
         # Parsing 0.6 GB of JSON and decoding DICOM would block the event loop.
-        content = await anyio.to_thread.run_sync(partial(answer, body, task, legacy))
+        content = await anyio.to_thread.run_sync(partial(answer, body, task, legacy, content_type))
         return Response(content, media_type="application/json")
 
     return endpoint

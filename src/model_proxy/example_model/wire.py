@@ -16,6 +16,11 @@ Body shapes (contract sections 5.2 and 5.3)::
     {"<series key>": {"data": ["<instance>", ...]}}       study model with data filters
     {"<series key>": {"data": {"<instance key>": {"data": "<instance>"}}}}
     {"<instance key>": {"data": "<instance>"}}            series model with data filters
+
+A model entry with ``"input": "dicom-multipart"`` gets the Part-10 files
+instead, as ``multipart/related; type="application/dicom"`` parts whose
+``Series-Data-Key`` / ``Instance-Data-Key`` headers name the data filter keys
+(:func:`parse_multipart`; docs/model-api.md).
 """
 
 from __future__ import annotations
@@ -29,7 +34,20 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-__all__ = ["Entry", "Payload", "WireFormatError", "decode_instance", "parse_body"]
+from model_proxy.pacs.multipart import (
+    MalformedMultipart,
+    MultipartDecoder,
+    boundary_from_content_type,
+)
+
+__all__ = [
+    "Entry",
+    "Payload",
+    "WireFormatError",
+    "decode_instance",
+    "parse_body",
+    "parse_multipart",
+]
 
 
 class WireFormatError(ValueError):
@@ -42,9 +60,13 @@ class WireFormatError(ValueError):
 
 @dataclass(frozen=True)
 class Entry:
-    """One instance string and the data filter keys it was filed under."""
+    """One instance and the data filter keys it was filed under.
 
-    instance: str
+    ``instance`` is the wire-format string, or the Part-10 bytes themselves
+    from a dicom-multipart body.
+    """
+
+    instance: str | bytes
     series_key: str | None = None  # study model: the series dataKey
     instance_key: str | None = None  # the instance dataKey, when one named it
 
@@ -64,8 +86,10 @@ class Payload:
         return groups
 
 
-def parse_body(body: bytes) -> Payload:
-    """Split a request body into instance strings, keeping data filter keys."""
+def parse_body(body: bytes, content_type: str = "application/json") -> Payload:
+    """Split a request body into instances, keeping data filter keys."""
+    if content_type.split(";", 1)[0].strip().lower() == "multipart/related":
+        return parse_multipart(body, content_type)
     if not body:
         raise WireFormatError("the request body is empty: expected JSON instance data")
     try:
@@ -88,8 +112,51 @@ def parse_body(body: bytes) -> Payload:
     )
 
 
-def decode_instance(instance: str, where: str = "instance") -> Dataset:
-    """Turn one instance string into a pydicom dataset; ``where`` names it in errors."""
+def parse_multipart(body: bytes, content_type: str) -> Payload:
+    """Split a dicom-multipart body into Part-10 files, keeping data filter keys.
+
+    One part without keys is an instance-level request, as a bare string is in
+    the JSON format.
+    """
+    boundary = boundary_from_content_type(content_type)
+    if boundary is None:
+        raise WireFormatError(f"Content-Type {content_type!r} has no multipart boundary")
+    decoder = MultipartDecoder(boundary)
+    try:
+        parts = decoder.feed(body)
+        decoder.close()
+    except MalformedMultipart as exc:
+        raise WireFormatError(f"the multipart body is malformed: {exc}") from None
+    entries = []
+    for index, (headers, data) in enumerate(zip(decoder.part_headers, parts, strict=True)):
+        part_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if part_type != "application/dicom":
+            raise WireFormatError(
+                f"part {index} is {part_type or 'untyped'!r}, expected application/dicom"
+            )
+        entries.append(
+            Entry(data, headers.get("series-data-key"), headers.get("instance-data-key"))
+        )
+    entries = _non_empty(entries)
+    single = len(entries) == 1 and entries[0].series_key is entries[0].instance_key is None
+    filtered = any(e.series_key or e.instance_key for e in entries)
+    return Payload(entries, single=single, filtered=filtered)
+
+
+def decode_instance(instance: str | bytes, where: str = "instance") -> Dataset:
+    """Turn one instance into a pydicom dataset; ``where`` names it in errors."""
+    data = instance if isinstance(instance, bytes) else _instance_bytes(instance, where)
+    try:
+        # force=False: a file without the DICM preamble is not what the proxy sends.
+        return pydicom.dcmread(io.BytesIO(data))
+    except InvalidDicomError as exc:
+        raise WireFormatError(f"{where} is not a DICOM Part-10 file: {exc}") from None
+    except Exception as exc:  # a truncated or corrupt file fails in many ways
+        raise WireFormatError(f"{where} is not a readable DICOM file: {exc!r}") from None
+
+
+def _instance_bytes(instance: str, where: str) -> bytes:
+    """The file carried by one instance string of the JSON format."""
     try:
         values = orjson.loads(instance)
     except orjson.JSONDecodeError:
@@ -99,16 +166,9 @@ def decode_instance(instance: str, where: str = "instance") -> Dataset:
     if not isinstance(values, list):
         raise WireFormatError(f"{where} is a JSON {type(values).__name__}, not an array of bytes")
     try:
-        data = bytes(values)
+        return bytes(values)
     except (TypeError, ValueError):
         raise WireFormatError(f"{where} holds values that are not integers 0-255") from None
-    try:
-        # force=False: a file without the DICM preamble is not what the proxy sends.
-        return pydicom.dcmread(io.BytesIO(data))
-    except InvalidDicomError as exc:
-        raise WireFormatError(f"{where} is not a DICOM Part-10 file: {exc}") from None
-    except Exception as exc:  # a truncated or corrupt file fails in many ways
-        raise WireFormatError(f"{where} is not a readable DICOM file: {exc!r}") from None
 
 
 def _filtered_entries(key: str, value: Any) -> list[Entry]:

@@ -1,28 +1,24 @@
-"""The request body a model receives, as a stream (compat-contract sections 5.2, 5.3).
+"""The plan of the request body a model receives (compat-contract sections 5.2, 5.3).
 
 The body is planned first as a flat list of tokens: literal JSON text, and
 retrievals whose instances are written as an array or as a single string. The
 plan for a series with data filters ``[{"dataKey": "a", "uuid": "1.2"}]`` is::
 
-    b'{"a":{"data":'  Retrieval(instance 1.2, single)  b'}}'
+    b'{"a":{"data":'  Retrieval(instance 1.2, single, instance key "a")  b'}}'
 
-Writing the plan then streams instances from the source through the encoder
-as they arrive; nothing holds more than one instance.
+``models/pipeline.py`` streams a plan: it retrieves, encodes and sends the
+instances with the three stages overlapping.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
 
 from model_proxy.config import Level
-from model_proxy.errors import PacsError
-from model_proxy.models.encoder import encode_instance
-from model_proxy.pacs.source import DicomSource, Target
+from model_proxy.pacs.source import Target
 
 
 @dataclass(frozen=True)
@@ -44,8 +40,16 @@ class SeriesInput:
 
 @dataclass(frozen=True)
 class Retrieval:
+    """Instances to fetch; written as an array of strings, or as one string.
+
+    ``series_key`` and ``instance_key`` are the dataKeys of the inputs they
+    fill, if any; the dicom-multipart format sends them as part headers.
+    """
+
     target: Target
     as_array: bool
+    series_key: str | None = None
+    instance_key: str | None = None
 
 
 Token = bytes | Retrieval
@@ -72,7 +76,13 @@ def plan_body(
             tokens.append(b",")
         tokens.append(orjson.dumps(item.data_key) + b':{"data":')
         if isinstance(item, InstanceInput):
-            tokens.append(Retrieval(Target(target.study, target.series, item.sop_uid), False))
+            tokens.append(
+                Retrieval(
+                    Target(target.study, target.series, item.sop_uid),
+                    False,
+                    instance_key=item.data_key,
+                )
+            )
         elif item.instances:
             tokens.append(b"{")
             for inner_index, instance in enumerate(item.instances):
@@ -80,71 +90,19 @@ def plan_body(
                     tokens.append(b",")
                 tokens.append(orjson.dumps(instance.data_key) + b':{"data":')
                 tokens.append(
-                    Retrieval(Target(target.study, item.series_uid, instance.sop_uid), False)
+                    Retrieval(
+                        Target(target.study, item.series_uid, instance.sop_uid),
+                        False,
+                        series_key=item.data_key,
+                        instance_key=instance.data_key,
+                    )
                 )
                 tokens.append(b"}")
             tokens.append(b"}")
         else:
-            tokens.append(Retrieval(Target(target.study, item.series_uid), True))
+            tokens.append(
+                Retrieval(Target(target.study, item.series_uid), True, series_key=item.data_key)
+            )
         tokens.append(b"}")
     tokens.append(b"}")
     return tokens
-
-
-class BodyWriter:
-    """Streams a planned body from a source; use as ``async with`` around the POST.
-
-    Entering it opens the first retrieval, so that a study the PACS does not
-    have is reported before the model is called.
-    """
-
-    def __init__(self, tokens: list[Token], source: DicomSource) -> None:
-        self._tokens = tokens
-        self._source = source
-        self._stack = AsyncExitStack()
-        self._first: AsyncIterator[bytes] | None = None
-        self.instances_sent = 0
-        self.bytes_in = 0
-
-    async def __aenter__(self) -> BodyWriter:
-        first = next((t for t in self._tokens if isinstance(t, Retrieval)), None)
-        if first is not None:
-            self._first = await self._stack.enter_async_context(self._source.retrieve(first.target))
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._stack.aclose()
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        first_pending = self._first
-        for token in self._tokens:
-            if isinstance(token, bytes):
-                yield token
-                continue
-            if first_pending is not None:
-                instances, first_pending = first_pending, None
-                async for chunk in self._write(token, instances):
-                    yield chunk
-            else:
-                async with self._source.retrieve(token.target) as instances:
-                    async for chunk in self._write(token, instances):
-                        yield chunk
-
-    async def _write(
-        self, retrieval: Retrieval, instances: AsyncIterator[bytes]
-    ) -> AsyncIterator[bytes]:
-        count = 0
-        async for part10 in instances:
-            if not retrieval.as_array and count == 1:
-                raise PacsError(
-                    f"{self._source.label}: returned several instances for"
-                    f" {retrieval.target.describe()}"
-                )
-            encoded = await asyncio.to_thread(encode_instance, part10)
-            self.bytes_in += len(part10)
-            prefix = b"" if not retrieval.as_array else (b"," if count else b"[")
-            count += 1
-            yield prefix + encoded if prefix else encoded
-        self.instances_sent += count
-        if retrieval.as_array:
-            yield b"]" if count else b"[]"

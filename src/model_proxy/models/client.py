@@ -44,14 +44,16 @@ class ModelClient:
         self._retry = replace(retry or RetryPolicy(), retries=model.retries)
 
     @asynccontextmanager
-    async def open_result(self, body: AsyncIterator[bytes]) -> AsyncIterator[ResultStream]:
+    async def open_result(
+        self, body: AsyncIterator[bytes], content_type: str = "application/json"
+    ) -> AsyncIterator[ResultStream]:
         """POST ``body`` to the model's uri, exactly as written; give its answer as a
         ResultStream (``await start()`` it). A non-2xx answer raises ModelError.
 
         The circuit breaker sees the whole exchange: a result that breaks while
         it streams counts as a failure of the model."""
         async with self.breaker.guard():
-            response = await self._post(body)
+            response = await self._post(body, content_type)
             try:
                 yield ResultStream(
                     self._chunks(response), label=self.label, max_bytes=self._max_result_bytes
@@ -59,7 +61,7 @@ class ModelClient:
             finally:
                 await response.aclose()
 
-    async def _post(self, body: AsyncIterator[bytes]) -> httpx.Response:
+    async def _post(self, body: AsyncIterator[bytes], content_type: str) -> httpx.Response:
         """The model's 2xx answer, its body not read yet."""
         tracked = _TrackedBody(body)
         budget = self._retry.budget()
@@ -68,7 +70,7 @@ class ModelClient:
                 "POST",
                 self._model.uri,
                 content=tracked,
-                headers={"Content-Type": "application/json"},
+                headers={"Content-Type": content_type},
             )
             try:
                 response = await self._client.send(request, stream=True)

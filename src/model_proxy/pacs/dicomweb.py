@@ -42,13 +42,19 @@ class DicomWebSource:
         max_instance_bytes: int,
         retry: RetryPolicy | None = None,
         auth: httpx.Auth | None = None,
+        max_connections: int = 32,
     ) -> None:
         self.label = f"PACS {short_id(server.id)}"
         self._server = server
         self._max_instance_bytes = max_instance_bytes
         self._timeouts = timeouts
         self._retry = retry or RetryPolicy()
-        self._client = make_client(tls_verify=server.tls_verify, timeouts=timeouts, auth=auth)
+        self._client = make_client(
+            tls_verify=server.tls_verify,
+            timeouts=timeouts,
+            auth=auth,
+            max_connections=max_connections,
+        )
 
     def url_for(self, target: Target) -> str:
         url = f"{self._server.uri}/studies/{target.study}"

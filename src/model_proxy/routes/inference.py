@@ -20,7 +20,8 @@ from starlette.routing import Route
 from model_proxy.cache import data_fingerprint, request_key
 from model_proxy.config import Level, ModelConfig, Task
 from model_proxy.errors import BadRequest, NotFound, shorten
-from model_proxy.models.body import BodyWriter, plan_body
+from model_proxy.models.body import plan_body
+from model_proxy.models.pipeline import BodyPipeline
 from model_proxy.models.result_stream import ResultStream
 from model_proxy.pacs.source import Target
 from model_proxy.routes.params import parse_data_filters, resolve_inputs, validate_uid
@@ -88,17 +89,25 @@ async def infer(request: Request) -> Response:
     client = state.models[model.id]
 
     plan = plan_body(level, target, inputs)
-    writer = BodyWriter(plan, source)
+    writer: BodyPipeline | None = None
 
     @asynccontextmanager
     async def open_result() -> AsyncIterator[ResultStream]:
-        async with writer, client.open_result(writer.chunks()) as result:
-            yield result
+        nonlocal writer
+        # Admitted only when the model is really called: a slot and a memory window.
+        async with state.capacity.admission.admit() as memory:
+            writer = state.capacity.body_pipeline(plan, source, model.input, memory)
+            async with (
+                writer,
+                client.open_result(writer.chunks(), writer.content_type) as result,
+            ):
+                yield result
 
     def describe() -> str:
+        sent = (writer.instances_sent, writer.bytes_in) if writer else (0, 0)
         return (
             f"model={model.id} server={server.id} level={level.value}"
-            f" instances={writer.instances_sent} dicom_bytes={writer.bytes_in}"
+            f" instances={sent[0]} dicom_bytes={sent[1]}"
         )
 
     inference = Inference(

@@ -1,0 +1,65 @@
+"""What every inference shares, whatever config is in force: admission control (the
+memory budget and the concurrency limit) and the threads that encode the wire format.
+
+Made once per process by the app's lifespan and handed to each ProxyState, so a
+config reload (reload.py) keeps the budget and the running inferences' windows.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from model_proxy.admission import Admission, MemoryBudget, RequestMemory
+from model_proxy.config import InputFormat
+from model_proxy.models.body import Token
+from model_proxy.models.formats import body_format
+from model_proxy.models.pipeline import BodyPipeline
+from model_proxy.pacs.source import DicomSource
+from model_proxy.settings import Settings
+
+
+@dataclass
+class Capacity:
+    admission: Admission
+    encoder_pool: ThreadPoolExecutor
+    encoder_threads: int
+    pacs_concurrency: int
+
+    @classmethod
+    def create(cls, settings: Settings) -> Capacity:
+        threads = settings.encoder_threads or os.cpu_count() or 1
+        return cls(
+            Admission(
+                MemoryBudget(settings.memory_budget),
+                max_concurrent=settings.max_concurrent_inferences,
+            ),
+            ThreadPoolExecutor(threads, thread_name_prefix="encoder"),
+            threads,
+            settings.pacs_concurrency,
+        )
+
+    def body_pipeline(
+        self,
+        tokens: Sequence[Token],
+        source: DicomSource,
+        input_format: InputFormat,
+        memory: RequestMemory,
+    ) -> BodyPipeline:
+        """The streamed body of one admitted inference (``async with`` it)."""
+        # Enough queued slices to keep every encoder thread busy while one is sent.
+        depth = 2 * self.encoder_threads + 2
+        return BodyPipeline(
+            tokens,
+            source,
+            body_format=body_format(input_format, slices_in_flight=depth + 2),
+            memory=memory,
+            executor=self.encoder_pool,
+            pacs_concurrency=self.pacs_concurrency,
+            queue_depth=depth,
+        )
+
+    def close(self) -> None:
+        self.encoder_pool.shutdown(wait=False, cancel_futures=True)

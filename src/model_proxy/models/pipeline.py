@@ -1,0 +1,230 @@
+"""Streams a planned body to the model with retrieval, encoding and upload overlapping.
+
+::
+
+    PACS --(up to pacs_concurrency retrievals, "lanes")--> one queue per lane
+         --feeder: in plan order, encode slices in worker threads--> ordered queue
+         --chunks(): await each slice in order, yield it to the POST, release memory
+
+The lanes of a body are retrieved concurrently but written in plan order, so a
+study's series may be fetched in parallel while the body stays what the plan
+says. Every retrieved instance takes a grant from the request's memory window
+(``admission.RequestMemory``) before it is queued and gives it back once its
+last chunk has been handed to the POST: the read-ahead, the encoded slices and
+the queue are all bounded by the window, whatever the size of the study.
+
+Encoding runs in a thread pool: the encoder (``models/encoder.py``) releases
+the GIL, so two instances encode on two cores while the event loop reads from
+the PACS and writes to the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import cast
+
+from model_proxy.admission import Grant, RequestMemory
+from model_proxy.errors import NotFound, PacsError
+from model_proxy.models.body import Retrieval, Token
+from model_proxy.models.encoder import encode_range, slice_ranges
+from model_proxy.models.formats import BodyFormat
+from model_proxy.pacs.source import DicomSource
+
+__all__ = ["BodyPipeline"]
+
+
+class _End:
+    """A lane has delivered all its instances."""
+
+
+_END = _End()
+_Arrival = tuple[bytes, Grant] | _End | Exception
+
+
+@dataclass
+class _Lane:
+    index: int
+    retrieval: Retrieval
+    # Unbounded: the memory window bounds what a lane may hold.
+    queue: asyncio.Queue[_Arrival] = field(default_factory=asyncio.Queue)
+    opened: asyncio.Event = field(default_factory=asyncio.Event)
+    error: Exception | None = None
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """One piece of the body in order: bytes, or the future of an encoded slice."""
+
+    data: bytes | bytearray | asyncio.Future[bytearray]
+    # Set on an instance's last chunk: sending it frees the instance.
+    grant: Grant | None = None
+    instance_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class _Done:
+    error: Exception | None = None
+
+
+class BodyPipeline:
+    """One request body; use as ``async with`` around the POST, send ``chunks()``.
+
+    Entering starts the retrievals and waits until the first ones have opened,
+    so that a study the PACS does not have is reported before the model is
+    called. Leaving cancels whatever is still running.
+    """
+
+    def __init__(
+        self,
+        tokens: Sequence[Token],
+        source: DicomSource,
+        *,
+        body_format: BodyFormat,
+        memory: RequestMemory,
+        executor: Executor,
+        pacs_concurrency: int,
+        queue_depth: int,
+    ) -> None:
+        self._tokens = list(tokens)
+        self._source = source
+        self._format = body_format
+        self._memory = memory
+        self._executor = executor
+        self._slots = asyncio.Semaphore(pacs_concurrency)
+        self._pacs_concurrency = pacs_concurrency
+        self._lanes = [
+            _Lane(index, token)
+            for index, token in enumerate(t for t in self._tokens if isinstance(t, Retrieval))
+        ]
+        self._out: asyncio.Queue[_Chunk | _Done] = asyncio.Queue(maxsize=queue_depth)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.content_type = body_format.content_type
+        self.instances_sent = 0
+        self.bytes_in = 0
+
+    async def __aenter__(self) -> BodyPipeline:
+        self._tasks.append(asyncio.create_task(self._launch()))
+        try:
+            for lane in self._lanes[: self._pacs_concurrency]:
+                await lane.opened.wait()
+                if lane.error is not None:
+                    raise lane.error
+        except BaseException:
+            await self._stop()
+            raise
+        self._tasks.append(asyncio.create_task(self._feed()))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._stop()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body, in order; each instance's memory is released once it is sent.
+
+        Encoded slices are yielded as the bytearrays the encoder wrote: httpx
+        and h11 take any bytes-like chunk, and a copy to ``bytes`` would cost
+        4 MiB of memcpy per slice on the event loop.
+        """
+        while True:
+            item = await self._out.get()
+            if isinstance(item, _Done):
+                if item.error is not None:
+                    raise item.error
+                return
+            data = item.data
+            yield cast(bytes, await data if isinstance(data, asyncio.Future) else data)
+            if item.grant is not None:
+                self._memory.release(item.grant)
+                self.instances_sent += 1
+                self.bytes_in += item.instance_bytes
+
+    async def _stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _launch(self) -> None:
+        # Lanes take a retrieval slot in plan order, so the lane being written
+        # always holds one: read-ahead lanes never starve it.
+        for lane in self._lanes:
+            await self._slots.acquire()
+            self._tasks.append(asyncio.create_task(self._retrieve(lane)))
+
+    async def _retrieve(self, lane: _Lane) -> None:
+        try:
+            async with self._source.retrieve(lane.retrieval.target) as instances:
+                lane.opened.set()
+                async for part10 in instances:
+                    size = self._format.accounted_bytes(len(part10))
+                    grant = await self._memory.acquire(size, lane.index)
+                    lane.queue.put_nowait((part10, grant))
+            lane.queue.put_nowait(_END)
+        except Exception as exc:
+            lane.error = exc
+            lane.queue.put_nowait(exc)
+        finally:
+            lane.opened.set()
+            self._slots.release()
+
+    async def _feed(self) -> None:
+        try:
+            lanes = iter(self._lanes)
+            for token in self._tokens:
+                if isinstance(token, Retrieval):
+                    await self._feed_lane(next(lanes))
+                elif literal := self._format.literal(token):
+                    await self._out.put(_Chunk(literal))
+            await self._out.put(_Chunk(self._format.end()))
+        except Exception as exc:
+            await self._out.put(_Done(exc))
+        else:
+            await self._out.put(_Done())
+
+    async def _feed_lane(self, lane: _Lane) -> None:
+        self._memory.set_head(lane.index)
+        retrieval = lane.retrieval
+        count = 0
+        while not isinstance(arrival := await lane.queue.get(), _End):
+            if isinstance(arrival, Exception):
+                raise arrival
+            part10, grant = arrival
+            if count and not retrieval.as_array:
+                raise PacsError(
+                    f"{self._source.label}: returned several instances for"
+                    f" {retrieval.target.describe()}"
+                )
+            await self._out.put(_Chunk(self._format.before_instance(retrieval, count, len(part10))))
+            await self._feed_instance(part10, grant)
+            count += 1
+        if not count and not retrieval.as_array:
+            raise NotFound(
+                f"{retrieval.target.describe()} was not found on {self._source.label}",
+                code="not_on_pacs",
+            )
+        if closing := self._format.after_retrieval(retrieval, count):
+            await self._out.put(_Chunk(closing))
+
+    async def _feed_instance(self, part10: bytes, grant: Grant) -> None:
+        if not self._format.encodes:
+            await self._out.put(_Chunk(part10, grant, len(part10)))
+            return
+        loop = asyncio.get_running_loop()
+        ranges = slice_ranges(len(part10))
+        for number, (start, stop) in enumerate(ranges):
+            encoded = loop.run_in_executor(self._executor, encode_range, part10, start, stop)
+            last = number == len(ranges) - 1
+            await self._out.put(
+                _Chunk(encoded, grant if last else None, len(part10) if last else 0)
+            )

@@ -1,0 +1,51 @@
+"""The serve flags of the memory budget and the concurrency limits."""
+
+from __future__ import annotations
+
+import pytest
+
+from model_proxy import cli
+
+MiB = 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("512MiB", 512 * MiB),
+        ("300MB", 300_000_000),
+        ("2GiB", 2048 * MiB),
+        ("1.5GiB", 1536 * MiB),
+        (" 8MiB ", 8 * MiB),
+    ],
+)
+def test_memory_budget_takes_a_size(value: str, expected: int) -> None:
+    assert cli._memory_budget(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--memory-budget", "lots"], "--memory-budget must be a size like 0, 500MB or 2GiB"),
+        (["--memory-budget", "0"], "--memory-budget must be at least 1MiB"),
+        (["--memory-budget", "512"], "--memory-budget must be at least 1MiB"),
+        (["--max-concurrent-inferences", "0"], "--max-concurrent-inferences must be a whole"),
+        (["--pacs-concurrency", "two"], "--pacs-concurrency must be a whole number"),
+    ],
+)
+def test_bad_limits_are_one_clear_line_and_exit_2(
+    args: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["serve", *args]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert fragment in err
+    assert "Traceback" not in err
+
+
+def test_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL_PROXY_MEMORY_BUDGET", "1GiB")
+    monkeypatch.setenv("MODEL_PROXY_MAX_CONCURRENT_INFERENCES", "7")
+    monkeypatch.setenv("MODEL_PROXY_PACS_CONCURRENCY", "3")
+    args = cli.build_parser().parse_args(["serve"])
+    assert cli._memory_budget(args.memory_budget) == 1024 * MiB
+    assert (args.max_concurrent_inferences, args.pacs_concurrency) == ("7", "3")
