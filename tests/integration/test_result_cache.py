@@ -70,7 +70,7 @@ class CacheSetup:
 
 CASES = [
     "hit", "etag", "variants", "gains", "count-swap", "strict-swap", "folder", "coalesce",
-    "damaged", "restart",
+    "damaged", "no-disk", "restart",
 ]  # fmt: skip
 
 
@@ -293,6 +293,20 @@ def test_a_damaged_cache_entry_is_ignored_and_replaced(setup: CacheSetup) -> Non
     entry.write_bytes(b"garbage")
     assert setup.get("damaged").content == first.content
     assert setup.calls("damaged") == 3
+
+
+def test_an_unwritable_cache_does_not_stop_inferences(setup: CacheSetup) -> None:
+    spool_dir = setup.proxy.data_dir / "result-cache" / "tmp"
+    spool_dir.rmdir()  # empty between requests; any spool or variant write now fails
+    try:
+        first = setup.get("no-disk", headers={"Accept-Encoding": "gzip"})
+        second = setup.get("no-disk", headers={"Accept-Encoding": "gzip"})
+    finally:
+        spool_dir.mkdir()
+    assert first.status_code == second.status_code == 200
+    assert first.content == second.content
+    assert setup.calls("no-disk") == 2
+    assert "streaming it directly" in setup.proxy.log_text()
 
 
 def test_the_cache_survives_a_restart_and_leftovers_are_cleared(setup: CacheSetup) -> None:

@@ -111,7 +111,12 @@ class ResultCache:
     ) -> AsyncGenerator[bytes, None]:
         """``chunks`` passed on and written to a new entry of ``key`` in ``coding``,
         kept if they all went through and ``commit_if()`` is true then."""
-        return self._tee(chunks, self.store.spool(key, coding), commit_if)
+        try:
+            spool = self.store.spool(key, coding)
+        except OSError as exc:
+            logger.warning("result cache: cannot store a %s variant (%s)", coding, exc)
+            return chunks
+        return self._tee(chunks, spool, commit_if)
 
     async def _tee(
         self, chunks: AsyncGenerator[bytes, None], spool: Spool, commit_if: Callable[[], bool]

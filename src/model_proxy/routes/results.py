@@ -126,12 +126,16 @@ async def _stream_flight(
                 async for chunk in chunks:
                     await append(chunk)
 
-    flight = cache.flights.join(key, produce)
-    reader = flight.reader()
     try:
+        flight = cache.flights.join(key, produce)
+    except OSError as exc:
+        # A full or unwritable disk must not stop inferences: no cache for this one.
+        logger.warning("result cache: cannot spool a result (%s); streaming it directly", exc)
+        return await _stream_direct(inference, encoding, started, headers)
+    try:
+        reader = flight.reader()
         first = await _first(reader, flight)
     except BaseException:
-        await reader.aclose()
         cache.flights.leave(flight)
         raise
     body = _prepend(first, reader)
@@ -158,7 +162,12 @@ async def _first(reader: AsyncGenerator[bytes, None], flight: Flight) -> bytes:
         raise
 
 
-async def _stream_direct(inference: Inference, encoding: str | None, started: float) -> Response:
+async def _stream_direct(
+    inference: Inference,
+    encoding: str | None,
+    started: float,
+    headers: dict[str, str] | None = None,
+) -> Response:
     stack = AsyncExitStack()
     try:
         result = await stack.enter_async_context(inference.open())
@@ -179,7 +188,7 @@ async def _stream_direct(inference: Inference, encoding: str | None, started: fl
             await stack.__aexit__(type(error), error, error.__traceback__)
         await log(error)
 
-    return ResultResponse(body, headers=result_headers(encoding), finalize=finalize)
+    return ResultResponse(body, headers=headers or result_headers(encoding), finalize=finalize)
 
 
 def _log(
