@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -15,24 +16,35 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from model_proxy import __version__
+from model_proxy.access import AccessGuard, AccessPolicy
+from model_proxy.audit import REQUEST_ID_HEADER, AuditMiddleware, AuditWriter
 from model_proxy.capacity import Capacity
 from model_proxy.config import ProxyConfig
 from model_proxy.errors import ProxyError
 from model_proxy.reload import LeaseMiddleware, LiveState, Reloader
 from model_proxy.routes import inference, openapi, status
+from model_proxy.security import log_posture
 from model_proxy.settings import Settings
 from model_proxy.state import ProxyState
 
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, config: ProxyConfig) -> Starlette:
-    """The proxy for an already validated ``config`` (the CLI loads and checks it)."""
+def create_app(
+    settings: Settings, config: ProxyConfig, access: AccessPolicy | None = None
+) -> Starlette:
+    """The proxy for an already validated ``config`` (the CLI loads and checks it).
+
+    ``access`` (access.json) turns on client authentication; None leaves it open.
+    """
+    audit = AuditWriter(settings.audit_log) if settings.audit_log else None
 
     live = LiveState()
 
     def put_in_force(state: ProxyState) -> None:
         app.state.proxy = state  # the state in force; requests use their leased one
+        if audit is not None:
+            audit.reopen()  # a SIGHUP reload also reopens the audit file (logrotate)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -43,6 +55,15 @@ def create_app(settings: Settings, config: ProxyConfig) -> Starlette:
         reloader = Reloader(settings, live, on_state=put_in_force)
         reloader.start(settings.watch_config)
         app.state.reloader = reloader
+        app.state.access = AccessGuard(access)
+        app.state.audit = audit  # audit.reopen() after an external log rotation
+        if audit is not None:
+            audit.start()
+        log_posture(
+            cors_origins=settings.cors_origins,
+            auth_source=access.source if access else None,
+            audit_path=settings.audit_log,
+        )
         logger.info(
             "model-proxy %s ready: %d servers, %d models, status page %s",
             __version__,
@@ -56,6 +77,9 @@ def create_app(settings: Settings, config: ProxyConfig) -> Starlette:
             await reloader.stop()
             await live.aclose()
             capacity.close()
+            await app.state.access.aclose()
+            if audit is not None:
+                await anyio.to_thread.run_sync(audit.close)
             logger.info("model-proxy stopped; upstream clients closed")
 
     app = Starlette(
@@ -72,9 +96,10 @@ def create_app(settings: Settings, config: ProxyConfig) -> Starlette:
                 allow_origins=list(settings.cors_origins),
                 allow_methods=["GET", "OPTIONS"],
                 allow_headers=["*"],
-                expose_headers=["Content-Length", "Content-Type", "ETag"],
+                expose_headers=["Content-Length", "Content-Type", "ETag", REQUEST_ID_HEADER],
                 max_age=600,
             ),
+            Middleware(AuditMiddleware, writer=audit, prefixes=inference.prefixes),
         ],
         exception_handlers={
             ProxyError: handle_proxy_error,

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from model_proxy import __version__
+from model_proxy.access import AccessPolicy
 from model_proxy.breaker import BreakerPolicy
 from model_proxy.config import ConfigError, ProxyConfig, load_config
 from model_proxy.retry import RetryPolicy
@@ -111,12 +112,34 @@ def build_parser() -> argparse.ArgumentParser:
         "inferences that may run at once; more are answered 503 with Retry-After",
     )
     _add(serve, "pacs-concurrency", "4", "retrievals one inference runs at once on its PACS")
+    _add(
+        serve,
+        "access-config",
+        None,
+        "client authentication and per-model access rules (default: access.json in the"
+        " config dir if present; without it any caller may run every model)",
+    )
+    _add(serve, "cors-origins", "*", "comma-separated browser origins allowed to call the proxy")
+    _add(
+        serve,
+        "audit-log",
+        None,
+        "JSON-lines audit file, or off (default: audit.jsonl in the log dir, else the data dir)",
+    )
 
     gen_cert = commands.add_parser("gen-cert", help="write a self-signed zhiva.crt and zhiva.key")
     _add(gen_cert, "out-dir", ".", "where to write the files")
 
-    check = commands.add_parser("check-config", help="validate servers.json and models.json")
+    check = commands.add_parser(
+        "check-config", help="validate servers.json, models.json and access.json"
+    )
     _add(check, "config-dir", ".", "folder holding servers.json and models.json")
+    _add(check, "access-config", None, "access rules (default: access.json in the config dir)")
+
+    api_key = commands.add_parser(
+        "gen-api-key", help="make a client API key and the access.json entry that accepts it"
+    )
+    _add(api_key, "name", "viewer", "the key's name in access.json (shown in the audit log)")
 
     check_auth = commands.add_parser(
         "check-auth",
@@ -149,7 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "gen-cert":
             return gen_cert(Path(args.out_dir))
         if args.command == "check-config":
-            return check_config(Path(args.config_dir))
+            return check_config(Path(args.config_dir), _optional_path(args.access_config))
+        if args.command == "gen-api-key":
+            return gen_api_key(args.name)
         if args.command == "check-auth":
             return check_auth(args)
         if args.command == "example-model":
@@ -218,6 +243,44 @@ def _memory_budget(value: str) -> int:
     return budget
 
 
+def _optional_path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def load_checked_access(
+    config_dir: Path, explicit: Path | None, config: ProxyConfig
+) -> AccessPolicy | None:
+    from model_proxy.access import find_access_file, load_access
+
+    path = find_access_file(config_dir, explicit)
+    if path is None:
+        return None
+    try:
+        return load_access(path, known_models=config.models)
+    except ConfigError as exc:
+        lines = "\n".join(f"  - {line}" for line in exc.messages)
+        raise CommandError(f"invalid access rules in {path}:\n{lines}") from None
+
+
+def _audit_log(value: str | None, log_dir: Path | None, data_dir: Path) -> Path | None:
+    if value is not None and value.strip().lower() == "off":
+        return None
+    if value:
+        return Path(value)
+    return (log_dir or data_dir) / "audit.jsonl"
+
+
+def _secret_file_warnings(
+    config_dir: Path, access: AccessPolicy | None, tls_key: Path | None
+) -> list[str]:
+    from model_proxy.security import exposure_warnings, files_with_secrets
+
+    access_file = access.source if access else None
+    return exposure_warnings(
+        files_with_secrets(config_dir, access_file=access_file, tls_key=tls_key)
+    )
+
+
 def load_checked_config(config_dir: Path) -> ProxyConfig:
     try:
         return load_config(config_dir)
@@ -228,14 +291,22 @@ def load_checked_config(config_dir: Path) -> ProxyConfig:
 
 def serve(args: argparse.Namespace) -> int:
     from model_proxy.logs import setup_logging
+    from model_proxy.security import parse_cors_origins
 
     probe = _seconds(args.probe_timeout, "probe-timeout")
     # uvicorn takes whole seconds
     shutdown_grace = math.ceil(_seconds(args.shutdown_grace, "shutdown-grace", allow_zero=True))
+    try:
+        cors_origins = parse_cors_origins(args.cors_origins)
+    except ValueError as exc:
+        raise CommandError(f"--cors-origins: {exc}") from None
+    log_dir = Path(args.log_dir) if args.log_dir else None
     settings = Settings(
         config_dir=Path(args.config_dir),
         data_dir=Path(args.data_dir),
-        log_dir=Path(args.log_dir) if args.log_dir else None,
+        log_dir=log_dir,
+        cors_origins=cors_origins,
+        audit_log=_audit_log(args.audit_log, log_dir, Path(args.data_dir)),
         show_status_page=env_flag("ZHIVA_SHOW_STATUS_PAGE"),
         pacs_timeouts=Timeouts(idle=_seconds(args.pacs_timeout, "pacs-timeout"), probe=probe),
         model_timeouts=Timeouts(idle=_seconds(args.model_timeout, "model-timeout"), probe=probe),
@@ -260,6 +331,10 @@ def serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CommandError(f"cannot create {exc.filename}: {exc.strerror}") from None
     config = load_checked_config(settings.config_dir)
+    access = load_checked_access(settings.config_dir, _optional_path(args.access_config), config)
+    tls_key = tls_files[1] if tls_files else None
+    for warning in _secret_file_warnings(settings.config_dir, access, tls_key):
+        logger.warning("%s", warning)
     run_server(
         settings,
         config,
@@ -267,6 +342,7 @@ def serve(args: argparse.Namespace) -> int:
         port=port,
         tls_files=tls_files,
         shutdown_grace=shutdown_grace,
+        access=access,
     )
     return 0
 
@@ -290,6 +366,7 @@ def run_server(
     port: int,
     tls_files: tuple[Path, Path] | None,
     shutdown_grace: int = 30,
+    access: AccessPolicy | None = None,
 ) -> None:
     import uvicorn
 
@@ -299,7 +376,7 @@ def run_server(
     scheme = "https" if tls_files else "http"
     logger.info("serving on %s://%s:%d", scheme, host, port)
     uvicorn_config = uvicorn.Config(
-        create_app(settings, config),
+        create_app(settings, config, access),
         host=host,
         port=port,
         ssl_certfile=str(tls_files[0]) if tls_files else None,
@@ -335,10 +412,11 @@ def gen_cert(out_dir: Path) -> int:
     return 0
 
 
-def check_config(config_dir: Path) -> int:
+def check_config(config_dir: Path, access_file: Path | None = None) -> int:
     # Warnings are printed below; the loader's log lines would repeat them.
     logging.getLogger("model_proxy.config").disabled = True
     config = load_checked_config(config_dir)
+    access = load_checked_access(config_dir, access_file, config)
     default = config.default_server()
     print(f"{config_dir / 'servers.json'}: {len(config.servers)} servers")
     for server in config.servers.values():
@@ -351,7 +429,19 @@ def check_config(config_dir: Path) -> int:
         inputs = ", ".join(entry.data_key for entry in model.data_filter)
         extra = f"; inputs: {inputs}" if inputs else ""
         print(f"  {model.id}: {model.task.value} [{levels}] -> {model.uri}{extra}")
-    for warning in config.warnings:
+    if access is None:
+        print("no access.json: client authentication is off, any caller may run every model")
+    else:
+        ways = [f"{len(access.api_keys)} API keys"] + (["bearer JWTs"] if access.jwt else [])
+        print(f"{access.source}: {' and '.join(ways)}; {len(access.models)} model rules")
+    default_key = config_dir / "zhiva.key"
+    tls_key = default_key if default_key.is_file() else None
+    warnings = [
+        *config.warnings,
+        *(access.warnings if access else ()),
+        *_secret_file_warnings(config_dir, access, tls_key),
+    ]
+    for warning in warnings:
         print(f"warning: {warning}")
     print("configuration is valid")
     return 0
@@ -382,6 +472,19 @@ def check_auth(args: argparse.Namespace) -> int:
             await auth.aclose()
 
     return 0 if asyncio.run(run()) else 1
+
+
+def gen_api_key(name: str) -> int:
+    import json
+
+    from model_proxy.access import digest_of, new_api_key
+
+    key = new_api_key()
+    entry = {name: {"sha256": digest_of(key).hex()}}
+    print(f"API key (give it to the client; it is not stored anywhere): {key}")
+    print('access.json entry (under "apiKeys"):')
+    print(json.dumps(entry, indent=2))
+    return 0
 
 
 if __name__ == "__main__":

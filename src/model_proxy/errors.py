@@ -5,8 +5,9 @@ Exception tree::
     ProxyError                      (status, code, message): rendered as
     |                               {"message": ..., "code": ...} by app.py
     +-- BadRequest                  400  the caller's request is malformed
-    +-- NotFound                    404  unknown model, server, study, series, instance
+    +-- Unauthorized                401  client auth is on; credentials missing or wrong
     +-- Forbidden                   403  the original's "You have no access to this model"
+    +-- NotFound                    404  unknown model, server, study, series, instance
     +-- UpstreamError               502  the PACS or the model failed
     |   +-- PacsError               502  names the PACS server
     |   +-- ModelError              502  names the model
@@ -53,6 +54,20 @@ class ProxyError(Exception):
 class BadRequest(ProxyError):
     status_code = 400
     default_code = "bad_request"
+
+
+class Unauthorized(ProxyError):
+    """401 with a ``WWW-Authenticate`` challenge (``headers``) naming what to send."""
+
+    status_code = 401
+    default_code = "unauthenticated"
+
+    def __init__(self, message: str, code: str | None = None, *, challenge: str) -> None:
+        super().__init__(message, code)
+        self.challenge = challenge
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": self.challenge}
 
 
 class Forbidden(ProxyError):

@@ -50,3 +50,5 @@ class Settings:
     pacs_concurrency: int = 4
     # Threads that encode the wire format; 0: one per CPU.
     encoder_threads: int = 0
+    # JSON lines, one per inference request; None: no audit log (warned at start-up).
+    audit_log: Path | None = None

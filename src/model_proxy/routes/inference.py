@@ -17,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from model_proxy.access import AccessGuard
+from model_proxy.audit import audit_record
 from model_proxy.cache import data_fingerprint, request_key
 from model_proxy.config import Level, ModelConfig, Task
 from model_proxy.errors import BadRequest, NotFound, shorten
@@ -65,6 +67,10 @@ async def infer(request: Request) -> Response:
         # Starlette answers HEAD on GET routes; here it would run a whole inference.
         raise HTTPException(405, headers={"Allow": "GET"})
     state: ProxyState = request.state.proxy  # leased by reload.LeaseMiddleware
+    guard: AccessGuard = request.app.state.access
+    record = audit_record(request)
+    caller = await guard.authenticate(request.headers)
+    record.caller = caller.identity
     params: dict[str, str] = dict(request.path_params)
     level = _level_of(params)
     family = params["family"]
@@ -75,17 +81,23 @@ async def infer(request: Request) -> Response:
         raise NotFound(
             f"model {shorten(params['model_id'])!r} is not in models.json", code="unknown_model"
         )
+    record.model = model.id
+    guard.authorize(caller, model.id)
     _check_route_fits_model(family, model, level)
     target = Target(
         validate_uid(params["study"], "study UID"),
         validate_uid(params["series"], "series UID") if "series" in params else None,
         validate_uid(params["instance"], "SOP instance UID") if "instance" in params else None,
     )
+    record.level, record.study = level.value, target.study
+    record.series, record.instance = target.series, target.instance
     server_param = request.query_params.getlist("server")
     if len(server_param) > 1:
         raise BadRequest("?server= is given more than once", code="bad_request")
     inputs = resolve_inputs(model, level, parse_data_filters(request.query_params.multi_items()))
+    record.set_inputs(inputs)
     server, source = state.source_for(server_param[0] if server_param else None)
+    record.server = server.id
     client = state.models[model.id]
 
     plan = plan_body(level, target, inputs)
@@ -95,13 +107,17 @@ async def infer(request: Request) -> Response:
     async def open_result() -> AsyncIterator[ResultStream]:
         nonlocal writer
         # Admitted only when the model is really called: a slot and a memory window.
-        async with state.capacity.admission.admit() as memory:
-            writer = state.capacity.body_pipeline(plan, source, model.input, memory)
-            async with (
-                writer,
-                client.open_result(writer.chunks(), writer.content_type) as result,
-            ):
-                yield result
+        try:
+            async with state.capacity.admission.admit() as memory:
+                writer = state.capacity.body_pipeline(plan, source, model.input, memory)
+                async with (
+                    writer,
+                    client.open_result(writer.chunks(), writer.content_type) as result,
+                ):
+                    yield result
+        finally:
+            if writer is not None:
+                record.instances_in, record.dicom_bytes_in = writer.instances_sent, writer.bytes_in
 
     def describe() -> str:
         sent = (writer.instances_sent, writer.bytes_in) if writer else (0, 0)
@@ -118,6 +134,9 @@ async def infer(request: Request) -> Response:
     )
     return await respond(request, inference, state.result_cache)
 
+
+# Every inference route starts with one of these (the audit log covers them all).
+prefixes = tuple(f"/{task.route_family}/" for task in Task)
 
 routes = [
     Route(f"/{_FAMILIES}", infer, methods=["GET"]),

@@ -1,0 +1,159 @@
+"""Who is calling, and may they call this model: the proxy's client authentication.
+
+Without access.json the guard lets everyone in as an anonymous caller, as the
+original did. With it, a request carries either an API key
+(``X-API-Key: <key>`` or ``Authorization: ApiKey <key>``) or a bearer JWT
+(``Authorization: Bearer <jwt>``); anything else is 401 with a ``WWW-Authenticate``
+challenge. A caller a model's rule does not list gets the original's 403.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import StrEnum
+
+from starlette.datastructures import Headers
+
+from model_proxy.errors import Forbidden, Unauthorized
+from model_proxy.upstream import Timeouts
+
+from .jwks import JwksCache
+from .keys import find_api_key
+from .loader import AccessPolicy
+from .schema import UnlistedModels
+from .tokens import InvalidToken, TokenVerifier
+
+logger = logging.getLogger(__name__)
+
+NO_ACCESS = "You have no access to this model"  # the original's words, exactly
+# A request waits for the JWKS fetch: keep it short.
+JWKS_TIMEOUTS = Timeouts(connect=5.0, idle=10.0)
+_REALM = 'realm="model-proxy"'
+
+
+class CallerKind(StrEnum):
+    ANONYMOUS = "anonymous"
+    API_KEY = "api-key"
+    JWT = "jwt"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated caller: a key name or a JWT subject, never the secret itself."""
+
+    kind: CallerKind
+    name: str | None = None
+    roles: frozenset[str] = frozenset()
+
+    @property
+    def identity(self) -> str:
+        """``"api-key:viewer"``, ``"jwt:alice"`` or ``"anonymous"``, for logs and audit."""
+        return f"{self.kind}:{self.name}" if self.name is not None else str(self.kind)
+
+
+ANONYMOUS = Caller(CallerKind.ANONYMOUS)
+
+
+class AccessGuard:
+    def __init__(self, policy: AccessPolicy | None, *, timeouts: Timeouts = JWKS_TIMEOUTS) -> None:
+        self.policy = policy
+        self._jwks: JwksCache | None = None
+        self._verifier: TokenVerifier | None = None
+        if policy is not None and policy.jwt is not None:
+            if policy.jwt.jwks_uri is not None:
+                self._jwks = JwksCache(policy.jwt, timeouts)
+            self._verifier = TokenVerifier(
+                policy.jwt, jwks=self._jwks, public_key=policy.public_key
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.policy is not None
+
+    async def authenticate(self, headers: Headers) -> Caller:
+        """The caller behind the request's credentials; Unauthorized when there are none
+        or they are wrong."""
+        if self.policy is None:
+            return ANONYMOUS
+        api_key = headers.get("x-api-key", "").strip()
+        authorization = headers.get("authorization", "").strip()
+        if api_key and authorization:
+            raise self._unauthorized(
+                "send one credential: X-API-Key or Authorization, not both", "ambiguous_credentials"
+            )
+        scheme, _, value = authorization.partition(" ")
+        scheme, value = scheme.lower(), value.strip()
+        if api_key or scheme == "apikey":
+            return self._by_api_key(api_key or value)
+        if scheme == "bearer" and value:
+            return await self._by_token(value)
+        if authorization:
+            raise self._unauthorized(
+                f"unsupported Authorization scheme {scheme[:20]!r}; {self._expected()}",
+                "unsupported_credentials",
+            )
+        raise self._unauthorized(f"authentication required: {self._expected()}", "unauthenticated")
+
+    def authorize(self, caller: Caller, model_id: str) -> None:
+        """Forbidden (the original's 403) unless ``caller`` may call ``model_id``."""
+        if self.policy is None:
+            return
+        rule = self.policy.models.get(model_id)
+        if rule is None:
+            if self.policy.unlisted_models is UnlistedModels.ALLOW:
+                return
+        elif (
+            (caller.kind is CallerKind.API_KEY and caller.name in rule.keys)
+            or (caller.kind is CallerKind.JWT and caller.name in rule.subjects)
+            or not caller.roles.isdisjoint(rule.roles)
+        ):
+            return
+        logger.info("%s may not call model %s", caller.identity, model_id)
+        raise Forbidden(NO_ACCESS, code="no_access")
+
+    def _by_api_key(self, presented: str) -> Caller:
+        assert self.policy is not None
+        if not self.policy.api_keys:
+            raise self._unauthorized(
+                f"API keys are not accepted here; {self._expected()}", "unsupported_credentials"
+            )
+        key = find_api_key(presented, self.policy.api_keys)
+        if key is None:
+            raise self._unauthorized("unknown API key", "invalid_api_key")
+        return Caller(CallerKind.API_KEY, key.name, key.roles)
+
+    async def _by_token(self, token: str) -> Caller:
+        if self._verifier is None:
+            raise self._unauthorized(
+                f"bearer tokens are not accepted here; {self._expected()}",
+                "unsupported_credentials",
+            )
+        try:
+            verified = await self._verifier.verify(token)
+        except InvalidToken as exc:
+            raise self._unauthorized(str(exc), "invalid_token", error="invalid_token") from None
+        return Caller(CallerKind.JWT, verified.subject, verified.roles)
+
+    def _expected(self) -> str:
+        assert self.policy is not None
+        ways = []
+        if self.policy.api_keys:
+            ways.append("an API key in X-API-Key")
+        if self.policy.jwt is not None:
+            ways.append("a bearer token in Authorization")
+        return "send " + " or ".join(ways)
+
+    def _unauthorized(self, message: str, code: str, *, error: str | None = None) -> Unauthorized:
+        assert self.policy is not None
+        challenges = []
+        if self.policy.jwt is not None:
+            extra = f', error="{error}"' if error else ""
+            challenges.append(f"Bearer {_REALM}{extra}")
+        if self.policy.api_keys:
+            challenges.append(f"ApiKey {_REALM}")
+        return Unauthorized(message, code=code, challenge=", ".join(challenges))
+
+    async def aclose(self) -> None:
+        if self._jwks is not None:
+            await self._jwks.aclose()

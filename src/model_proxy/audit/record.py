@@ -1,0 +1,183 @@
+"""One audit record per inference request, and the ASGI middleware that writes it.
+
+The middleware opens a record for every request to an inference route, lets the
+route fill in who asked for what (:func:`audit_record`), watches the response go
+out (status, error code, bytes) and hands the finished record to the writer. It
+wraps the response rather than the route so that a streamed result is counted
+to its last byte and a failure anywhere is recorded too.
+
+A record holds identifiers and sizes only: never pixel data, DICOM attributes,
+patient names, credentials or the query string.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from model_proxy.models.body import InstanceInput, SeriesInput
+
+from .writer import AuditWriter
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_STATE_KEY = "audit_record"
+_MAX_ERROR_BODY = 4096
+
+
+@dataclass
+class AuditRecord:
+    """Filled in as the request goes; ``None`` where the request never got that far."""
+
+    request_id: str
+    time: str
+    client: str | None
+    method: str
+    path: str
+    caller: str | None = None
+    model: str | None = None
+    server: str | None = None
+    level: str | None = None
+    study: str | None = None
+    series: str | None = None
+    instance: str | None = None
+    data_filters: list[dict[str, Any]] | None = None
+    status: int | None = None
+    code: str | None = None
+    instances_in: int = 0
+    dicom_bytes_in: int = 0
+    result_bytes_out: int = 0
+    duration_ms: float = 0.0
+    _started: float = field(default_factory=perf_counter, repr=False)
+
+    def set_inputs(self, inputs: Sequence[SeriesInput] | Sequence[InstanceInput]) -> None:
+        """The UIDs a request's data filters picked, by dataKey."""
+        self.data_filters = [_describe_input(item) for item in inputs] or None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "time": self.time,
+            "requestId": self.request_id,
+            "client": self.client,
+            "caller": self.caller,
+            "method": self.method,
+            "path": self.path,
+            "model": self.model,
+            "server": self.server,
+            "level": self.level,
+            "study": self.study,
+            "series": self.series,
+            "instance": self.instance,
+            "dataFilters": self.data_filters,
+            "status": self.status,
+            "code": self.code,
+            "instancesIn": self.instances_in,
+            "dicomBytesIn": self.dicom_bytes_in,
+            "resultBytesOut": self.result_bytes_out,
+            "durationMs": round(self.duration_ms, 1),
+        }
+
+
+def _describe_input(item: SeriesInput | InstanceInput) -> dict[str, Any]:
+    if isinstance(item, InstanceInput):
+        return {"dataKey": item.data_key, "instance": item.sop_uid}
+    described: dict[str, Any] = {"dataKey": item.data_key, "series": item.series_uid}
+    if item.instances:
+        described["instances"] = [_describe_input(nested) for nested in item.instances]
+    return described
+
+
+def audit_record(request: Request) -> AuditRecord:
+    """The record of this request (a detached one when the middleware is not in use)."""
+    record = request.scope.get("state", {}).get(_STATE_KEY)
+    if isinstance(record, AuditRecord):
+        return record
+    return _new_record(request.scope)
+
+
+def _new_record(scope: Scope) -> AuditRecord:
+    supplied = ""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            supplied = value.decode("latin-1")
+    client = scope.get("client")
+    path: str = scope.get("path", "")
+    return AuditRecord(
+        request_id=supplied if _REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex,
+        time=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        client=client[0] if client else None,
+        method=scope.get("method", ""),
+        path=path if len(path) <= 512 else path[:509] + "...",
+    )
+
+
+class AuditMiddleware:
+    """Pure ASGI: audits requests whose path starts with one of ``prefixes``."""
+
+    def __init__(
+        self, app: ASGIApp, *, writer: AuditWriter | None, prefixes: Sequence[str]
+    ) -> None:
+        self.app = app
+        self.writer = writer
+        self.prefixes = tuple(prefixes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefixes):
+            await self.app(scope, receive, send)
+            return
+        record = _new_record(scope)
+        scope.setdefault("state", {})[_STATE_KEY] = record
+        error_body = bytearray()
+        finished = False
+
+        async def watch(message: Message) -> None:
+            nonlocal finished
+            if message["type"] == "http.response.start":
+                record.status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((REQUEST_ID_HEADER.lower().encode(), record.request_id.encode()))
+                message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                record.result_bytes_out += len(body)
+                if (record.status or 0) >= 400 and len(error_body) < _MAX_ERROR_BODY:
+                    error_body.extend(body[: _MAX_ERROR_BODY - len(error_body)])
+                finished = not message.get("more_body", False)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except BaseException:
+            # Starlette renders the 500 further out; a started response was cut short.
+            record.code = "response_aborted" if record.status else "internal_error"
+            record.status = record.status or 500
+            raise
+        finally:
+            if record.code is None:
+                record.code = _outcome(record.status, bytes(error_body), finished)
+            if (record.status or 0) >= 400:
+                record.result_bytes_out = 0  # an error body is not a result
+            record.duration_ms = (perf_counter() - record._started) * 1000
+            if self.writer is not None:
+                self.writer.write(record.to_json())
+
+
+def _outcome(status: int | None, error_body: bytes, finished: bool) -> str:
+    if status is None:
+        return "no_response"
+    if status < 400:
+        return "ok" if finished else "response_aborted"
+    try:
+        code = orjson.loads(error_body).get("code")
+    except (orjson.JSONDecodeError, AttributeError):
+        code = None
+    return code if isinstance(code, str) else f"http_{status}"
