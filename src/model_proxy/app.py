@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from model_proxy import __version__
 from model_proxy.access import AccessGuard, AccessPolicy
+from model_proxy.access.reload import access_reload_hook
 from model_proxy.audit import REQUEST_ID_HEADER, AuditMiddleware, AuditWriter
 from model_proxy.capacity import Capacity
 from model_proxy.config import ProxyConfig
@@ -56,6 +57,9 @@ def create_app(
         reloader.start(settings.watch_config)
         app.state.reloader = reloader
         app.state.access = AccessGuard(access)
+        reloader.hooks.append(
+            access_reload_hook(app.state.access, settings.config_dir, settings.access_file)
+        )
         app.state.audit = audit  # audit.reopen() after an external log rotation
         if audit is not None:
             audit.start()

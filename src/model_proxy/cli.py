@@ -307,6 +307,7 @@ def serve(args: argparse.Namespace) -> int:
         log_dir=log_dir,
         cors_origins=cors_origins,
         audit_log=_audit_log(args.audit_log, log_dir, Path(args.data_dir)),
+        access_file=_optional_path(args.access_config),
         show_status_page=env_flag("ZHIVA_SHOW_STATUS_PAGE"),
         pacs_timeouts=Timeouts(idle=_seconds(args.pacs_timeout, "pacs-timeout"), probe=probe),
         model_timeouts=Timeouts(idle=_seconds(args.model_timeout, "model-timeout"), probe=probe),
@@ -331,7 +332,7 @@ def serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CommandError(f"cannot create {exc.filename}: {exc.strerror}") from None
     config = load_checked_config(settings.config_dir)
-    access = load_checked_access(settings.config_dir, _optional_path(args.access_config), config)
+    access = load_checked_access(settings.config_dir, settings.access_file, config)
     tls_key = tls_files[1] if tls_files else None
     for warning in _secret_file_warnings(settings.config_dir, access, tls_key):
         logger.warning("%s", warning)

@@ -52,3 +52,5 @@ class Settings:
     encoder_threads: int = 0
     # JSON lines, one per inference request; None: no audit log (warned at start-up).
     audit_log: Path | None = None
+    # --access-config; None: access.json in config_dir when it exists.
+    access_file: Path | None = None

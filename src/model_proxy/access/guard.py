@@ -57,15 +57,30 @@ ANONYMOUS = Caller(CallerKind.ANONYMOUS)
 
 class AccessGuard:
     def __init__(self, policy: AccessPolicy | None, *, timeouts: Timeouts = JWKS_TIMEOUTS) -> None:
-        self.policy = policy
+        self.policy: AccessPolicy | None = None
+        self._timeouts = timeouts
         self._jwks: JwksCache | None = None
         self._verifier: TokenVerifier | None = None
-        if policy is not None and policy.jwt is not None:
-            if policy.jwt.jwks_uri is not None:
-                self._jwks = JwksCache(policy.jwt, timeouts)
-            self._verifier = TokenVerifier(
-                policy.jwt, jwks=self._jwks, public_key=policy.public_key
-            )
+        # Key caches of replaced policies: requests may still be using them.
+        self._retired: list[JwksCache] = []
+        self.replace(policy)
+
+    def replace(self, policy: AccessPolicy | None) -> None:
+        """Put ``policy`` in force (a reloaded access.json); the JWKS cache is kept when
+        the JWT settings did not change."""
+        jwt = policy.jwt if policy is not None else None
+        old = self._jwks
+        if old is not None and (jwt is None or old.settings != jwt):
+            self._retired.append(old)
+            self._jwks = None
+        if jwt is not None and jwt.jwks_uri is not None and self._jwks is None:
+            self._jwks = JwksCache(jwt, self._timeouts)
+        self._verifier = (
+            TokenVerifier(jwt, jwks=self._jwks, public_key=policy.public_key)
+            if jwt is not None and policy is not None
+            else None
+        )
+        self.policy = policy
 
     @property
     def enabled(self) -> bool:
@@ -155,5 +170,6 @@ class AccessGuard:
         return Unauthorized(message, code=code, challenge=", ".join(challenges))
 
     async def aclose(self) -> None:
-        if self._jwks is not None:
-            await self._jwks.aclose()
+        for cache in [*self._retired, *([self._jwks] if self._jwks else [])]:
+            await cache.aclose()
+        self._retired.clear()

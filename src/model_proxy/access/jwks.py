@@ -41,7 +41,7 @@ class JwksCache:
     def __init__(self, settings: JwtSettings, timeouts: Timeouts) -> None:
         assert settings.jwks_uri is not None
         self._uri = settings.jwks_uri
-        self._settings = settings
+        self.settings = settings
         self._label = f"JWKS {urlsplit(settings.jwks_uri).netloc}"
         self._client = make_client(tls_verify=settings.tls_verify, timeouts=timeouts)
         self._keys: dict[str | None, jwt.PyJWK] = {}
@@ -55,7 +55,7 @@ class JwksCache:
         """The key a token names; raises UnknownKey or JwksUnavailable."""
         now = time.monotonic()
         expired = (
-            self._fetched_at is None or now - self._fetched_at >= self._settings.jwks_cache_seconds
+            self._fetched_at is None or now - self._fetched_at >= self.settings.jwks_cache_seconds
         )
         if (expired or self._lookup(kid) is None) and self._may_fetch(now):
             await self._refresh(self._attempted_at)
@@ -76,7 +76,7 @@ class JwksCache:
     def _may_fetch(self, now: float) -> bool:
         return (
             self._attempted_at is None
-            or now - self._attempted_at >= self._settings.jwks_refetch_seconds
+            or now - self._attempted_at >= self.settings.jwks_refetch_seconds
         )
 
     async def _refresh(self, attempted_before: float | None) -> None:
