@@ -5,6 +5,8 @@ expiry (one refresh for 50 concurrent requests) and restarts (no second exchange
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import stat
 import time
 
@@ -215,3 +217,38 @@ def test_corrupt_token_file_is_reported_not_fatal(
     assert token_server.calls["sign_in"] == 2
     assert "is corrupt" in setup.proxy.log_text()
     assert setup.stored()["format"] == 1  # replaced by a good file
+
+
+def test_config_reloads_keep_the_tokens(
+    start_proxy: ProxyFactory,
+    example_model: ExampleModel,
+    sample_study: SampleStudy,
+    token_pacs: Gateway,
+    token_server: TokenServer,
+) -> None:
+    entry = token_pacs.server_entry("token")
+    setup = AuthSetup.start(start_proxy, example_model, sample_study, entry)
+    assert_segmentation(setup.infer(), sample_study)
+    reload_config(setup, 1)  # the rebuilt token session starts from the token file
+    assert_segmentation(setup.infer(setup.series_path), sample_study)
+    assert token_server.calls["exchange"] == 1
+    # A new authToken put in force by a reload is exchanged, once.
+    servers_json = setup.proxy.config_dir / "servers.json"
+    servers_json.write_text(
+        servers_json.read_text().replace(entry["authToken"], token_server.issue_auth_token())
+    )
+    reload_config(setup, 2)
+    assert_segmentation(setup.infer(setup.series_path), sample_study)
+    reload_config(setup, 3)
+    assert_segmentation(setup.infer(), sample_study)
+    assert token_server.calls["exchange"] == 2 and token_server.calls["refresh"] == 0
+
+
+def reload_config(setup: AuthSetup, count: int) -> None:
+    """SIGHUP, then wait for the ``count``-th reload to be in force."""
+    assert setup.proxy.process.pid is not None
+    os.kill(setup.proxy.process.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 15
+    while setup.proxy.log_text().count("config reloaded:") < count:
+        assert time.monotonic() < deadline, "the config was not reloaded"
+        time.sleep(0.1)
