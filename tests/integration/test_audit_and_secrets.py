@@ -80,6 +80,23 @@ def test_a_successful_inference_is_audited(guarded: Guarded) -> None:
     assert record["resultBytesOut"] == response.num_bytes_downloaded < len(response.content)
     assert record["durationMs"] > 0
     assert record["dataFilters"] is None
+    assert record["modelCalled"] is True
+
+
+def test_a_result_from_the_cache_is_audited_as_such(guarded: Guarded) -> None:
+    series = guarded.study.series[1]  # an instance no other test asks for
+    path = (
+        f"/segmentations/{guarded.models['seg']}/studies/{guarded.study.study_uid}"
+        f"/series/{series.series_uid}/instances/{series.sop_uids[5]}"
+    )
+    for request_id in ("cache-1", "cache-2"):
+        headers = {**guarded.with_key("viewer"), "X-Request-ID": request_id}
+        response = guarded.get(path, headers=headers)
+        assert response.status_code == 200, response.text
+    first, second = audit_record(guarded, "cache-1"), audit_record(guarded, "cache-2")
+    assert first["modelCalled"] is True and first["dicomBytesIn"] > 0
+    assert second["modelCalled"] is False and second["dicomBytesIn"] == 0
+    assert (second["status"], second["code"], second["caller"]) == (200, "ok", "api-key:viewer")
 
 
 def test_data_filter_uids_and_jwt_subjects_are_audited(guarded: Guarded) -> None:

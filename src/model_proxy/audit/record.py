@@ -53,6 +53,8 @@ class AuditRecord:
     data_filters: list[dict[str, Any]] | None = None
     status: int | None = None
     code: str | None = None
+    # False when the result came from the cache or an identical request in flight.
+    model_called: bool = False
     instances_in: int = 0
     dicom_bytes_in: int = 0
     result_bytes_out: int = 0
@@ -80,6 +82,7 @@ class AuditRecord:
             "dataFilters": self.data_filters,
             "status": self.status,
             "code": self.code,
+            "modelCalled": self.model_called,
             "instancesIn": self.instances_in,
             "dicomBytesIn": self.dicom_bytes_in,
             "resultBytesOut": self.result_bytes_out,

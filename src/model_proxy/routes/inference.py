@@ -106,6 +106,7 @@ async def infer(request: Request) -> Response:
     @asynccontextmanager
     async def open_result() -> AsyncIterator[ResultStream]:
         nonlocal writer
+        record.model_called = True
         # Admitted only when the model is really called: a slot and a memory window.
         try:
             async with state.capacity.admission.admit() as memory:
