@@ -152,7 +152,9 @@ class MultipartDecoder:
                 self._check_part_size(self._scan_from)
                 return False
             self._check_part_size(found)
-            parts.append(bytes(buffer[:found]))
+            # One copy: slicing the bytearray first would make two.
+            with memoryview(buffer) as view:
+                parts.append(bytes(view[:found]))
             del buffer[: found + len(self._delimiter)]
             self._state = _State.AFTER_DELIMITER
             return True
