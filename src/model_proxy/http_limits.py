@@ -32,6 +32,11 @@ MAX_HEADER_LINE_BYTES = 8 * KiB
 MAX_HEADER_COUNT = 100
 MAX_HEADERS_BYTES = 32 * KiB
 
+# How long a refused connection keeps reading (and dropping) what the client still
+# sends before it closes: closing with unread input makes the kernel reset the
+# connection, and the client may then lose the answer it has not read yet.
+LINGER_SECONDS = 1.0
+
 _REASONS = {
     400: b"Bad Request",
     414: b"URI Too Long",
@@ -46,6 +51,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _header_bytes = 0
     _header_count = 0
     _refused = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # the answer is sent; drop the rest of the request (see LINGER_SECONDS)
+        super().data_received(data)
 
     def on_message_begin(self) -> None:
         self._url_bytes = self._header_bytes = self._header_count = 0
@@ -117,4 +127,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             % len(body)
         )
         self.transport.write(b"".join(head) + body)
-        self.transport.close()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)

@@ -55,7 +55,12 @@ def make_client(
         auth=auth,
         follow_redirects=False,
         trust_env=False,  # a hospital's HTTP(S)_PROXY must not capture PACS traffic
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=8),
+        # Idle connections go before uvicorn's and Node's 5 s keep-alive timeout closes
+        # them: a POST sent on a connection the server is closing fails in transit (the
+        # soak test saw it against the example model).
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=8, keepalive_expiry=2.0
+        ),
     )
 
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from deployment import expect_error
 from harness import OrthancServer, ProxyFactory, ProxyProcess, new_uid, server_entry
-from slow_upstream import delayed_server
+from scripted_upstream import delayed_server
 from token_gateway import Gateway
 from token_server import TokenServer
 
