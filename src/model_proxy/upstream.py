@@ -89,6 +89,8 @@ def translated(
         what = f"unreachable ({describe_connect_error(exc)})"
     elif isinstance(exc, httpx.RemoteProtocolError):
         what = f"broke the HTTP exchange ({exc})"
+    elif isinstance(exc, httpx.ReadError | httpx.WriteError):
+        what = f"broke the connection ({exc or type(exc).__name__})"
     else:
         what = f"{type(exc).__name__} ({exc})"
     return error_type(f"{label}: {what}{note}", upstream=label)

@@ -82,8 +82,7 @@ class ModelClient:
                 if delay is None:
                     raise translated(exc, self.label, ModelError) from exc
                 logger.warning(
-                    "%s: %s; retry %d in %.1f s",
-                    self.label,
+                    "%s; retry %d in %.1f s",
                     translated(exc, self.label, ModelError).message,
                     budget.used,
                     delay,

@@ -67,12 +67,18 @@ class DicomWebSource:
     @asynccontextmanager
     async def retrieve(self, target: Target) -> AsyncIterator[AsyncIterator[bytes]]:
         budget = self._retry.budget()
-        response = await self._open(target, budget)
-        instances = self._resumable_instances(response, target, budget)
+        # Every response opened for this retrieval (resuming opens more), closed here:
+        # a generator that was never started does not run its own cleanup.
+        responses = [await self._open(target, budget)]
+        instances = self._resumable_instances(responses, target, budget)
         try:
             yield instances
         finally:
-            await instances.aclose()
+            try:
+                await instances.aclose()
+            finally:
+                for response in responses:
+                    await response.aclose()
 
     async def _open(self, target: Target, budget: RetryBudget) -> httpx.Response:
         """Send the WADO-RS request until it is answered with data, retrying what
@@ -94,11 +100,10 @@ class DicomWebSource:
                 delay = budget.next_delay(response.headers.get("retry-after"))
                 if delay is None:
                     break
-                reason = f"answered {response.status_code}"
+                reason = f"{self.label}: answered {response.status_code}"
                 await response.aclose()
             logger.warning(
-                "%s: %s for %s; retry %d in %.1f s",
-                self.label,
+                "%s for %s; retry %d in %.1f s",
                 reason,
                 target.describe(),
                 budget.used,
@@ -113,39 +118,36 @@ class DicomWebSource:
         return response
 
     async def _resumable_instances(
-        self, response: httpx.Response, target: Target, budget: RetryBudget
+        self, responses: list[httpx.Response], target: Target, budget: RetryBudget
     ) -> AsyncGenerator[bytes, None]:
-        """The instances of ``response``; when the transfer breaks, ask again and
-        skip the instances already given (the model has them), within ``budget``."""
+        """The instances of the last of ``responses``; when the transfer breaks, ask
+        again (appending the new response) and skip the instances already given (the
+        model has them), within ``budget``."""
         given: set[bytes] = set()
-        try:
-            while True:
-                try:
-                    async with aclosing(self._iter_instances(response, target)) as parts:
-                        async for part in parts:
-                            key = instance_key(part)
-                            if key not in given:
-                                given.add(key)
-                                yield part
-                    break
-                except _BrokenTransfer as broken:
-                    await response.aclose()
-                    delay = budget.next_delay()
-                    if delay is None:
-                        broken.error.message += _tries(budget)
-                        raise broken.error from broken.__cause__
-                    logger.warning(
-                        "%s: %s after %d instances; resuming (retry %d in %.1f s)",
-                        self.label,
-                        broken.error.message,
-                        len(given),
-                        budget.used,
-                        delay,
-                    )
-                    await asyncio.sleep(delay)
-                    response = await self._open(target, budget)
-        finally:
-            await response.aclose()
+        while True:
+            try:
+                async with aclosing(self._iter_instances(responses[-1], target)) as parts:
+                    async for part in parts:
+                        key = instance_key(part)
+                        if key not in given:
+                            given.add(key)
+                            yield part
+                break
+            except _BrokenTransfer as broken:
+                await responses[-1].aclose()
+                delay = budget.next_delay()
+                if delay is None:
+                    broken.error.message += _tries(budget)
+                    raise broken.error from broken.__cause__
+                logger.warning(
+                    "%s after %d instances; resuming (retry %d in %.1f s)",
+                    broken.error.message,
+                    len(given),
+                    budget.used,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                responses.append(await self._open(target, budget))
         if not given:
             raise NotFound(
                 f"{target.describe()} has no instances on {self.label}", code="not_on_pacs"
