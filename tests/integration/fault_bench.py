@@ -117,10 +117,13 @@ def fault_bench(
             models["retrying"]: entry(f"{refused_model}/prediction", retries=2),
             models["hanging"]: entry(f"{hanging}/prediction"),
         }
+        # No result cache: every request goes to the PACS and the model (and no
+        # QIDO validation query takes a fault planned for a retrieval).
         timeouts = [
             "--pacs-timeout", str(PACS_TIMEOUT),
             "--model-timeout", str(MODEL_TIMEOUT),
             "--probe-timeout", "1",
+            "--cache-size", "0",
         ]  # fmt: skip
         proxy = start_proxy(
             workdir,

@@ -1,13 +1,19 @@
-"""The circuit breaker on a fake clock: opens, fails fast, half-opens, closes."""
+"""The circuit breaker on a fake clock: opens, fails fast, half-opens, closes; and a
+DICOM source behind one."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
 from model_proxy.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from model_proxy.errors import NotFound, PacsError, UpstreamTimeout, UpstreamUnavailable
+from model_proxy.pacs.guarded import GuardedSource
+from model_proxy.pacs.source import Target
+from model_proxy.probe import ProbeResult
 
 LABEL = "PACS b1407f18…"
 
@@ -173,4 +179,61 @@ async def test_guard_records_how_the_call_ended() -> None:
     clock.now += 30
     async with breaker.guard():
         pass
+    assert state(breaker) is BreakerState.CLOSED
+
+
+class FakeSource:
+    """A DicomSource whose retrievals succeed or fail as told; counts its calls."""
+
+    label = LABEL
+
+    def __init__(self) -> None:
+        self.failing = False
+        self.retrievals = 0
+        self.fingerprints = 0
+
+    @asynccontextmanager
+    async def retrieve(self, target: Target) -> AsyncIterator[AsyncIterator[bytes]]:
+        self.retrievals += 1
+        if self.failing:
+            raise own_failure()
+
+        async def instances() -> AsyncIterator[bytes]:
+            yield b"part10"
+
+        yield instances()
+
+    async def probe(self) -> ProbeResult:
+        return ProbeResult(True, 1.0, "up")
+
+    async def fingerprint(self, target: Target) -> str | None:
+        self.fingerprints += 1
+        return "count:1"
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.anyio
+async def test_guarded_source_fails_fast_and_skips_the_cache_query_while_open() -> None:
+    breaker, clock = make(threshold=1, cooldown=30)
+    inner = FakeSource()
+    source = GuardedSource(inner, breaker)
+    target = Target("1.2.3")
+    inner.failing = True
+    with pytest.raises(PacsError):
+        async with source.retrieve(target):
+            pass
+    assert await source.fingerprint(target) is None  # no QIDO to a PACS known down
+    with pytest.raises(UpstreamUnavailable):
+        async with source.retrieve(target):
+            pass
+    assert (inner.retrievals, inner.fingerprints) == (1, 0)
+    assert (await source.probe()).ok  # probes bypass the breaker
+
+    clock.now += 30
+    inner.failing = False
+    assert await source.fingerprint(target) == "count:1"
+    async with source.retrieve(target) as instances:
+        assert [part async for part in instances] == [b"part10"]
     assert state(breaker) is BreakerState.CLOSED

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from model_proxy.breaker import CircuitBreaker
+from model_proxy.breaker import BreakerState, CircuitBreaker
 from model_proxy.pacs.source import DicomSource, Target
 from model_proxy.probe import ProbeResult
 
@@ -32,7 +32,11 @@ class GuardedSource:
         return await self._inner.probe()
 
     async def fingerprint(self, target: Target) -> str | None:
-        # A query for the cache, not a retrieval: it neither waits for nor feeds the breaker.
+        # A query for the cache, not a retrieval: it does not feed the breaker. While
+        # the breaker is open the retrieval will fail fast anyway; asking the PACS
+        # first would only make the caller wait for a server known to be down.
+        if self.breaker.state is BreakerState.OPEN:
+            return None
         return await self._inner.fingerprint(target)
 
     async def aclose(self) -> None:
