@@ -20,6 +20,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -434,6 +435,8 @@ def run(args: argparse.Namespace) -> Report:
     finally:
         for process in reversed(processes):
             process.stop()
+        # Orthanc's storage of the two studies is over 1 GB.
+        shutil.rmtree(workdir, ignore_errors=True)
     return report
 
 
