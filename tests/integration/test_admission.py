@@ -85,22 +85,29 @@ def models_for(held_url: str, example_model: ExampleModel) -> dict[str, dict[str
     return {"held": held, "example": example}
 
 
-def test_past_the_concurrency_limit_a_request_is_refused_with_503(
+def check_refused_while_held(
     start_proxy: ProxyFactory,
-    orthanc: OrthancServer,
-    sample_study: SampleStudy,
     example_model: ExampleModel,
+    server: dict[str, object],
+    study: SampleStudy,
+    extra_args: list[str],
+    *,
+    code: str,
+    flag: str,
 ) -> None:
-    study, series = sample_study.study_uid, sample_study.main_series
+    """Hold one series request at a model that never reads; the next request is
+    refused with 503 ``code`` naming ``flag``; once the held one ends (504), the
+    next request is served."""
+    series = study.main_series
     with holding_model() as (held_url, connected), ThreadPoolExecutor(1) as pool:
         entries = models_for(held_url, example_model)
         ids = {name: new_uid() for name in entries}
         proxy = start_proxy(
-            {new_uid(): server_entry(orthanc)},
+            {new_uid(): server},
             {ids[name]: entry for name, entry in entries.items()},
-            extra_args=["--max-concurrent-inferences", "1", "--model-timeout", "3"],
+            extra_args=[*extra_args, "--model-timeout", "3"],
         )
-        series_path = f"/studies/{study}/series/{series.series_uid}"
+        series_path = f"/studies/{study.study_uid}/series/{series.series_uid}"
         instance_path = f"{series_path}/instances/{series.sop_uids[0]}"
         with proxy.client() as client:
             held: Future[httpx.Response] = pool.submit(
@@ -108,15 +115,31 @@ def test_past_the_concurrency_limit_a_request_is_refused_with_503(
             )
             assert connected.wait(20), "the proxy never called the holding model"
             refused = wait_for_503(
-                lambda: client.get(f"/predictions/{ids['example']}{instance_path}"),
-                "too_many_inferences",
+                lambda: client.get(f"/predictions/{ids['example']}{instance_path}"), code
             )
             assert int(refused.headers["retry-after"]) > 0
-            assert "--max-concurrent-inferences" in refused.json()["message"]
+            assert flag in refused.json()["message"]
             # The held request ends (the model never reads: a 504) and frees its slot.
             expect_error(held.result(timeout=60), 504, "gateway_timeout")
             served = client.get(f"/predictions/{ids['example']}{instance_path}")
             assert served.status_code == 200, served.text
+
+
+def test_past_the_concurrency_limit_a_request_is_refused_with_503(
+    start_proxy: ProxyFactory,
+    orthanc: OrthancServer,
+    sample_study: SampleStudy,
+    example_model: ExampleModel,
+) -> None:
+    check_refused_while_held(
+        start_proxy,
+        example_model,
+        server_entry(orthanc),
+        sample_study,
+        ["--max-concurrent-inferences", "1"],
+        code="too_many_inferences",
+        flag="--max-concurrent-inferences",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -134,32 +157,13 @@ def test_with_the_memory_budget_in_use_a_request_is_refused_with_503(
     example_model: ExampleModel,
 ) -> None:
     folder, study = large_folder
-    series = study.main_series
-    with holding_model() as (held_url, connected), ThreadPoolExecutor(1) as pool:
-        entries = models_for(held_url, example_model)
-        ids = {name: new_uid() for name in entries}
-        proxy = start_proxy(
-            {new_uid(): {"uri": folder.as_uri(), "isDefault": True}},
-            {ids[name]: entry for name, entry in entries.items()},
-            # Two windows of 2 MiB: a held request's instance in flight takes the rest.
-            extra_args=[
-                *("--memory-budget", "4MiB", "--max-concurrent-inferences", "2"),
-                *("--model-timeout", "3"),
-            ],
-        )
-        series_path = f"/studies/{study.study_uid}/series/{series.series_uid}"
-        instance_path = f"{series_path}/instances/{series.sop_uids[0]}"
-        with proxy.client() as client:
-            held: Future[httpx.Response] = pool.submit(
-                client.get, f"/predictions/{ids['held']}{series_path}"
-            )
-            assert connected.wait(20), "the proxy never called the holding model"
-            refused = wait_for_503(
-                lambda: client.get(f"/predictions/{ids['example']}{instance_path}"),
-                "memory_budget_exhausted",
-            )
-            assert int(refused.headers["retry-after"]) > 0
-            assert "--memory-budget" in refused.json()["message"]
-            expect_error(held.result(timeout=60), 504, "gateway_timeout")
-            served = client.get(f"/predictions/{ids['example']}{instance_path}")
-            assert served.status_code == 200, served.text
+    check_refused_while_held(
+        start_proxy,
+        example_model,
+        {"uri": folder.as_uri(), "isDefault": True},
+        study,
+        # Two windows of 2 MiB: a held request's instance in flight takes the rest.
+        ["--memory-budget", "4MiB", "--max-concurrent-inferences", "2"],
+        code="memory_budget_exhausted",
+        flag="--memory-budget",
+    )
