@@ -34,18 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-import orjson
 import pydicom
-from pydicom.uid import generate_uid
-
-from model_proxy.models.encoder import encode_instance
-from model_proxy.sample_data import make_study
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
-
-from harness import (  # noqa: E402  (the test harness is not a package)
+from harness import (  # the integration tests' harness (see benchmarks/__init__.py)
     LOOPBACK,
     START_TIMEOUT,
     ManagedProcess,
@@ -58,6 +48,12 @@ from harness import (  # noqa: E402  (the test harness is not a package)
     start_orthanc,
     start_proxy,
 )
+from pydicom.uid import generate_uid
+
+from benchmarks import ROOT
+from benchmarks.encoder import encoder_figures
+from model_proxy.models.encoder import encode_instance
+from model_proxy.sample_data import make_study
 
 MB = 1_000_000
 MiB = 1 << 20
@@ -225,58 +221,6 @@ def load() -> str:
 # --- the benchmark --------------------------------------------------------------------
 
 
-def encoder_figures(instances: list[bytes], report: Report) -> None:
-    log("encoder")
-    total = sum(len(data) for data in instances)
-    cpu = time.thread_time()
-    wall = time.perf_counter()
-    for data in instances:
-        encode_instance(data)
-    cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
-    report.add(
-        "encoder, one thread",
-        f"{total / cpu / MB:,.0f} MB/s of DICOM per core (CPU time); {total / wall / MB:,.0f}"
-        " MB/s wall",
-        ">= 700 MB/s",
-    )
-    with ThreadPoolExecutor(2) as pool:
-        wall = timed(lambda: list(pool.map(encode_instance, instances)))
-    report.add("encoder, two threads", f"{total / wall / MB:,.0f} MB/s wall", "")
-    sample = instances[:10]
-    sample_bytes = sum(len(data) for data in sample)
-
-    def compact(data: bytes) -> bytes:
-        array = np.frombuffer(data, dtype=np.uint8)
-        return b'"' + orjson.dumps(array, option=orjson.OPT_SERIALIZE_NUMPY) + b'"'
-
-    cpu = time.thread_time()
-    for data in instances:
-        compact(data)
-    cpu = time.thread_time() - cpu
-    report.add("compact orjson encoder, one thread", f"{total / cpu / MB:,.0f} MB/s (CPU)", "")
-    cpu = time.thread_time()
-    for data in sample[:3]:
-        json.dumps(list(data))
-    cpu = time.thread_time() - cpu
-    report.add(
-        "json.dumps(list(b)), one thread",
-        f"{sum(len(d) for d in sample[:3]) / cpu / MB:,.0f} MB/s (CPU)",
-        "",
-    )
-    for name, encode in (("fixed width (ours)", encode_instance), ("compact", compact)):
-        texts = [encode(data) for data in sample]
-        size = sum(len(text) for text in texts) / sample_bytes
-        cpu = time.thread_time()
-        for text in texts:
-            bytes(json.loads(json.loads(text)))
-        cpu = time.thread_time() - cpu
-        report.add(
-            f"model's reference decode, {name}",
-            f"{sample_bytes / cpu / MB:,.1f} MB/s of DICOM; text {size:.2f} x DICOM",
-            "",
-        )
-
-
 def run(args: argparse.Namespace) -> Report:
     report = Report()
     report.notes.append(f"machine: {machine()}")
@@ -430,7 +374,8 @@ def run(args: argparse.Namespace) -> Report:
             "p50 < 20 ms",
         )
 
-        encoder_figures(instances, report)
+        log("encoder")
+        encoder_figures(instances, report.add)
         report.notes.append(f"load average at the end: {load()}")
     finally:
         for process in reversed(processes):

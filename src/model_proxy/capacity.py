@@ -17,6 +17,7 @@ from model_proxy.config import InputFormat
 from model_proxy.models.body import Token
 from model_proxy.models.formats import body_format
 from model_proxy.models.pipeline import BodyPipeline
+from model_proxy.models.slice_buffers import SliceBuffers
 from model_proxy.pacs.source import DicomSource
 from model_proxy.settings import Settings
 
@@ -27,6 +28,7 @@ class Capacity:
     encoder_pool: ThreadPoolExecutor
     encoder_threads: int
     pacs_concurrency: int
+    slice_buffers: SliceBuffers
 
     @classmethod
     def create(cls, settings: Settings) -> Capacity:
@@ -39,6 +41,9 @@ class Capacity:
             ThreadPoolExecutor(threads, thread_name_prefix="encoder"),
             threads,
             settings.pacs_concurrency,
+            # As many idle buffers as one request keeps in flight: a slice sent
+            # is followed by one encoded, so busy requests recycle nearly all.
+            SliceBuffers(keep=_slices_in_flight(threads)),
         )
 
     def body_pipeline(
@@ -49,17 +54,28 @@ class Capacity:
         memory: RequestMemory,
     ) -> BodyPipeline:
         """The streamed body of one admitted inference (``async with`` it)."""
-        # Enough queued slices to keep every encoder thread busy while one is sent.
-        depth = 2 * self.encoder_threads + 2
         return BodyPipeline(
             tokens,
             source,
-            body_format=body_format(input_format, slices_in_flight=depth + 2),
+            body_format=body_format(
+                input_format, slices_in_flight=_slices_in_flight(self.encoder_threads)
+            ),
             memory=memory,
             executor=self.encoder_pool,
+            buffers=self.slice_buffers,
             pacs_concurrency=self.pacs_concurrency,
-            queue_depth=depth,
+            queue_depth=_queue_depth(self.encoder_threads),
         )
 
     def close(self) -> None:
         self.encoder_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _queue_depth(encoder_threads: int) -> int:
+    """Enough queued slices to keep every encoder thread busy while one is sent."""
+    return 2 * encoder_threads + 2
+
+
+def _slices_in_flight(encoder_threads: int) -> int:
+    """Queued, plus the one being sent and the one waiting for room in the queue."""
+    return _queue_depth(encoder_threads) + 2

@@ -26,6 +26,7 @@ from model_proxy.models.body import InstanceInput, Retrieval, SeriesInput, Token
 from model_proxy.models.encoder import encode_instance
 from model_proxy.models.formats import body_format
 from model_proxy.models.pipeline import BodyPipeline
+from model_proxy.models.slice_buffers import SliceBuffers
 from model_proxy.pacs.multipart import MultipartDecoder, boundary_from_content_type
 from model_proxy.pacs.source import Target
 
@@ -48,6 +49,7 @@ async def open_body(
     input_format: InputFormat = InputFormat.JSON,
     memory: RequestMemory | None = None,
     pacs_concurrency: int = 4,
+    buffers: SliceBuffers | None = None,
 ) -> AsyncIterator[BodyPipeline]:
     admission = Admission(MemoryBudget(64 * MiB), max_concurrent=1)
     async with (
@@ -58,6 +60,7 @@ async def open_body(
             body_format=body_format(input_format, slices_in_flight=8),
             memory=memory or admitted,
             executor=_POOL,
+            buffers=buffers or SliceBuffers(keep=8),
             pacs_concurrency=pacs_concurrency,
             queue_depth=6,
         ) as pipeline,
@@ -292,6 +295,39 @@ async def test_large_generated_study_reaches_the_body_byte_exact() -> None:
         <= memory.window + max(len(generated(u)) * 5 for uids in series.values() for u in uids)
     )
     assert memory.in_flight == 0
+
+
+class CountingBuffers(SliceBuffers):
+    """Counts the buffers handed out and how many of them were recycled."""
+
+    def __init__(self, keep: int) -> None:
+        super().__init__(keep)
+        self.taken = 0
+        self.reused = 0
+
+    def take(self, length: int) -> bytearray:
+        idle_before = self.idle
+        buffer = super().take(length)
+        self.taken += 1
+        self.reused += self.idle < idle_before
+        return buffer
+
+
+@pytest.mark.anyio
+async def test_slice_buffers_are_recycled_without_mixing_instances() -> None:
+    # Same-size instances, as in a CT series: after the first few slices every
+    # buffer is one given back, and each instance still arrives byte-exact.
+    uids = [f"1.2.3.20.{i}" for i in range(40)]
+    content = {uid: random.Random(uid).randbytes(300_000 + i) for i, uid in enumerate(uids)}
+    source = FakeSource(extra_series={"1.2.3.20": uids}, content=content.__getitem__)
+    buffers = CountingBuffers(keep=8)
+    tokens = plan_body(Level.SERIES, Target(STUDY, "1.2.3.20"), [])
+    async with open_body(tokens, source, buffers=buffers) as pipeline:
+        body = orjson.loads(await collect(pipeline))
+    assert body == [as_text(content[uid]) for uid in uids]
+    assert buffers.taken == 40
+    assert buffers.reused >= 40 - 10  # at most the queue depth plus two are new
+    assert buffers.idle <= 8
 
 
 # --- memory window and read-ahead ---------------------------------------------------

@@ -27,6 +27,8 @@ surrounding JSON string needs escaping.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import numpy.typing as npt
 
@@ -35,22 +37,26 @@ __all__ = [
     "SLICE_BYTES",
     "encode_instance",
     "encode_range",
+    "encode_range_into",
     "encoded_size",
     "slice_ranges",
+    "slice_text_size",
 ]
 
 # Instances are encoded in slices of this many input bytes: a slice is one unit
 # of work for a thread and one chunk of the request body (4 MiB of text).
 SLICE_BYTES = 1 << 20
 
-# Block of input bytes per numpy.take call: its intp index copy stays in cache.
-_BLOCK_PAIRS = 1 << 14
-
 
 # Explicit little-endian types: a pair of input bytes read as "<u2" has the
 # first byte low, and a "<u8" token is written with its low half first.
 _PAIR = np.dtype("<u2")
 _PAIR_TOKEN = np.dtype("<u8")
+
+# Each thread's index array for numpy.take, which wants intp indices: given
+# pairs, numpy would allocate a temporary of 8 bytes per pair on every call,
+# and fresh memory costs page faults (see models/slice_buffers.py).
+_scratch = threading.local()
 
 
 def _pair_tokens() -> npt.NDArray[np.uint64]:
@@ -90,17 +96,50 @@ def encode_range(part10: bytes | memoryview, start: int, stop: int) -> bytearray
     >>> text == encode_instance(data)
     True
     """
-    total = len(part10)
-    if total == 0:
-        return bytearray(b']"')
-    source = np.frombuffer(part10, dtype=np.uint8)[start:stop]
-    last = stop >= total
-    # The buffer starts at the first token so that 8-byte tokens are aligned.
-    out = bytearray(4 * len(source) + last)
-    _write_tokens(source, np.frombuffer(out, dtype=np.uint8)[: 4 * len(source)])
-    if last:
-        out[-2:] = b']"'
+    out = bytearray(slice_text_size(len(part10), start, stop))
+    encode_range_into(part10, start, stop, out)
     return out
+
+
+def encode_range_into(
+    part10: bytes | memoryview, start: int, stop: int, out: bytearray | memoryview
+) -> int:
+    """Write what ``encode_range`` returns at the start of ``out``; return its length.
+
+    The proxy encodes into recycled buffers (``models/slice_buffers.py``): on
+    a fresh buffer the kernel's page faults cost more than the encoding.
+    ``out`` must hold ``slice_text_size(len(part10), start, stop)`` bytes; it
+    is written through a uint64 view, so it should start 8-byte aligned, as a
+    bytearray's storage does.
+
+    >>> out = bytearray(16)
+    >>> length = encode_range_into(bytes([1, 200]), 0, 2, out)
+    >>> bytes(out[:length])
+    b'  1,200]"'
+    """
+    total = len(part10)
+    length = slice_text_size(total, start, stop)
+    if len(out) < length:
+        raise ValueError(f"the output buffer holds {len(out)} bytes, the range needs {length}")
+    if total == 0:
+        out[:2] = b']"'
+        return 2
+    source = np.frombuffer(part10, dtype=np.uint8)[start:stop]
+    _write_tokens(source, np.frombuffer(out, dtype=np.uint8)[: 4 * len(source)])
+    if stop >= total:
+        out[length - 2 : length] = b']"'
+    return length
+
+
+def slice_text_size(total: int, start: int, stop: int) -> int:
+    """Bytes of text ``encode_range`` writes for that range of an instance of ``total`` bytes.
+
+    >>> slice_text_size(3, 0, 2), slice_text_size(3, 2, 3), slice_text_size(0, 0, 0)
+    (8, 5, 2)
+    """
+    if total == 0:
+        return 2
+    return 4 * (stop - start) + (1 if stop >= total else 0)
 
 
 def slice_ranges(size: int) -> list[tuple[int, int]]:
@@ -117,6 +156,9 @@ def slice_ranges(size: int) -> list[tuple[int, int]]:
 def encode_instance(part10: bytes | memoryview) -> bytes:
     """The JSON string (quotes included) that carries ``part10`` to a model.
 
+    One piece, for tests and small bodies; the proxy streams an instance in
+    slices instead (``encode_range_into``).
+
     >>> encode_instance(bytes([0, 0, 1]))
     b'"[  0,  0,  1]"'
     """
@@ -127,14 +169,21 @@ def _write_tokens(source: npt.NDArray[np.uint8], out: npt.NDArray[np.uint8]) -> 
     """Fill ``out`` (4 bytes per input byte) with the tokens of ``source``."""
     pairs = len(source) // 2
     if pairs:
-        pair_values = source[: 2 * pairs].view(_PAIR)
-        pair_out = out[: 8 * pairs].view(_PAIR_TOKEN)
-        index = np.empty(min(pairs, _BLOCK_PAIRS), dtype=np.intp)
-        for begin in range(0, pairs, _BLOCK_PAIRS):
-            block = pair_values[begin : begin + _BLOCK_PAIRS]
-            block_index = index[: len(block)]
-            block_index[:] = block
-            np.take(_PAIR_TOKENS, block_index, out=pair_out[begin : begin + len(block)])
+        index = _pair_index(pairs)
+        index[:] = source[: 2 * pairs].view(_PAIR)
+        # mode="clip" because every pair is a valid index (< 65,536): it skips the
+        # per-index range check of the default mode, about 1.5x faster (measured).
+        np.take(_PAIR_TOKENS, index, out=out[: 8 * pairs].view(_PAIR_TOKEN), mode="clip")
     if len(source) % 2:
         odd = int(_PAIR_TOKENS[int(source[-1])])  # the pair (value, 0): its first half
         out[8 * pairs :] = np.frombuffer(odd.to_bytes(8, "little")[:4], dtype=np.uint8)
+
+
+def _pair_index(pairs: int) -> npt.NDArray[np.intp]:
+    """This thread's index array, ``pairs`` long (4 MiB kept per thread for a slice)."""
+    if pairs > SLICE_BYTES // 2:
+        return np.empty(pairs, dtype=np.intp)  # a whole large instance: not kept
+    index: npt.NDArray[np.intp] | None = getattr(_scratch, "index", None)
+    if index is None:
+        index = _scratch.index = np.empty(SLICE_BYTES // 2, dtype=np.intp)
+    return index[:pairs]

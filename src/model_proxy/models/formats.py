@@ -27,6 +27,7 @@ from typing import Protocol
 from model_proxy.config import InputFormat
 from model_proxy.models.body import Retrieval
 from model_proxy.models.encoder import OPENING, SLICE_BYTES
+from model_proxy.models.slice_buffers import buffer_bytes
 
 __all__ = ["BodyFormat", "DicomMultipartBody", "JsonBody", "body_format"]
 
@@ -64,8 +65,9 @@ class JsonBody:
     encodes = True
 
     def __init__(self, slices_in_flight: int) -> None:
-        # Encoded slices of one instance alive at once: queued, being sent, being encoded.
-        self._text_bytes = 4 * SLICE_BYTES * slices_in_flight
+        # Encoded slices of one instance alive at once: queued, being sent, being
+        # encoded; each in a buffer of at most a full slice's size.
+        self._text_bytes = buffer_bytes(SLICE_BYTES) * slices_in_flight
 
     def literal(self, text: bytes) -> bytes:
         return text
@@ -84,7 +86,7 @@ class JsonBody:
         return b""
 
     def accounted_bytes(self, size: int) -> int:
-        return size + min(4 * size + 3, self._text_bytes)
+        return size + min(buffer_bytes(size), self._text_bytes)
 
 
 class DicomMultipartBody:

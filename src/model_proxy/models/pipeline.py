@@ -15,7 +15,8 @@ the queue are all bounded by the window, whatever the size of the study.
 
 Encoding runs in a thread pool: the encoder (``models/encoder.py``) releases
 the GIL, so two instances encode on two cores while the event loop reads from
-the PACS and writes to the model.
+the PACS and writes to the model. Slices are encoded into recycled buffers
+(``models/slice_buffers.py``), given back once the POST has written them.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from typing import cast
 from model_proxy.admission import Grant, RequestMemory
 from model_proxy.errors import NotFound, PacsError
 from model_proxy.models.body import Retrieval, Token
-from model_proxy.models.encoder import encode_range, slice_ranges
+from model_proxy.models.encoder import encode_range_into, slice_ranges, slice_text_size
 from model_proxy.models.formats import BodyFormat
+from model_proxy.models.slice_buffers import SliceBuffers
 from model_proxy.pacs.source import DicomSource
 
 __all__ = ["BodyPipeline"]
@@ -60,10 +62,12 @@ class _Lane:
 class _Chunk:
     """One piece of the body in order: bytes, or the future of an encoded slice."""
 
-    data: bytes | bytearray | asyncio.Future[bytearray]
+    data: bytes | asyncio.Future[memoryview]
     # Set on an instance's last chunk: sending it frees the instance.
     grant: Grant | None = None
     instance_bytes: int = 0
+    # The buffer an encoded slice is written in, recycled once it has been sent.
+    buffer: bytearray | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,7 @@ class BodyPipeline:
         body_format: BodyFormat,
         memory: RequestMemory,
         executor: Executor,
+        buffers: SliceBuffers,
         pacs_concurrency: int,
         queue_depth: int,
     ) -> None:
@@ -95,6 +100,7 @@ class BodyPipeline:
         self._format = body_format
         self._memory = memory
         self._executor = executor
+        self._buffers = buffers
         self._slots = asyncio.Semaphore(pacs_concurrency)
         self._pacs_concurrency = pacs_concurrency
         self._lanes = [
@@ -131,9 +137,12 @@ class BodyPipeline:
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body, in order; each instance's memory is released once it is sent.
 
-        Encoded slices are yielded as the bytearrays the encoder wrote: httpx
-        and h11 take any bytes-like chunk, and a copy to ``bytes`` would cost
-        4 MiB of memcpy per slice on the event loop.
+        Encoded slices are yielded as views of the buffers the encoder wrote
+        (httpx and h11 take any bytes-like chunk, and a copy to ``bytes`` would
+        cost up to 4 MiB of memcpy per slice on the event loop). A chunk is
+        valid until the next one is asked for: its buffer is then reused, so a
+        consumer that keeps chunks must copy them, as h11 does when it frames
+        one.
         """
         while True:
             item = await self._out.get()
@@ -143,6 +152,8 @@ class BodyPipeline:
                 return
             data = item.data
             yield cast(bytes, await data if isinstance(data, asyncio.Future) else data)
+            if item.buffer is not None:
+                self._buffers.give(item.buffer)
             if item.grant is not None:
                 self._memory.release(item.grant)
                 self.instances_sent += 1
@@ -223,8 +234,16 @@ class BodyPipeline:
         loop = asyncio.get_running_loop()
         ranges = slice_ranges(len(part10))
         for number, (start, stop) in enumerate(ranges):
-            encoded = loop.run_in_executor(self._executor, encode_range, part10, start, stop)
+            buffer = self._buffers.take(slice_text_size(len(part10), start, stop))
+            encoded = loop.run_in_executor(
+                self._executor, _encode_slice, part10, start, stop, buffer
+            )
             last = number == len(ranges) - 1
             await self._out.put(
-                _Chunk(encoded, grant if last else None, len(part10) if last else 0)
+                _Chunk(encoded, grant if last else None, len(part10) if last else 0, buffer)
             )
+
+
+def _encode_slice(part10: bytes, start: int, stop: int, buffer: bytearray) -> memoryview:
+    """Runs in an encoder thread."""
+    return memoryview(buffer)[: encode_range_into(part10, start, stop, buffer)]
