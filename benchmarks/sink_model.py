@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import ctypes.util
 
 import httptools
 import uvloop
@@ -72,11 +74,32 @@ async def serve(host: str, port: int) -> None:
         await server.serve_forever()
 
 
+def keep_freed_memory_mapped() -> None:
+    """Stop glibc from returning freed memory to the kernel between reads.
+
+    Each read allocates a bytes object for the data and httptools another for
+    each body piece. With glibc's defaults the freed blocks go back to the
+    kernel (unmapped, or trimmed off the heap) and the next ones are faulted in
+    again: measured on the benchmark VM, about 230,000 page faults and 0.9 s
+    of system time per 631 MB body, more than everything else the sink does.
+    """
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return
+    libc = ctypes.CDLL(libc_name)
+    if not hasattr(libc, "mallopt"):  # not glibc
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
+    libc.mallopt(m_trim_threshold, 256 * 1024 * 1024)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8012)
     args = parser.parse_args()
+    keep_freed_memory_mapped()
     uvloop.run(serve(args.host, args.port))
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from model_proxy import network
 from model_proxy.errors import ProxyError, UpstreamError, UpstreamTimeout
 
 
@@ -49,18 +50,23 @@ def make_client(
         verify = ssl.create_default_context(cafile=tls_verify)
     else:
         verify = tls_verify
-    return httpx.AsyncClient(
+    transport = httpx.AsyncHTTPTransport(
         verify=verify,
-        timeout=timeouts.for_httpx(),
-        auth=auth,
-        follow_redirects=False,
-        trust_env=False,  # a hospital's HTTP(S)_PROXY must not capture PACS traffic
+        trust_env=False,
         # Idle connections go before uvicorn's and Node's 5 s keep-alive timeout closes
         # them: a POST sent on a connection the server is closing fails in transit (the
         # soak test saw it against the example model).
         limits=httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=8, keepalive_expiry=2.0
         ),
+    )
+    network.install(transport)  # asyncio streams under httpcore (network.py)
+    return httpx.AsyncClient(
+        transport=transport,
+        timeout=timeouts.for_httpx(),
+        auth=auth,
+        follow_redirects=False,
+        trust_env=False,  # a hospital's HTTP(S)_PROXY must not capture PACS traffic
     )
 
 
