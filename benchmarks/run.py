@@ -8,7 +8,7 @@ Orthanc with DICOMweb, a sink Model API that reads and discards the body
 (benchmarks/sink_model.py) and ``model-proxy serve``; it stores a synthetic 300-slice
 512x512 CT series (model_proxy.sample_data) and a study of about 1 GiB, then prints
 one report (markdown) with every figure and its goal. Options: ``--runs N`` (timed
-repetitions, default 3), ``--large-slices N`` (slices of the large study, default
+repetitions, default 5), ``--large-slices N`` (slices of the large study, default
 2000), ``--skip-naive``.
 """
 
@@ -161,11 +161,6 @@ def timed(action: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
-def median_of(runs: int, action: Callable[[], Any]) -> tuple[float, list[float]]:
-    times = [timed(action) for _ in range(runs)]
-    return statistics.median(times), times
-
-
 def peak_rss(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -281,13 +276,18 @@ def run(args: argparse.Namespace) -> Report:
         with proxy.client(timeout=httpx.Timeout(600.0)) as client:
             get_ok(client, series_path)  # warm-up: connections, Orthanc's caches
             floor()
-            log("floor: curl download, then curl POST of the encoded body")
-            floor_time, floor_runs = median_of(args.runs, floor)
-            log("proxy, one series")
+            log("floor (curl download, then curl POST) and proxy, one series, in alternation")
+            # Alternating puts both under the same machine conditions: on a shared VM,
+            # wall times drift by tens of percent within minutes.
+            floor_runs, proxy_runs, proxy_cpu_runs = [], [], []
             reset_peak_rss(proxy_pid)
-            cpu_before = cpu_seconds(proxy_pid)
-            proxy_time, proxy_runs = median_of(args.runs, lambda: get_ok(client, series_path))
-            proxy_cpu = (cpu_seconds(proxy_pid) - cpu_before) / args.runs
+            for _ in range(args.runs):
+                floor_runs.append(timed(floor))
+                cpu_before = cpu_seconds(proxy_pid)
+                proxy_runs.append(timed(lambda: get_ok(client, series_path)))
+                proxy_cpu_runs.append(cpu_seconds(proxy_pid) - cpu_before)
+            floor_time, proxy_time = statistics.median(floor_runs), statistics.median(proxy_runs)
+            proxy_cpu = statistics.median(proxy_cpu_runs)
             series_rss = peak_rss(proxy_pid)
         report.add(
             "floor (curl WADO-RS download + curl POST of the encoded body, sequential)",
@@ -396,7 +396,7 @@ async def concurrent_requests(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=3, help="timed repetitions (median)")
+    parser.add_argument("--runs", type=int, default=5, help="timed repetitions (median)")
     parser.add_argument("--large-slices", type=int, default=2000, help="slices of the study")
     parser.add_argument("--skip-naive", action="store_true", help="skip the naive pipeline")
     args = parser.parse_args()

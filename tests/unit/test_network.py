@@ -25,6 +25,7 @@ import httpcore
 import httpcore._async.http11
 import httpx
 import pytest
+from h11._receivebuffer import ReceiveBuffer
 
 from model_proxy import network
 from model_proxy.network import READ_BYTES, AsyncioBackend, AsyncioStream
@@ -321,3 +322,19 @@ async def test_tls_with_an_untrusted_certificate_is_a_connect_error(tmp_path: Pa
     ):
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
             await client.get(f"https://localhost:{port}/")
+
+
+def test_h11_hands_over_its_receive_buffer_instead_of_copying_it_twice() -> None:
+    network.install(httpx.AsyncHTTPTransport())
+    assert ReceiveBuffer.maybe_extract_at_most is network._maybe_extract_at_most
+    buffer = ReceiveBuffer()
+    assert buffer.maybe_extract_at_most(10) is None
+    buffer += b"abcdef"
+    assert buffer.maybe_extract_at_most(2) == bytearray(b"ab")
+    held = buffer._data
+    everything = buffer.maybe_extract_at_most(999_999_999)
+    assert everything is held and everything == b"cdef"  # no copy
+    assert len(buffer) == 0
+    buffer += b"\r\nnext"
+    assert buffer.maybe_extract_next_line() == bytearray(b"\r\n")  # line search was reset
+    assert bytes(buffer) == b"next"
