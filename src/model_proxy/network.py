@@ -126,9 +126,11 @@ class _Protocol(asyncio.Protocol):
                 pieces.append(chunks.popleft())
             data = b"".join(pieces)
         self.buffered -= len(data)
-        if self._reading_paused and self.buffered <= _PAUSE_BYTES // 2 and self.transport:
-            self.transport.resume_reading()
+        if self._reading_paused and self.buffered <= _PAUSE_BYTES // 2:
             self._reading_paused = False
+            # uvloop raises on a closed transport where asyncio does nothing.
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
         return data
 
     async def wait_for_data(self) -> None:

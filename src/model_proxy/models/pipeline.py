@@ -141,8 +141,9 @@ class BodyPipeline:
         (httpx and h11 take any bytes-like chunk, and a copy to ``bytes`` would
         cost up to 4 MiB of memcpy per slice on the event loop). A chunk is
         valid until the next one is asked for: its buffer is then reused, so a
-        consumer that keeps chunks must copy them, as h11 does when it frames
-        one.
+        consumer that keeps chunks must copy them. The model client's socket
+        layer hands each chunk to the kernel before it asks for the next one
+        (``network.AsyncioStream.write_pieces``; over TLS, h11 copies it).
         """
         while True:
             item = await self._out.get()
