@@ -53,10 +53,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # Reinstall only when pyproject.toml changed, so that a second run works offline.
 stamp=.venv/.model-proxy-installed
-wanted=$(sha256sum pyproject.toml | cut -d' ' -f1)
+extras="test,bench"
+wanted=$({ cat pyproject.toml; echo "extras: $extras"; } | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ]; then
   .venv/bin/python -m pip install --upgrade pip
-  .venv/bin/python -m pip install -e '.[test]'
+  # The bench extra too: the benchmarks are type-checked below.
+  .venv/bin/python -m pip install -e ".[$extras]"
   echo "$wanted" >"$stamp"
 else
   echo "up to date ($(.venv/bin/python --version))"
