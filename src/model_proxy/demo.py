@@ -63,8 +63,9 @@ def write_demo_config(folder: Path, dicom_dir: Path, model_url: str) -> None:
 
 
 def run_demo(folder: Path, *, host: str, port: int, model_port: int) -> int:
-    from model_proxy.cli import load_checked_config, run_server
+    from model_proxy.cli_options import load_checked_config
     from model_proxy.logs import setup_logging
+    from model_proxy.serve_command import run_server
 
     folder.mkdir(parents=True, exist_ok=True)
     dicom_dir = folder / "dicom"
@@ -111,7 +112,7 @@ def run_demo(folder: Path, *, host: str, port: int, model_port: int) -> int:
 
 
 def _wait_for(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    from model_proxy.cli import CommandError
+    from model_proxy.cli_options import CommandError
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from model_proxy.cli import CommandError, _size
+from model_proxy.cli_options import CommandError, parse_size
 
 
 @pytest.mark.parametrize(
@@ -24,10 +24,10 @@ from model_proxy.cli import CommandError, _size
     ],
 )
 def test_sizes(text: str, expected: int) -> None:
-    assert _size(text, "cache-size") == expected
+    assert parse_size(text, "cache-size") == expected
 
 
 @pytest.mark.parametrize("text", ["", "lots", "-1", "2 GiBs", "1e9", "GiB", "2PiB"])
 def test_bad_sizes_say_what_is_expected(text: str) -> None:
     with pytest.raises(CommandError, match=r"--cache-size must be a size like 0, 500MB or 2GiB"):
-        _size(text, "cache-size")
+        parse_size(text, "cache-size")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from model_proxy import cli
+from model_proxy.cli_options import EXIT_USAGE, parse_memory_budget
 
 MiB = 1024 * 1024
 
@@ -20,7 +21,7 @@ MiB = 1024 * 1024
     ],
 )
 def test_memory_budget_takes_a_size(value: str, expected: int) -> None:
-    assert cli._memory_budget(value) == expected
+    assert parse_memory_budget(value) == expected
 
 
 @pytest.mark.parametrize(
@@ -36,7 +37,7 @@ def test_memory_budget_takes_a_size(value: str, expected: int) -> None:
 def test_bad_limits_are_one_clear_line_and_exit_2(
     args: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli.main(["serve", *args]) == cli.EXIT_USAGE
+    assert cli.main(["serve", *args]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert fragment in err
     assert "Traceback" not in err
@@ -47,5 +48,5 @@ def test_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("MODEL_PROXY_MAX_CONCURRENT_INFERENCES", "7")
     monkeypatch.setenv("MODEL_PROXY_PACS_CONCURRENCY", "3")
     args = cli.build_parser().parse_args(["serve"])
-    assert cli._memory_budget(args.memory_budget) == 1024 * MiB
+    assert parse_memory_budget(args.memory_budget) == 1024 * MiB
     assert (args.max_concurrent_inferences, args.pacs_concurrency) == ("7", "3")

@@ -1,0 +1,117 @@
+"""What the ``model-proxy`` commands share: the error a user can fix, flags that also
+come from ``MODEL_PROXY_<FLAG>``, the parsing of flag values, and loading the
+configuration files the way a command reports them (one clear line, exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+from pathlib import Path
+
+from model_proxy.access import AccessPolicy
+from model_proxy.config import ConfigError, ProxyConfig, load_config
+from model_proxy.settings import MiB
+
+EXIT_USAGE = 2
+
+
+class CommandError(Exception):
+    """A problem the user can fix; printed as is, exit code 2."""
+
+
+def add_option(
+    parser: argparse.ArgumentParser, flag: str, default: str | None, help_text: str
+) -> None:
+    """``--flag``, whose default comes from ``MODEL_PROXY_<FLAG>`` when that is set."""
+    env_name = "MODEL_PROXY_" + flag.upper().replace("-", "_")
+    value = os.environ.get(env_name)
+    parser.add_argument(
+        f"--{flag}",
+        default=value if value is not None else default,
+        help=f"{help_text} (env {env_name}; default: %(default)s)",
+    )
+
+
+def parse_port(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise CommandError(f"port must be a number from 1 to 65535, got {value!r}")
+    return int(value)
+
+
+def parse_seconds(value: str, flag: str, *, allow_zero: bool = False) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        kind = "zero or a positive" if allow_zero else "a positive"
+        raise CommandError(f"--{flag} must be {kind} number of seconds, got {value!r}")
+    return seconds
+
+
+def parse_count(value: str, flag: str, low: int, high: int) -> int:
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise CommandError(f"--{flag} must be a whole number from {low} to {high}, got {value!r}")
+    return int(value)
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kKmMgGtT]i?[bB]?|[bB])?")
+_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
+
+
+def parse_size(value: str, flag: str) -> int:
+    """Bytes from "0", "1500000", "500MB", "2GiB" (k/M/G/T; with i, powers of 1024)."""
+    found = _SIZE.fullmatch(value.strip())
+    if found is None:
+        raise CommandError(f"--{flag} must be a size like 0, 500MB or 2GiB, got {value!r}")
+    unit = (found.group(2) or "").lower().removesuffix("b")
+    factor = 1024 ** "kmgt".index(unit[0]) * 1024 if unit.endswith("i") else _UNITS[unit]
+    return int(float(found.group(1)) * factor)
+
+
+def parse_memory_budget(value: str) -> int:
+    budget = parse_size(value, "memory-budget")
+    if budget < MiB:
+        raise CommandError(f"--memory-budget must be at least 1MiB, got {value!r}")
+    return budget
+
+
+def optional_path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def load_checked_access(
+    config_dir: Path, explicit: Path | None, config: ProxyConfig
+) -> AccessPolicy | None:
+    from model_proxy.access import find_access_file, load_access
+
+    path = find_access_file(config_dir, explicit)
+    if path is None:
+        return None
+    try:
+        return load_access(path, known_models=config.models)
+    except ConfigError as exc:
+        lines = "\n".join(f"  - {line}" for line in exc.messages)
+        raise CommandError(f"invalid access rules in {path}:\n{lines}") from None
+
+
+def secret_file_warnings(
+    config_dir: Path, access: AccessPolicy | None, tls_key: Path | None
+) -> list[str]:
+    from model_proxy.security import exposure_warnings, files_with_secrets
+
+    access_file = access.source if access else None
+    return exposure_warnings(
+        files_with_secrets(config_dir, access_file=access_file, tls_key=tls_key)
+    )
+
+
+def load_checked_config(config_dir: Path) -> ProxyConfig:
+    try:
+        return load_config(config_dir)
+    except ConfigError as exc:
+        lines = "\n".join(f"  - {line}" for line in exc.messages)
+        raise CommandError(f"invalid configuration in {config_dir}:\n{lines}") from None

@@ -1,0 +1,237 @@
+"""``model-proxy serve``: its flags, the Settings they make, and running uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import signal
+from pathlib import Path
+
+from model_proxy.access import AccessPolicy
+from model_proxy.breaker import BreakerPolicy
+from model_proxy.cli_options import (
+    CommandError,
+    add_option,
+    load_checked_access,
+    load_checked_config,
+    optional_path,
+    parse_count,
+    parse_memory_budget,
+    parse_port,
+    parse_seconds,
+    parse_size,
+    secret_file_warnings,
+)
+from model_proxy.config import ProxyConfig
+from model_proxy.retry import RetryPolicy
+from model_proxy.settings import Settings, env_flag
+from model_proxy.upstream import Timeouts
+
+logger = logging.getLogger("model_proxy")
+
+
+def add_serve_options(serve: argparse.ArgumentParser) -> None:
+    """The flags of ``serve``."""
+    add_option(serve, "config-dir", ".", "folder holding servers.json and models.json")
+    add_option(serve, "host", "0.0.0.0", "address to listen on")
+    add_option(serve, "port", "8002", "port to listen on")
+    add_option(serve, "cert", "zhiva.crt", "TLS certificate (PEM)")
+    add_option(serve, "key", "zhiva.key", "TLS private key (PEM)")
+    serve.add_argument(
+        "--no-tls",
+        action="store_true",
+        default=env_flag("MODEL_PROXY_NO_TLS"),
+        help="serve plain HTTP behind a TLS-terminating load balancer (env MODEL_PROXY_NO_TLS)",
+    )
+    add_option(serve, "data-dir", "data", "folder for the proxy's persistent data")
+    add_option(serve, "log-dir", "log", "folder for log files")
+    add_option(
+        serve, "pacs-timeout", "60", "seconds a PACS may stay silent before the request fails"
+    )
+    add_option(
+        serve, "model-timeout", "600", "seconds a model may stay silent before the request fails"
+    )
+    add_option(serve, "probe-timeout", "10", "seconds a /status probe may take")
+    add_option(
+        serve, "pacs-retries", "2", "further attempts of a PACS read that failed transiently"
+    )
+    add_option(
+        serve,
+        "breaker-failures",
+        "5",
+        "consecutive failures of a PACS or model before calls to it fail fast",
+    )
+    add_option(serve, "breaker-cooldown", "30", "seconds a tripped PACS or model is left alone")
+    add_option(
+        serve,
+        "shutdown-grace",
+        "30",
+        "seconds in-flight requests may take to finish after SIGTERM",
+    )
+    add_option(
+        serve,
+        "watch-config",
+        "0",
+        "seconds between checks for changed config files (0: reload on SIGHUP only)",
+    )
+    add_option(
+        serve,
+        "cache-size",
+        "2GiB",
+        "disk space for cached results (like 500MB, 2GiB; 0 turns the cache off)",
+    )
+    add_option(
+        serve,
+        "memory-budget",
+        "512MiB",
+        "instance data all inferences may hold in memory at once (like 512MiB, 2GiB)",
+    )
+    add_option(
+        serve,
+        "max-concurrent-inferences",
+        "32",
+        "inferences that may run at once; more are answered 503 with Retry-After",
+    )
+    add_option(serve, "pacs-concurrency", "4", "retrievals one inference runs at once on its PACS")
+    add_option(
+        serve,
+        "access-config",
+        None,
+        "client authentication and per-model access rules (default: access.json in the"
+        " config dir if present; without it any caller may run every model)",
+    )
+    add_option(
+        serve, "cors-origins", "*", "comma-separated browser origins allowed to call the proxy"
+    )
+    add_option(
+        serve,
+        "audit-log",
+        None,
+        "JSON-lines audit file, or off (default: audit.jsonl in the log dir, else the data dir)",
+    )
+
+
+def serve(args: argparse.Namespace) -> int:
+    from model_proxy.logs import setup_logging
+    from model_proxy.security import parse_cors_origins
+
+    probe = parse_seconds(args.probe_timeout, "probe-timeout")
+    # uvicorn takes whole seconds
+    shutdown_grace = math.ceil(
+        parse_seconds(args.shutdown_grace, "shutdown-grace", allow_zero=True)
+    )
+    try:
+        cors_origins = parse_cors_origins(args.cors_origins)
+    except ValueError as exc:
+        raise CommandError(f"--cors-origins: {exc}") from None
+    log_dir = Path(args.log_dir) if args.log_dir else None
+    settings = Settings(
+        config_dir=Path(args.config_dir),
+        data_dir=Path(args.data_dir),
+        log_dir=log_dir,
+        cors_origins=cors_origins,
+        audit_log=_audit_log(args.audit_log, log_dir, Path(args.data_dir)),
+        access_file=optional_path(args.access_config),
+        show_status_page=env_flag("ZHIVA_SHOW_STATUS_PAGE"),
+        pacs_timeouts=Timeouts(idle=parse_seconds(args.pacs_timeout, "pacs-timeout"), probe=probe),
+        model_timeouts=Timeouts(
+            idle=parse_seconds(args.model_timeout, "model-timeout"), probe=probe
+        ),
+        retry=RetryPolicy(retries=parse_count(args.pacs_retries, "pacs-retries", 0, 10)),
+        breaker=BreakerPolicy(
+            failure_threshold=parse_count(args.breaker_failures, "breaker-failures", 1, 1000),
+            cooldown=parse_seconds(args.breaker_cooldown, "breaker-cooldown"),
+        ),
+        watch_config=parse_seconds(args.watch_config, "watch-config", allow_zero=True),
+        cache_max_bytes=parse_size(args.cache_size, "cache-size"),
+        memory_budget=parse_memory_budget(args.memory_budget),
+        max_concurrent_inferences=parse_count(
+            args.max_concurrent_inferences, "max-concurrent-inferences", 1, 100_000
+        ),
+        pacs_concurrency=parse_count(args.pacs_concurrency, "pacs-concurrency", 1, 64),
+    )
+    port = parse_port(args.port)
+    tls_files = None if args.no_tls else _tls_files(Path(args.cert), Path(args.key))
+    try:
+        setup_logging(settings.log_dir)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(f"cannot create {exc.filename}: {exc.strerror}") from None
+    config = load_checked_config(settings.config_dir)
+    access = load_checked_access(settings.config_dir, settings.access_file, config)
+    tls_key = tls_files[1] if tls_files else None
+    for warning in secret_file_warnings(settings.config_dir, access, tls_key):
+        logger.warning("%s", warning)
+    run_server(
+        settings,
+        config,
+        host=args.host,
+        port=port,
+        tls_files=tls_files,
+        shutdown_grace=shutdown_grace,
+        access=access,
+    )
+    return 0
+
+
+def _tls_files(cert: Path, key: Path) -> tuple[Path, Path]:
+    for path, what in ((cert, "certificate"), (key, "private key")):
+        if not path.is_file():
+            raise CommandError(
+                f"TLS {what} {path} not found. Create a self-signed pair with"
+                " `model-proxy gen-cert`, pass --cert/--key, or use --no-tls behind a"
+                " TLS-terminating proxy"
+            )
+    return cert, key
+
+
+def run_server(
+    settings: Settings,
+    config: ProxyConfig,
+    *,
+    host: str,
+    port: int,
+    tls_files: tuple[Path, Path] | None,
+    shutdown_grace: int = 30,
+    access: AccessPolicy | None = None,
+) -> None:
+    import uvicorn
+
+    from model_proxy.app import create_app
+    from model_proxy.http_limits import BoundedHttpToolsProtocol
+
+    scheme = "https" if tls_files else "http"
+    logger.info("serving on %s://%s:%d", scheme, host, port)
+    uvicorn_config = uvicorn.Config(
+        create_app(settings, config, access),
+        host=host,
+        port=port,
+        ssl_certfile=str(tls_files[0]) if tls_files else None,
+        ssl_keyfile=str(tls_files[1]) if tls_files else None,
+        log_config=None,
+        server_header=False,
+        http=BoundedHttpToolsProtocol,
+        timeout_graceful_shutdown=shutdown_grace,
+    )
+    server = uvicorn.Server(uvicorn_config)
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the
+    # handler it found; the default one would kill the process with status -15 after
+    # a clean shutdown. A no-op handler makes the exit status 0.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        server.run()
+    except OSError as exc:  # e.g. the port is taken
+        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if not server.started:
+        raise CommandError(f"the server did not start on {host}:{port}; see the log above")
+
+
+def _audit_log(value: str | None, log_dir: Path | None, data_dir: Path) -> Path | None:
+    if value is not None and value.strip().lower() == "off":
+        return None
+    if value:
+        return Path(value)
+    return (log_dir or data_dir) / "audit.jsonl"
