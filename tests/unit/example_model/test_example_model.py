@@ -1,139 +1,23 @@
-"""The bundled example Model API, over a real loopback socket and in-process."""
+"""The bundled example Model API with JSON bodies, over a real loopback socket and
+in-process."""
 
 from __future__ import annotations
 
 import json
-import random
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import numpy as np
 import orjson
 import pytest
-import uvicorn
+from example_model_bodies import COLUMNS, ROWS, SHAPES, Shape, encode, post
 
 from model_proxy.example_model import create_app
 from model_proxy.sample_data import SampleStudy, make_study
-
-ROWS, COLUMNS = 64, 80  # not square, so a transposed mask shows
-
-
-@dataclass(frozen=True)
-class Shape:
-    """One body shape of the wire format and what the model should see in it."""
-
-    name: str
-    body: Any
-    sent: dict[str, list[str]]  # series UID -> SOP UIDs sent
-    single: set[str]  # SOP UIDs sent as one bare instance string
-    summary: bool  # series/study metadata expected
-
-
-def encode(data: bytes, spaced: bool = False) -> str:
-    # json.dumps puts a space after each comma: models must accept whitespace.
-    return json.dumps(list(data)) if spaced else orjson.dumps(list(data)).decode()
-
-
-@pytest.fixture(scope="module")
-def study() -> SampleStudy:
-    return make_study(series_slices=(8, 4), rows=ROWS, columns=COLUMNS, seed=7)
-
-
-@pytest.fixture(scope="module")
-def wire(study: SampleStudy) -> dict[str, str]:
-    """SOP UID -> instance string; every other one spaced."""
-    return {
-        sop: encode(data, spaced=i % 2 == 1)
-        for i, (_, sop, data) in enumerate(study.iter_instances())
-    }
-
-
-@pytest.fixture(scope="module")
-def shapes(study: SampleStudy, wire: dict[str, str]) -> dict[str, Shape]:
-    one, two = study.series
-    a, b = list(one.sop_uids), list(two.sop_uids)
-    rng = random.Random(1)
-    shuffled_a = rng.sample(a, len(a))
-    mixed = rng.sample(a + b, len(a) + len(b))
-    return {
-        shape.name: shape
-        for shape in [
-            Shape("instance", wire[a[3]], {one.series_uid: [a[3]]}, {a[3]}, False),
-            Shape("series", [wire[s] for s in shuffled_a], {one.series_uid: a}, set(), True),
-            Shape(
-                "study",
-                [wire[s] for s in mixed],
-                {one.series_uid: a, two.series_uid: b},
-                set(),
-                True,
-            ),
-            Shape(
-                "study-filtered",
-                {
-                    "series-one": {"data": [wire[s] for s in shuffled_a]},
-                    "series-two": {"data": [wire[s] for s in reversed(b)]},
-                },
-                {one.series_uid: a, two.series_uid: b},
-                set(),
-                True,
-            ),
-            Shape(
-                "study-filtered-instances",
-                {
-                    "series-one": {
-                        "data": {"last": {"data": wire[a[-1]]}, "first": {"data": wire[a[0]]}}
-                    }
-                },
-                {one.series_uid: [a[0], a[-1]]},
-                {a[0], a[-1]},
-                True,
-            ),
-            Shape(
-                "series-filtered",
-                {"middle": {"data": wire[a[4]]}, "second": {"data": wire[a[1]]}},
-                {one.series_uid: [a[1], a[4]]},
-                {a[1], a[4]},
-                True,
-            ),
-        ]
-    }
-
-
-@pytest.fixture(scope="module")
-def base_url() -> Iterator[str]:
-    """The example model on a free loopback port, served by uvicorn in a thread."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
-
-
-@pytest.fixture(scope="module")
-def client(base_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=base_url, timeout=30) as client:
-        yield client
-
-
-def post(client: httpx.Client, path: str, body: Any) -> httpx.Response:
-    content = body if isinstance(body, bytes) else orjson.dumps(body)
-    return client.post(path, content=content, headers={"Content-Type": "application/json"})
 
 
 def instances_of(series_node: dict[str, Any]) -> list[str]:
@@ -151,16 +35,6 @@ def check_nesting(result: dict[str, Any], study: SampleStudy, shape: Shape, task
         # Sorted by InstanceNumber whatever the arrival order.
         assert instances_of(node) == expected
         assert ("metadata" in node) == (shape.summary and task != "annotation")
-
-
-SHAPES = [
-    "instance",
-    "series",
-    "study",
-    "study-filtered",
-    "study-filtered-instances",
-    "series-filtered",
-]
 
 
 @pytest.mark.parametrize("shape_name", SHAPES)
@@ -395,88 +269,3 @@ def test_run_serves_on_the_given_port() -> None:
     finally:
         process.terminate()
         process.wait(10)
-
-
-# --- "input": "dicom-multipart" -------------------------------------------------------
-
-BOUNDARY = "test-boundary-1234"
-MULTIPART = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
-
-
-def as_parts(body: Any) -> list[tuple[bytes, str | None, str | None]]:
-    """The (Part-10 bytes, series key, instance key) of each instance of a JSON body shape."""
-
-    def raw(instance: str) -> bytes:
-        return bytes(orjson.loads(instance))
-
-    if isinstance(body, str):
-        return [(raw(body), None, None)]
-    if isinstance(body, list):
-        return [(raw(item), None, None) for item in body]
-    parts: list[tuple[bytes, str | None, str | None]] = []
-    for key, value in body.items():
-        data = value["data"]
-        if isinstance(data, str):
-            parts.append((raw(data), None, key))
-        elif isinstance(data, list):
-            parts.extend((raw(item), key, None) for item in data)
-        else:
-            parts.extend((raw(inner["data"]), key, name) for name, inner in data.items())
-    return parts
-
-
-def multipart_body(parts: list[tuple[bytes, str | None, str | None]]) -> bytes:
-    chunks: list[str | bytes] = []
-    for data, series_key, instance_key in parts:
-        headers = ["Content-Type: application/dicom", f"Content-Length: {len(data)}"]
-        if series_key:
-            headers.append(f"Series-Data-Key: {series_key}")
-        if instance_key:
-            headers.append(f"Instance-Data-Key: {instance_key}")
-        chunks.append(f"--{BOUNDARY}\r\n" + "\r\n".join(headers) + "\r\n\r\n")
-        chunks.append(data)
-        chunks.append(b"\r\n")
-    chunks.append(f"--{BOUNDARY}--\r\n")
-    return b"".join(c.encode() if isinstance(c, str) else c for c in chunks)
-
-
-@pytest.mark.parametrize("shape_name", SHAPES)
-@pytest.mark.parametrize("task", ["segmentation", "prediction", "multiple-series-endpoint/predict"])
-def test_multipart_body_gives_the_same_result_as_json(
-    client: httpx.Client, shapes: dict[str, Shape], task: str, shape_name: str
-) -> None:
-    body = shapes[shape_name].body
-    as_json = post(client, f"/{task}", body)
-    as_multipart = client.post(
-        f"/{task}", content=multipart_body(as_parts(body)), headers={"Content-Type": MULTIPART}
-    )
-    assert as_multipart.status_code == as_json.status_code, as_multipart.text
-    assert as_multipart.json() == as_json.json()
-
-
-@pytest.mark.parametrize(
-    ("content", "content_type", "fragment"),
-    [
-        (b"--test-boundary-1234\r\n\r\nabc", MULTIPART, "malformed"),
-        (b"no parts at all", MULTIPART, "malformed"),
-        (b"--test-boundary-1234--\r\n", MULTIPART, "no instances"),
-        (
-            b"--test-boundary-1234\r\nContent-Type: text/plain\r\n\r\nhi\r\n--test-boundary-1234--",
-            MULTIPART,
-            "expected application/dicom",
-        ),
-        (
-            b"--test-boundary-1234\r\nContent-Type: application/dicom\r\n\r\nnot dicom\r\n"
-            b"--test-boundary-1234--",
-            MULTIPART,
-            "not a DICOM",
-        ),
-        (b"", 'multipart/related; type="application/dicom"', "no multipart boundary"),
-    ],
-)
-def test_malformed_multipart_bodies_are_422(
-    client: httpx.Client, content: bytes, content_type: str, fragment: str
-) -> None:
-    response = client.post("/segmentation", content=content, headers={"Content-Type": content_type})
-    assert response.status_code == 422
-    assert fragment in response.json()["message"]
