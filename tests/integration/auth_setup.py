@@ -1,9 +1,10 @@
 """What the PACS authentication tests share: a proxy in front of a token-protected
 Orthanc with the example model, and the requests and checks they make through it.
+Tests get one through the ``auth_setup`` fixture (conftest.py):
 
-    entry = token_pacs.server_entry("token")
-    setup = AuthSetup.start(start_proxy, example_model, sample_study, entry)
-    assert setup.infer().status_code == 200
+    def test_token(auth_setup: AuthSetupFactory, token_pacs: Gateway) -> None:
+        setup = auth_setup(token_pacs.server_entry("token"))
+        assert setup.infer().status_code == 200
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from harness import ExampleModel, ProxyFactory, ProxyProcess, http_client, model_entry, new_uid
@@ -87,6 +88,19 @@ class AuthSetup:
     def stored(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.token_file.read_text())
         return data
+
+
+class AuthSetupFactory(Protocol):
+    """The ``auth_setup`` fixture: ``AuthSetup.start`` with the test's ``start_proxy``,
+    the example model and the sample study already bound."""
+
+    def __call__(
+        self,
+        server: Mapping[str, Any],
+        *,
+        env: Mapping[str, str] | None = None,
+        extra_args: Iterable[str] = (),
+    ) -> AuthSetup: ...
 
 
 def assert_segmentation(response: httpx.Response, study: SampleStudy) -> None:

@@ -11,12 +11,14 @@ own configuration asks ``start_proxy`` for one:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from auth_setup import AuthSetup, AuthSetupFactory
 from deployment import Deployment, deploy
+from guarded_deployment import Guarded, deploy_guarded
 from harness import (
     ExampleModel,
     HarnessError,
@@ -176,6 +178,22 @@ def deployment(
         yield running
 
 
+@pytest.fixture(scope="module")
+def guarded(
+    tmp_path_factory: pytest.TempPathFactory,
+    orthanc_basic_auth: OrthancServer,
+    example_model: ExampleModel,
+    sample_study: SampleStudy,
+    tls_cert: TlsCert,
+) -> Iterator[Guarded]:
+    """A proxy with client authentication, access rules, a CORS allow-list and the
+    status page on (see guarded_deployment.py)."""
+    with deploy_guarded(
+        tmp_path_factory, orthanc_basic_auth, example_model, sample_study, tls_cert
+    ) as running:
+        yield running
+
+
 @pytest.fixture
 def token_server() -> Iterator[TokenServer]:
     """The token server double (token_server.py) with its defaults: user doctor/s3cret,
@@ -192,3 +210,23 @@ def token_pacs(
     access tokens of ``token_server`` (token_gateway.py); ``.server_entry(authType)``."""
     with start_token_gateway(orthanc.url, token_server) as gateway:
         yield gateway
+
+
+@pytest.fixture
+def auth_setup(
+    start_proxy: ProxyFactory, example_model: ExampleModel, sample_study: SampleStudy
+) -> AuthSetupFactory:
+    """Start a proxy with one PACS (the given servers.json entry) and the example model:
+    ``auth_setup(token_pacs.server_entry("token"))``; see auth_setup.py."""
+
+    def factory(
+        server: Mapping[str, Any],
+        *,
+        env: Mapping[str, str] | None = None,
+        extra_args: Iterable[str] = (),
+    ) -> AuthSetup:
+        return AuthSetup.start(
+            start_proxy, example_model, sample_study, server, env=env, extra_args=extra_args
+        )
+
+    return factory

@@ -1,6 +1,6 @@
 """A proxy with client authentication on: API keys, bearer JWTs from a real JWKS
 endpoint, per-model rules, a CORS allow-list and the status page. Used through the
-``guarded`` fixture of the access tests."""
+``guarded`` fixture (conftest.py) of the access and audit tests."""
 
 from __future__ import annotations
 

@@ -5,34 +5,19 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from guarded_deployment import PACS_PASSWORD, VIEWER_ORIGIN, Guarded, deploy_guarded
-from harness import ExampleModel, OrthancServer, ProxyFactory, TlsCert, model_entry, new_uid
+from guarded_deployment import PACS_PASSWORD, VIEWER_ORIGIN, Guarded
+from harness import ExampleModel, OrthancServer, ProxyFactory, model_entry, new_uid
 from harness import server_entry as orthanc_entry
 
 from model_proxy.cli import main
 from model_proxy.sample_data import SampleStudy
 
 PATIENT_NAME = "Phantom^Synthetic"  # what sample_data writes into every file
-
-
-@pytest.fixture(scope="module")
-def guarded(
-    tmp_path_factory: pytest.TempPathFactory,
-    orthanc_basic_auth: OrthancServer,
-    example_model: ExampleModel,
-    sample_study: SampleStudy,
-    tls_cert: TlsCert,
-) -> Iterator[Guarded]:
-    with deploy_guarded(
-        tmp_path_factory, orthanc_basic_auth, example_model, sample_study, tls_cert
-    ) as running:
-        yield running
 
 
 def audit_record(guarded: Guarded, request_id: str) -> dict[str, Any]:

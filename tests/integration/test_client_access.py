@@ -8,18 +8,17 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
 from faults import closed_port_url
-from guarded_deployment import ALL_LEVELS, Guarded, deploy_guarded
+from guarded_deployment import ALL_LEVELS, Guarded
 from harness import (
     ExampleModel,
     OrthancServer,
     ProxyFactory,
     ProxyProcess,
-    TlsCert,
     model_entry,
     new_uid,
 )
@@ -31,20 +30,6 @@ from model_proxy.sample_data import SampleStudy
 
 NO_ACCESS = {"message": "You have no access to this model", "code": "no_access"}
 CHALLENGE = 'Bearer realm="model-proxy", ApiKey realm="model-proxy"'
-
-
-@pytest.fixture(scope="module")
-def guarded(
-    tmp_path_factory: pytest.TempPathFactory,
-    orthanc_basic_auth: OrthancServer,
-    example_model: ExampleModel,
-    sample_study: SampleStudy,
-    tls_cert: TlsCert,
-) -> Iterator[Guarded]:
-    with deploy_guarded(
-        tmp_path_factory, orthanc_basic_auth, example_model, sample_study, tls_cert
-    ) as running:
-        yield running
 
 
 def expect_401(response_status: int, body: dict[str, str], code: str) -> str:

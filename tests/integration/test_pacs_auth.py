@@ -12,8 +12,8 @@ import time
 
 import httpx
 import pytest
-from auth_setup import AuthSetup, assert_segmentation
-from harness import ExampleModel, OrthancServer, ProxyFactory
+from auth_setup import AuthSetup, AuthSetupFactory, assert_segmentation
+from harness import OrthancServer
 from token_gateway import Gateway, start_token_gateway
 from token_server import TokenServer
 
@@ -21,14 +21,13 @@ from model_proxy.sample_data import SampleStudy
 
 
 def test_token(
-    start_proxy: ProxyFactory,
-    example_model: ExampleModel,
+    auth_setup: AuthSetupFactory,
     sample_study: SampleStudy,
     token_pacs: Gateway,
     token_server: TokenServer,
 ) -> None:
     entry = token_pacs.server_entry("token")
-    setup = AuthSetup.start(start_proxy, example_model, sample_study, entry)
+    setup = auth_setup(entry)
     assert_segmentation(setup.infer(setup.series_path), sample_study)
     assert_segmentation(setup.infer(), sample_study)
     assert token_server.calls["exchange"] == 1 and token_server.calls["refresh"] == 0
@@ -45,15 +44,12 @@ def test_token(
 
 
 def test_zhiva_auth(
-    start_proxy: ProxyFactory,
-    example_model: ExampleModel,
+    auth_setup: AuthSetupFactory,
     sample_study: SampleStudy,
     token_pacs: Gateway,
     token_server: TokenServer,
 ) -> None:
-    setup = AuthSetup.start(
-        start_proxy, example_model, sample_study, token_pacs.server_entry("zhivaAuth")
-    )
+    setup = auth_setup(token_pacs.server_entry("zhivaAuth"))
     assert_segmentation(setup.infer(), sample_study)
     assert_segmentation(setup.infer(), sample_study)
     assert token_server.calls["sign_in"] == 1 and token_server.calls["exchange"] == 1
@@ -62,8 +58,7 @@ def test_zhiva_auth(
 
 
 def test_oauth2_with_secret_references(
-    start_proxy: ProxyFactory,
-    example_model: ExampleModel,
+    auth_setup: AuthSetupFactory,
     sample_study: SampleStudy,
     orthanc: OrthancServer,
     token_server: TokenServer,
@@ -84,13 +79,7 @@ def test_oauth2_with_secret_references(
                 scope="dicom.read",
                 audience="https://pacs.test",
             )
-            setup = AuthSetup.start(
-                start_proxy,
-                example_model,
-                sample_study,
-                entry,
-                env={"TEST_CLIENT_SECRET": "client-secret"},
-            )
+            setup = auth_setup(entry, env={"TEST_CLIENT_SECRET": "client-secret"})
             assert_segmentation(setup.infer(), sample_study)
             assert_segmentation(setup.infer(), sample_study)
             assert token_server.oauth_grants == [
@@ -105,8 +94,7 @@ def test_oauth2_with_secret_references(
 
 
 def test_bearer_from_a_secret_file(
-    start_proxy: ProxyFactory,
-    example_model: ExampleModel,
+    auth_setup: AuthSetupFactory,
     sample_study: SampleStudy,
     orthanc: OrthancServer,
     token_server: TokenServer,
@@ -118,22 +106,19 @@ def test_bearer_from_a_secret_file(
         orthanc.url, token_server, static_tokens=["st4tic-bearer-t0ken"]
     ) as pacs:
         entry = pacs.server_entry("bearer", authToken={"file": str(secret_file)})
-        setup = AuthSetup.start(start_proxy, example_model, sample_study, entry)
+        setup = auth_setup(entry)
         assert_segmentation(setup.infer(), sample_study)
         assert set(pacs.seen_tokens) == {"st4tic-bearer-t0ken"}
     assert sum(token_server.calls.values()) == 0
 
 
 def test_expiry_mid_traffic_causes_one_refresh(
-    start_proxy: ProxyFactory,
-    example_model: ExampleModel,
+    auth_setup: AuthSetupFactory,
     sample_study: SampleStudy,
     token_pacs: Gateway,
     token_server: TokenServer,
 ) -> None:
-    setup = AuthSetup.start(
-        start_proxy, example_model, sample_study, token_pacs.server_entry("token")
-    )
+    setup = auth_setup(token_pacs.server_entry("token"))
     assert_segmentation(setup.infer(), sample_study)
     # Revoked early: the proxy still believes in its token, the PACS answers 401;
     # a slow token server lets all 50 requests pile up behind the one refresh.
@@ -167,14 +152,13 @@ async def _concurrently(setup: AuthSetup, count: int) -> list[httpx.Response]:
 
 
 def test_restarts_reuse_the_stored_tokens(
-    start_proxy: ProxyFactory,
-    example_model: ExampleModel,
+    auth_setup: AuthSetupFactory,
     sample_study: SampleStudy,
     token_pacs: Gateway,
     token_server: TokenServer,
 ) -> None:
     entry = token_pacs.server_entry("token")
-    setup = AuthSetup.start(start_proxy, example_model, sample_study, entry)
+    setup = auth_setup(entry)
     assert_segmentation(setup.infer(), sample_study)
     setup.proxy.restart()
     assert_segmentation(setup.infer(), sample_study)
@@ -200,15 +184,12 @@ def test_restarts_reuse_the_stored_tokens(
 
 
 def test_corrupt_token_file_is_reported_not_fatal(
-    start_proxy: ProxyFactory,
-    example_model: ExampleModel,
+    auth_setup: AuthSetupFactory,
     sample_study: SampleStudy,
     token_pacs: Gateway,
     token_server: TokenServer,
 ) -> None:
-    setup = AuthSetup.start(
-        start_proxy, example_model, sample_study, token_pacs.server_entry("zhivaAuth")
-    )
+    setup = auth_setup(token_pacs.server_entry("zhivaAuth"))
     assert_segmentation(setup.infer(), sample_study)
     setup.proxy.stop()
     setup.token_file.write_text('{"format": 1, "accessToken": ')  # a torn write
@@ -220,14 +201,13 @@ def test_corrupt_token_file_is_reported_not_fatal(
 
 
 def test_config_reloads_keep_the_tokens(
-    start_proxy: ProxyFactory,
-    example_model: ExampleModel,
+    auth_setup: AuthSetupFactory,
     sample_study: SampleStudy,
     token_pacs: Gateway,
     token_server: TokenServer,
 ) -> None:
     entry = token_pacs.server_entry("token")
-    setup = AuthSetup.start(start_proxy, example_model, sample_study, entry)
+    setup = auth_setup(entry)
     assert_segmentation(setup.infer(), sample_study)
     reload_config(setup, 1)  # the rebuilt token session starts from the token file
     assert_segmentation(setup.infer(setup.series_path), sample_study)

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import time
 
-from auth_setup import AuthSetup, assert_no_secret, assert_segmentation, expect_error, use_up
-from harness import ExampleModel, ProxyFactory
+from auth_setup import (
+    AuthSetup,
+    AuthSetupFactory,
+    assert_no_secret,
+    assert_segmentation,
+    expect_error,
+    use_up,
+)
 from token_gateway import Gateway
 from token_server import TokenServer
 
@@ -27,14 +33,12 @@ def _check_everywhere(setup: AuthSetup, code: str, *fragments: str, status: int 
 
 
 def test_wrong_password(
-    start_proxy: ProxyFactory,
-    example_model: ExampleModel,
-    sample_study: SampleStudy,
+    auth_setup: AuthSetupFactory,
     token_pacs: Gateway,
     token_server: TokenServer,
 ) -> None:
     entry = token_pacs.server_entry("zhivaAuth", password="wr0ng-pa55word")
-    setup = AuthSetup.start(start_proxy, example_model, sample_study, entry)
+    setup = auth_setup(entry)
     _check_everywhere(
         setup,
         "pacs_auth_failed",
@@ -48,15 +52,13 @@ def test_wrong_password(
 
 
 def test_used_up_auth_token(
-    start_proxy: ProxyFactory,
-    example_model: ExampleModel,
-    sample_study: SampleStudy,
+    auth_setup: AuthSetupFactory,
     token_pacs: Gateway,
     token_server: TokenServer,
 ) -> None:
     entry = token_pacs.server_entry("token")
     use_up(token_server, entry["authToken"])  # another proxy, a colleague with curl...
-    setup = AuthSetup.start(start_proxy, example_model, sample_study, entry)
+    setup = auth_setup(entry)
     _check_everywhere(
         setup,
         "pacs_auth_failed",
@@ -68,18 +70,13 @@ def test_used_up_auth_token(
 
 
 def test_revoked_refresh_token(
-    start_proxy: ProxyFactory,
-    example_model: ExampleModel,
+    auth_setup: AuthSetupFactory,
     sample_study: SampleStudy,
     token_pacs: Gateway,
     token_server: TokenServer,
 ) -> None:
-    token = AuthSetup.start(
-        start_proxy, example_model, sample_study, token_pacs.server_entry("token")
-    )
-    zhiva = AuthSetup.start(
-        start_proxy, example_model, sample_study, token_pacs.server_entry("zhivaAuth")
-    )
+    token = auth_setup(token_pacs.server_entry("token"))
+    zhiva = auth_setup(token_pacs.server_entry("zhivaAuth"))
     for setup in (token, zhiva):
         assert_segmentation(setup.infer(), sample_study)
     token_server.expire_access_tokens()
@@ -99,15 +96,12 @@ def test_revoked_refresh_token(
 
 
 def test_token_server_down_then_back(
-    start_proxy: ProxyFactory,
-    example_model: ExampleModel,
+    auth_setup: AuthSetupFactory,
     sample_study: SampleStudy,
     token_pacs: Gateway,
     token_server: TokenServer,
 ) -> None:
-    setup = AuthSetup.start(
-        start_proxy, example_model, sample_study, token_pacs.server_entry("token")
-    )
+    setup = auth_setup(token_pacs.server_entry("token"))
     token_server.stop()
     _check_everywhere(
         setup,
@@ -122,20 +116,13 @@ def test_token_server_down_then_back(
 
 
 def test_token_server_failing_or_slow(
-    start_proxy: ProxyFactory,
-    example_model: ExampleModel,
+    auth_setup: AuthSetupFactory,
     sample_study: SampleStudy,
     token_pacs: Gateway,
     token_server: TokenServer,
 ) -> None:
     token_server.fail_next(1, 503)
-    setup = AuthSetup.start(
-        start_proxy,
-        example_model,
-        sample_study,
-        token_pacs.server_entry("zhivaAuth"),
-        extra_args=["--pacs-timeout", "1"],
-    )
+    setup = auth_setup(token_pacs.server_entry("zhivaAuth"), extra_args=["--pacs-timeout", "1"])
     message = expect_error(setup.infer(), 502, "pacs_auth_unavailable")
     assert "token server failed at sign-in (503 Service Unavailable)" in message
     time.sleep(5.0)
