@@ -20,12 +20,14 @@ from harness import LOOPBACK
 
 
 @contextmanager
-def _listening(handle: Callable[[socket.socket], None], scheme: str = "http") -> Iterator[str]:
+def listening(
+    handle: Callable[[socket.socket], None], scheme: str = "http", *, backlog: int = 64
+) -> Iterator[str]:
     """Accept loopback connections in a thread, each handled in a thread of its own.
     Yields the base URL; on exit stops accepting and closes the listener."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind((LOOPBACK, 0))
-    listener.listen(64)
+    listener.listen(backlog)
     listener.settimeout(0.2)
     stop = threading.Event()
 
@@ -53,7 +55,7 @@ def _listening(handle: Callable[[socket.socket], None], scheme: str = "http") ->
 def hanging_server() -> Iterator[str]:
     """Accepts connections and reads requests, but never answers. Yields its base URL."""
     held: list[socket.socket] = []
-    with _listening(held.append) as url:
+    with listening(held.append) as url:
         try:
             yield url
         finally:
@@ -90,7 +92,7 @@ def canned_http_server(status_line: str, body: bytes, content_type: str) -> Iter
             except OSError:
                 return
 
-    with _listening(serve) as url:
+    with listening(serve) as url:
         yield url
 
 
@@ -135,7 +137,7 @@ def tls_terminator(target_url: str, cert: Path, key: Path) -> Iterator[str]:
             pump(secure, upstream)
             back.join(timeout=10)
 
-    with _listening(relay, scheme="https") as url:
+    with listening(relay, scheme="https") as url:
         yield url
 
 
@@ -314,6 +316,6 @@ class FaultyRelay:
 def faulty_relay(target_url: str) -> Iterator[FaultyRelay]:
     """A FaultyRelay on a free loopback port; ``relay.url`` is its base URL."""
     relay_server = FaultyRelay(target_url)
-    with _listening(relay_server.handle) as url:
+    with listening(relay_server.handle) as url:
         relay_server.url = url
         yield relay_server

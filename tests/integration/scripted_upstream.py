@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
-from harness import LOOPBACK
+from faults import listening
 
 
 @dataclass
@@ -53,12 +53,9 @@ def _response(status_line: str, content_type: str, body: bytes, length: int) -> 
 
 @contextmanager
 def _scripted(script: Callable[[socket.socket, threading.Event], None]) -> Iterator[ScriptedServer]:
-    """Run ``script(connection, stop)`` for every request once it has been read."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind((LOOPBACK, 0))
-    listener.listen(512)
-    listener.settimeout(0.2)
-    server = ScriptedServer(f"http://{LOOPBACK}:{listener.getsockname()[1]}")
+    """Run ``script(connection, stop)`` for every request once it has been read;
+    ``stop`` is set when the server shuts down."""
+    server = ScriptedServer(url="")  # the URL is known once it listens
     stop = threading.Event()
 
     def serve(connection: socket.socket) -> None:
@@ -70,24 +67,13 @@ def _scripted(script: Callable[[socket.socket, threading.Event], None]) -> Itera
             server.received.set()
             script(connection, stop)
 
-    def accept_loop() -> None:
-        while not stop.is_set():
-            try:
-                connection, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(connection,), daemon=True).start()
-
-    thread = threading.Thread(target=accept_loop, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        stop.set()
-        thread.join(timeout=2)
-        listener.close()
+    # A deeper backlog than the fault servers: the soak test has 200 clients on these.
+    with listening(serve, backlog=512) as url:
+        server.url = url
+        try:
+            yield server
+        finally:
+            stop.set()
 
 
 @contextmanager
