@@ -90,9 +90,11 @@ class _Protocol(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.eof = True
         _wake(self._data_waiter)
-        # Keep the transport open, as asyncio's and anyio's streams do: a server that
-        # half-closes may still be reading the request. aclose() closes it.
-        return True
+        # Close our side too (False): an HTTP server that closes has answered, and
+        # what it sent stays readable in ``chunks``. Kept open, as asyncio's and
+        # anyio's streams keep it, an idle pooled connection whose server timed it
+        # out would sit in CLOSE_WAIT until httpcore next looked at it.
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True

@@ -283,6 +283,24 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None
 
 
 @pytest.mark.anyio
+async def test_when_the_server_closes_our_side_closes_and_its_data_stays_readable() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"last words")
+        await writer.drain()
+
+    async with asyncio_server(handler) as port:
+        stream = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
+        assert isinstance(stream, AsyncioStream)
+        await asyncio.sleep(0.2)
+        # Not left in CLOSE_WAIT until someone looks at the connection again.
+        assert stream._transport.is_closing()
+        assert stream.get_extra_info("is_readable")
+        assert await stream.read(64 * 1024, timeout=5) == b"last words"
+        assert await stream.read(64 * 1024, timeout=5) == b""
+        await stream.aclose()
+
+
+@pytest.mark.anyio
 async def test_tls_through_the_asyncio_backend(tmp_path: Path) -> None:
     cert, key = generate_self_signed(tmp_path)
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
