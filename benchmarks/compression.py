@@ -17,7 +17,7 @@ from collections.abc import AsyncGenerator
 import numpy as np
 import orjson
 
-from model_proxy.compression import ENCODINGS, compress_stream
+from model_proxy.web.compression import ENCODINGS, compress_stream
 
 
 def segmentation_result(slices: int) -> bytes:

@@ -17,16 +17,16 @@ from starlette.routing import Route
 
 from model_proxy import __version__
 from model_proxy.access import AccessGuard, AccessPolicy
+from model_proxy.access.posture import log_posture
 from model_proxy.access.reload import access_reload_hook
 from model_proxy.audit import REQUEST_ID_HEADER, AuditMiddleware, AuditWriter
-from model_proxy.capacity import Capacity
 from model_proxy.config import ProxyConfig
 from model_proxy.errors import ProxyError
-from model_proxy.reload import LeaseMiddleware, LiveState, Reloader
 from model_proxy.routes import inference, openapi, status
-from model_proxy.security import log_posture
+from model_proxy.runtime.capacity import Capacity
+from model_proxy.runtime.reload import LeaseMiddleware, LiveState, Reloader
+from model_proxy.runtime.state import ProxyState
 from model_proxy.settings import Settings
-from model_proxy.state import ProxyState
 
 logger = logging.getLogger(__name__)
 

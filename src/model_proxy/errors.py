@@ -17,7 +17,7 @@ Exception tree::
 
 An error caused by an upstream's own failure (unreachable, timed out, broke the
 exchange, answered 5xx or garbage) carries that upstream's label in ``upstream``:
-the circuit breakers count only those (breaker.py), never a caller's mistake.
+the circuit breakers count only those (upstream/breaker.py), never a caller's mistake.
 
 Foreign exceptions (httpx, pydicom, OSError) are translated into these at the
 boundary where they happen (pacs/, models/), never in the routes.

@@ -10,9 +10,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model_proxy.breaker import BreakerPolicy
-from model_proxy.retry import RetryPolicy
-from model_proxy.upstream import Timeouts
+from model_proxy.upstream.breaker import BreakerPolicy
+from model_proxy.upstream.clients import Timeouts
+from model_proxy.upstream.retry import RetryPolicy
 
 MiB = 1024 * 1024
 

@@ -88,7 +88,7 @@ def model_proxy_argv() -> list[str]:
     found = shutil.which("model-proxy")
     if found:
         return [found]
-    code = "import sys; from model_proxy.cli import main; sys.exit(main())"
+    code = "import sys; from model_proxy.cli.commands import main; sys.exit(main())"
     return [sys.executable, "-c", code]
 
 

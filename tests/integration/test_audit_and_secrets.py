@@ -14,7 +14,7 @@ from guarded_deployment import PACS_PASSWORD, VIEWER_ORIGIN, Guarded
 from harness import ExampleModel, OrthancServer, ProxyFactory, model_entry, new_uid
 from harness import server_entry as orthanc_entry
 
-from model_proxy.cli import main
+from model_proxy.cli.commands import main
 from model_proxy.sample_data import SampleStudy
 
 PATIENT_NAME = "Phantom^Synthetic"  # what sample_data writes into every file

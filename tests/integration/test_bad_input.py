@@ -12,7 +12,7 @@ from deployment import Deployment, expect_error
 from harness import new_uid
 from raw_http import RawAnswer, raw_request
 
-from model_proxy.http_limits import MAX_HEADER_COUNT, MAX_URL_BYTES
+from model_proxy.web.http_limits import MAX_HEADER_COUNT, MAX_URL_BYTES
 
 
 def expect_json_error(answer: RawAnswer | httpx.Response, status: int, code: str) -> str:

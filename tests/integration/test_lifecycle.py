@@ -226,7 +226,7 @@ def test_watch_config_reloads_changed_files_without_a_signal(
 def test_bad_durations_are_refused_at_start(
     flag: str, value: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from model_proxy.cli import main
+    from model_proxy.cli.commands import main
 
     assert main(["serve", "--config-dir", "/nonexistent", flag, value]) == 2
     assert f"{flag} must be zero or a positive number of seconds" in capsys.readouterr().err

@@ -33,7 +33,7 @@ HEALTHY_MODELS = {
 }
 HEALTHY_SERVERS = ["orthanc", "basic", "folder"]
 
-# Invalid input is rejected with these; 414 and 431 are the limits of http_limits.py.
+# Invalid input is rejected with these; 414 and 431 are the limits of web/http_limits.py.
 CONFIG = schemathesis.Config.from_dict(
     {"checks": {"negative_data_rejection": {"expected-statuses": [400, 404, 405, 414, 431]}}}
 )

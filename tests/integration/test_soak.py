@@ -68,7 +68,7 @@ ADMISSION_CODES = {"too_many_inferences", "memory_budget_exhausted"}
 
 
 def at_capacity(response: httpx.Response) -> bool:
-    """The documented overload answer (admission.py): 503, Retry-After, its code."""
+    """The documented overload answer (runtime/admission.py): 503, Retry-After, its code."""
     if response.status_code != 503 or "retry-after" not in response.headers:
         return False
     body = error_body(response)

@@ -15,13 +15,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from threaded_server import ThreadedServer
 
-from model_proxy.pacs.auth_calls import (
+from model_proxy.pacs.auth.calls import (
     ExchangedTokens,
     TokenCallFailed,
     TokenServerClient,
     TokenStep,
 )
-from model_proxy.upstream import Timeouts
+from model_proxy.upstream.clients import Timeouts
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 
 from model_proxy.errors import NotFound, PacsError
 from model_proxy.pacs.source import Target
-from model_proxy.probe import ProbeResult
+from model_proxy.upstream.probe import ProbeResult
 
 STUDY = "1.2.3"
 SERIES_A = "1.2.3.1"

@@ -11,8 +11,8 @@ import asyncio
 import pytest
 
 from model_proxy.errors import ProxyError, UpstreamTimeout
-from model_proxy.pacs.auth_calls import TokenCallFailed, TokenStep
-from model_proxy.pacs.auth_session import (
+from model_proxy.pacs.auth.calls import TokenCallFailed, TokenStep
+from model_proxy.pacs.auth.session import (
     REJECTED_MEMORY_SECONDS,
     UNAVAILABLE_MEMORY_SECONDS,
     PacsAuthRejected,
@@ -20,7 +20,7 @@ from model_proxy.pacs.auth_session import (
     TokenSession,
     auth_error,
 )
-from model_proxy.pacs.tokens import AccessToken
+from model_proxy.pacs.auth.tokens import AccessToken
 
 pytestmark = pytest.mark.anyio
 

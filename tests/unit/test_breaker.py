@@ -9,11 +9,11 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from model_proxy.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from model_proxy.errors import NotFound, PacsError, UpstreamTimeout, UpstreamUnavailable
 from model_proxy.pacs.guarded import GuardedSource
 from model_proxy.pacs.source import Target
-from model_proxy.probe import ProbeResult
+from model_proxy.upstream.breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from model_proxy.upstream.probe import ProbeResult
 
 LABEL = "PACS b1407f18…"
 

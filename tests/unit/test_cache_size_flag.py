@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from model_proxy.cli_options import CommandError, parse_size
+from model_proxy.cli.options import CommandError, parse_size
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from model_proxy import cli
-from model_proxy.cli_options import EXIT_USAGE, parse_memory_budget
+from model_proxy.cli import commands as cli
+from model_proxy.cli.options import EXIT_USAGE, parse_memory_budget
 
 MiB = 1024 * 1024
 

@@ -9,7 +9,7 @@ import brotli
 import pytest
 import zstandard
 
-from model_proxy.compression import ENCODINGS, compress_stream, negotiate
+from model_proxy.web.compression import ENCODINGS, compress_stream, negotiate
 
 
 @pytest.fixture

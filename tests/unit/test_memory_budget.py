@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from model_proxy.admission import Admission, MemoryBudget, RequestMemory
 from model_proxy.errors import Overloaded
+from model_proxy.runtime.admission import Admission, MemoryBudget, RequestMemory
 
 MiB = 1024 * 1024
 

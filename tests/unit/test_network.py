@@ -1,4 +1,4 @@
-"""The network layer under the outbound clients (network.py), against real sockets.
+"""The network layer under the outbound clients (upstream/network.py), against real sockets.
 
 The servers are small asyncio or threaded servers on loopback: they can be made
 to read slowly, close idle connections or stay silent, which is what these
@@ -27,10 +27,10 @@ import httpx
 import pytest
 from h11._receivebuffer import ReceiveBuffer
 
-from model_proxy import network
-from model_proxy.network import READ_BYTES, AsyncioBackend, AsyncioStream
-from model_proxy.tls import generate_self_signed
-from model_proxy.upstream import Timeouts, make_client
+from model_proxy.cli.certificates import generate_self_signed
+from model_proxy.upstream import network
+from model_proxy.upstream.clients import Timeouts, make_client
+from model_proxy.upstream.network import READ_BYTES, AsyncioBackend, AsyncioStream
 
 MiB = 1024 * 1024
 

@@ -19,7 +19,6 @@ import orjson
 import pytest
 from fake_pacs import A1, A2, A3, B1, FILES, SERIES_A, SERIES_B, STUDY, FakeSource
 
-from model_proxy.admission import Admission, MemoryBudget, RequestMemory
 from model_proxy.config import InputFormat, Level
 from model_proxy.errors import NotFound, PacsError
 from model_proxy.models.body import InstanceInput, Retrieval, SeriesInput, Token, plan_body
@@ -29,6 +28,7 @@ from model_proxy.models.pipeline import BodyPipeline
 from model_proxy.models.slice_buffers import SliceBuffers
 from model_proxy.pacs.multipart import MultipartDecoder, boundary_from_content_type
 from model_proxy.pacs.source import Target
+from model_proxy.runtime.admission import Admission, MemoryBudget, RequestMemory
 
 MiB = 1024 * 1024
 

@@ -9,8 +9,8 @@ from email.utils import format_datetime
 import pytest
 
 from model_proxy.pacs.instance_key import instance_key, media_storage_sop_instance_uid
-from model_proxy.retry import RetryPolicy, parse_retry_after
 from model_proxy.sample_data import make_study
+from model_proxy.upstream.retry import RetryPolicy, parse_retry_after
 
 
 def test_backoff_doubles_up_to_the_cap_with_full_jitter() -> None:

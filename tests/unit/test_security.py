@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from model_proxy.security import exposure_warnings, files_with_secrets, parse_cors_origins
+from model_proxy.access.posture import exposure_warnings, files_with_secrets, parse_cors_origins
 
 S1 = "b5208f48-f748-4339-9402-d1148dab571e"
 S2 = "63140137-a63d-4ad1-b489-3479bc43387c"

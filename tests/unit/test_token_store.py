@@ -11,7 +11,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from model_proxy.pacs.tokens import (
+from model_proxy.pacs.auth.tokens import (
     MAX_EXCHANGED_HISTORY,
     StoredTokens,
     TokenStore,

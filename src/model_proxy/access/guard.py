@@ -16,7 +16,7 @@ from enum import StrEnum
 from starlette.datastructures import Headers
 
 from model_proxy.errors import Forbidden, Unauthorized
-from model_proxy.upstream import Timeouts
+from model_proxy.upstream.clients import Timeouts
 
 from .jwks import JwksCache
 from .keys import find_api_key

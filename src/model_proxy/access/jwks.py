@@ -18,7 +18,7 @@ import jwt
 import orjson
 
 from model_proxy.errors import UpstreamError
-from model_proxy.upstream import Timeouts, make_client, translate_errors
+from model_proxy.upstream.clients import Timeouts, make_client, translate_errors
 
 from .schema import JwtSettings
 

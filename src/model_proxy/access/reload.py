@@ -1,4 +1,4 @@
-"""access.json joins the config reload (SIGHUP or ``--watch-config``, see reload.py).
+"""access.json joins the config reload (SIGHUP or ``--watch-config``, see runtime/reload.py).
 
 A changed file is loaded and checked with the other config files; if anything is
 wrong the reload is refused and the rules in force stay. A file that disappears

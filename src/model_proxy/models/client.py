@@ -11,13 +11,19 @@ from dataclasses import replace
 import httpx
 import orjson
 
-from model_proxy.breaker import BreakerPolicy, CircuitBreaker
 from model_proxy.config import ModelConfig
 from model_proxy.errors import ModelError, short_id
 from model_proxy.models.result_stream import ResultStream
-from model_proxy.probe import ProbeResult, answered_200, probe_get
-from model_proxy.retry import RetryPolicy
-from model_proxy.upstream import Timeouts, is_transient, make_client, translate_errors, translated
+from model_proxy.upstream.breaker import BreakerPolicy, CircuitBreaker
+from model_proxy.upstream.clients import (
+    Timeouts,
+    is_transient,
+    make_client,
+    translate_errors,
+    translated,
+)
+from model_proxy.upstream.probe import ProbeResult, answered_200, probe_get
+from model_proxy.upstream.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 

@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import cast
 
-from model_proxy.admission import Grant, RequestMemory
 from model_proxy.errors import NotFound, PacsError
 from model_proxy.models.body import Retrieval, Token
 from model_proxy.models.encoder import encode_range_into, slice_ranges, slice_text_size
 from model_proxy.models.formats import BodyFormat
 from model_proxy.models.slice_buffers import SliceBuffers
 from model_proxy.pacs.source import DicomSource
+from model_proxy.runtime.admission import Grant, RequestMemory
 
 __all__ = ["BodyPipeline"]
 

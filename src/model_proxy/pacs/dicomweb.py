@@ -20,9 +20,9 @@ from model_proxy.pacs.multipart import (
     boundary_from_content_type,
 )
 from model_proxy.pacs.source import Target
-from model_proxy.probe import ProbeResult, probe_get
-from model_proxy.retry import RETRYABLE_STATUSES, RetryBudget, RetryPolicy
-from model_proxy.upstream import Timeouts, is_transient, make_client, translated
+from model_proxy.upstream.clients import Timeouts, is_transient, make_client, translated
+from model_proxy.upstream.probe import ProbeResult, probe_get
+from model_proxy.upstream.retry import RETRYABLE_STATUSES, RetryBudget, RetryPolicy
 
 logger = logging.getLogger(__name__)
 

@@ -1,13 +1,13 @@
-"""A DICOM source behind its circuit breaker (breaker.py)."""
+"""A DICOM source behind its circuit breaker (upstream/breaker.py)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from model_proxy.breaker import BreakerState, CircuitBreaker
 from model_proxy.pacs.source import DicomSource, Target
-from model_proxy.probe import ProbeResult
+from model_proxy.upstream.breaker import BreakerState, CircuitBreaker
+from model_proxy.upstream.probe import ProbeResult
 
 
 class GuardedSource:

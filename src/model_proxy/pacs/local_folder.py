@@ -25,7 +25,7 @@ from pydicom.errors import InvalidDicomError
 from model_proxy.config import ServerConfig
 from model_proxy.errors import NotFound, PacsError, short_id
 from model_proxy.pacs.source import Target
-from model_proxy.probe import ProbeResult, elapsed_ms
+from model_proxy.upstream.probe import ProbeResult, elapsed_ms
 
 logger = logging.getLogger(__name__)
 

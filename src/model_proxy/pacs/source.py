@@ -7,7 +7,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from model_proxy.probe import ProbeResult
+from model_proxy.upstream.probe import ProbeResult
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from model_proxy.models.result_stream import ResultStream
 from model_proxy.pacs.source import Target
 from model_proxy.routes.params import parse_data_filters, resolve_inputs, validate_uid
 from model_proxy.routes.results import Inference, respond
-from model_proxy.state import ProxyState
+from model_proxy.runtime.state import ProxyState
 
 logger = logging.getLogger(__name__)
 

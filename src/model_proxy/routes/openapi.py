@@ -16,8 +16,8 @@ from starlette.routing import Route
 
 from model_proxy import __version__
 from model_proxy.config import Task
-from model_proxy.http_limits import MAX_URL_BYTES
 from model_proxy.routes.params import MAX_FILTERS, UID_MAX_LENGTH, UID_PATTERN
+from model_proxy.web.http_limits import MAX_URL_BYTES
 
 _UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 

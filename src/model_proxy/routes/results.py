@@ -28,10 +28,10 @@ from starlette.responses import Response
 
 from model_proxy.cache import ResultCache, entry_key
 from model_proxy.cache.flights import Flight
-from model_proxy.compression import compress_stream, negotiate
 from model_proxy.errors import UpstreamError
 from model_proxy.models.result_stream import ResultStream
 from model_proxy.routes.streaming import ResultResponse
+from model_proxy.web.compression import compress_stream, negotiate
 
 logger = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from model_proxy.breaker import CircuitBreaker
 from model_proxy.errors import NotFound, redact_urls
-from model_proxy.probe import ProbeResult
-from model_proxy.state import ProxyState
+from model_proxy.runtime.state import ProxyState
+from model_proxy.upstream.breaker import CircuitBreaker
+from model_proxy.upstream.probe import ProbeResult
 
 
 async def collect_status(state: ProxyState) -> dict[str, dict[str, Any]]:

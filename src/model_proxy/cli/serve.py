@@ -9,8 +9,7 @@ import signal
 from pathlib import Path
 
 from model_proxy.access import AccessPolicy
-from model_proxy.breaker import BreakerPolicy
-from model_proxy.cli_options import (
+from model_proxy.cli.options import (
     CommandError,
     add_option,
     load_checked_access,
@@ -24,9 +23,10 @@ from model_proxy.cli_options import (
     secret_file_warnings,
 )
 from model_proxy.config import ProxyConfig
-from model_proxy.retry import RetryPolicy
 from model_proxy.settings import Settings, env_flag
-from model_proxy.upstream import Timeouts
+from model_proxy.upstream.breaker import BreakerPolicy
+from model_proxy.upstream.clients import Timeouts
+from model_proxy.upstream.retry import RetryPolicy
 
 logger = logging.getLogger("model_proxy")
 
@@ -113,8 +113,8 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from model_proxy.logs import setup_logging
-    from model_proxy.security import parse_cors_origins
+    from model_proxy.access.posture import parse_cors_origins
+    from model_proxy.cli.logs import setup_logging
 
     probe = parse_seconds(args.probe_timeout, "probe-timeout")
     # uvicorn takes whole seconds
@@ -199,7 +199,7 @@ def run_server(
     import uvicorn
 
     from model_proxy.app import create_app
-    from model_proxy.http_limits import BoundedHttpToolsProtocol
+    from model_proxy.web.http_limits import BoundedHttpToolsProtocol
 
     scheme = "https" if tls_files else "http"
     logger.info("serving on %s://%s:%d", scheme, host, port)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from model_proxy import __version__
-from model_proxy.cli_options import (
+from model_proxy.cli.options import (
     EXIT_USAGE,
     CommandError,
     add_option,
@@ -25,8 +25,8 @@ from model_proxy.cli_options import (
     parse_seconds,
     secret_file_warnings,
 )
-from model_proxy.serve_command import add_serve_options, serve
-from model_proxy.upstream import Timeouts
+from model_proxy.cli.serve import add_serve_options, serve
+from model_proxy.upstream.clients import Timeouts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run(host=args.host, port=parse_port(args.port))
             return 0
         if args.command == "demo":
-            from model_proxy.demo import run_demo
+            from model_proxy.cli.demo import run_demo
 
             return run_demo(
                 Path(args.dir),
@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def gen_cert(out_dir: Path) -> int:
-    from model_proxy.tls import generate_self_signed
+    from model_proxy.cli.certificates import generate_self_signed
 
     try:
         cert, key = generate_self_signed(out_dir)
@@ -165,8 +165,8 @@ def check_auth(args: argparse.Namespace) -> int:
     """Exit 0 when every step passed, 1 when one failed (2: unusable config)."""
     import asyncio
 
-    from model_proxy.pacs.auth import PacsAuth
-    from model_proxy.pacs.auth_check import check_servers
+    from model_proxy.pacs.auth.check import check_servers
+    from model_proxy.pacs.auth.flows import PacsAuth
 
     logging.getLogger("model_proxy.config").disabled = True  # check-config reports those
     config = load_checked_config(Path(args.config_dir))
@@ -199,7 +199,3 @@ def gen_api_key(name: str) -> int:
     print('access.json entry (under "apiKeys"):')
     print(json.dumps(entry, indent=2))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

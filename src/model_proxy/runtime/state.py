@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model_proxy.breaker import CircuitBreaker
 from model_proxy.cache import ResultCache
-from model_proxy.capacity import Capacity
 from model_proxy.config import ProxyConfig, ServerConfig
 from model_proxy.errors import BadRequest, NotFound, shorten
 from model_proxy.models.client import ModelClient
-from model_proxy.pacs.auth import PacsAuth
+from model_proxy.pacs.auth.flows import PacsAuth
 from model_proxy.pacs.dicomweb import DicomWebSource
 from model_proxy.pacs.guarded import GuardedSource
 from model_proxy.pacs.local_folder import LocalFolderSource
 from model_proxy.pacs.source import DicomSource
+from model_proxy.runtime.capacity import Capacity
 from model_proxy.settings import Settings
+from model_proxy.upstream.breaker import CircuitBreaker
 
 
 @dataclass
@@ -26,7 +26,7 @@ class ProxyState:
     models: dict[str, ModelClient]
     auth: PacsAuth
     result_cache: ResultCache
-    # Shared by every state of the process (capacity.py); a state does not close it.
+    # Shared by every state of the process (runtime/capacity.py); a state does not close it.
     capacity: Capacity
 
     @classmethod

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import orjson
 
+from model_proxy.cli.certificates import CERT_NAME, KEY_NAME, generate_self_signed
 from model_proxy.sample_data import make_study, write_study
 from model_proxy.settings import Settings
-from model_proxy.tls import CERT_NAME, KEY_NAME, generate_self_signed
 
 SERVER_ID = "5b9d2c1e-7a4f-4d0b-9c1e-2f3a4b5c6d7e"
 MODELS = {
@@ -63,9 +63,9 @@ def write_demo_config(folder: Path, dicom_dir: Path, model_url: str) -> None:
 
 
 def run_demo(folder: Path, *, host: str, port: int, model_port: int) -> int:
-    from model_proxy.cli_options import load_checked_config
-    from model_proxy.logs import setup_logging
-    from model_proxy.serve_command import run_server
+    from model_proxy.cli.logs import setup_logging
+    from model_proxy.cli.options import load_checked_config
+    from model_proxy.cli.serve import run_server
 
     folder.mkdir(parents=True, exist_ok=True)
     dicom_dir = folder / "dicom"
@@ -112,7 +112,7 @@ def run_demo(folder: Path, *, host: str, port: int, model_port: int) -> int:
 
 
 def _wait_for(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    from model_proxy.cli_options import CommandError
+    from model_proxy.cli.options import CommandError
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from model_proxy import network
 from model_proxy.errors import ProxyError, UpstreamError, UpstreamTimeout
+from model_proxy.upstream import network
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def make_client(
             max_connections=max_connections, max_keepalive_connections=8, keepalive_expiry=2.0
         ),
     )
-    network.install(transport)  # asyncio streams under httpcore (network.py)
+    network.install(transport)  # asyncio streams under httpcore (upstream/network.py)
     return httpx.AsyncClient(
         transport=transport,
         timeout=timeouts.for_httpx(),

@@ -403,7 +403,7 @@ def install(transport: httpx.AsyncHTTPTransport) -> None:
     if not isinstance(pool, httpcore.AsyncConnectionPool) or not hasattr(pool, "_network_backend"):
         raise RuntimeError(
             "this httpx/httpcore release keeps its connection pool elsewhere:"
-            " model_proxy.network.install needs updating"
+            " model_proxy.upstream.network.install needs updating"
         )
     pool._network_backend = AsyncioBackend()
     # Every httpcore HTTP/1.1 connection; those on other backends keep the join.

@@ -2,7 +2,7 @@
 memory budget and the concurrency limit) and the threads that encode the wire format.
 
 Made once per process by the app's lifespan and handed to each ProxyState, so a
-config reload (reload.py) keeps the budget and the running inferences' windows.
+config reload (runtime/reload.py) keeps the budget and the running inferences' windows.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from model_proxy.admission import Admission, MemoryBudget, RequestMemory
 from model_proxy.config import InputFormat
 from model_proxy.models.body import Token
 from model_proxy.models.formats import body_format
 from model_proxy.models.pipeline import BodyPipeline
 from model_proxy.models.slice_buffers import SliceBuffers
 from model_proxy.pacs.source import DicomSource
+from model_proxy.runtime.admission import Admission, MemoryBudget, RequestMemory
 from model_proxy.settings import Settings
 
 

@@ -20,12 +20,12 @@ import httpx
 
 from model_proxy.config import AuthType, ServerConfig
 from model_proxy.errors import short_id
-from model_proxy.pacs.auth_calls import TokenServerClient
-from model_proxy.pacs.auth_oauth2 import ClientCredentialsRenewal
-from model_proxy.pacs.auth_session import Renewal, TokenSession
-from model_proxy.pacs.auth_token_server import TokenServerRenewal
-from model_proxy.pacs.tokens import TokenStore
-from model_proxy.upstream import Timeouts
+from model_proxy.pacs.auth.calls import TokenServerClient
+from model_proxy.pacs.auth.oauth2 import ClientCredentialsRenewal
+from model_proxy.pacs.auth.session import Renewal, TokenSession
+from model_proxy.pacs.auth.token_server import TokenServerRenewal
+from model_proxy.pacs.auth.tokens import TokenStore
+from model_proxy.upstream.clients import Timeouts
 
 TOKEN_AUTH_TYPES = (AuthType.TOKEN, AuthType.ZHIVA, AuthType.OAUTH2)
 

@@ -16,13 +16,13 @@ import httpx
 
 from model_proxy.config import AuthType, ServerConfig
 from model_proxy.errors import PacsError, redact_urls, short_id
-from model_proxy.pacs.auth import BearerAuth, PacsAuth
-from model_proxy.pacs.auth_calls import TokenCallFailed, TokenServerClient, TokenStep
-from model_proxy.pacs.auth_oauth2 import ClientCredentialsRenewal
-from model_proxy.pacs.auth_token_server import TokenServerRenewal
-from model_proxy.pacs.tokens import AccessToken, StoredTokens, access_token, describe_expiry
-from model_proxy.probe import probe_get
-from model_proxy.upstream import Timeouts, make_client
+from model_proxy.pacs.auth.calls import TokenCallFailed, TokenServerClient, TokenStep
+from model_proxy.pacs.auth.flows import BearerAuth, PacsAuth
+from model_proxy.pacs.auth.oauth2 import ClientCredentialsRenewal
+from model_proxy.pacs.auth.token_server import TokenServerRenewal
+from model_proxy.pacs.auth.tokens import AccessToken, StoredTokens, access_token, describe_expiry
+from model_proxy.upstream.clients import Timeouts, make_client
+from model_proxy.upstream.probe import probe_get
 
 OK, FAILED, SKIPPED = "OK", "FAILED", "skipped"
 

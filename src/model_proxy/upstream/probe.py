@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import httpx
 
 from model_proxy.errors import ProxyError, UpstreamError, redact_urls
-from model_proxy.upstream import translate_errors
+from model_proxy.upstream.clients import translate_errors
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from model_proxy.errors import PacsError, ProxyError, UpstreamTimeout
-from model_proxy.pacs.auth_calls import TokenCallFailed
-from model_proxy.pacs.tokens import AccessToken
+from model_proxy.pacs.auth.calls import TokenCallFailed
+from model_proxy.pacs.auth.tokens import AccessToken
 
 logger = logging.getLogger("model_proxy.auth")
 

@@ -101,7 +101,7 @@ def load_checked_access(
 def secret_file_warnings(
     config_dir: Path, access: AccessPolicy | None, tls_key: Path | None
 ) -> list[str]:
-    from model_proxy.security import exposure_warnings, files_with_secrets
+    from model_proxy.access.posture import exposure_warnings, files_with_secrets
 
     access_file = access.source if access else None
     return exposure_warnings(

@@ -22,14 +22,14 @@ from dataclasses import replace
 
 from model_proxy.config import AuthType, ServerConfig
 from model_proxy.errors import short_id
-from model_proxy.pacs.auth_calls import (
+from model_proxy.pacs.auth.calls import (
     ExchangedTokens,
     TokenCallFailed,
     TokenServerClient,
     TokenStep,
 )
-from model_proxy.pacs.auth_session import PacsAuthRejected, auth_error
-from model_proxy.pacs.tokens import (
+from model_proxy.pacs.auth.session import PacsAuthRejected, auth_error
+from model_proxy.pacs.auth.tokens import (
     AccessToken,
     StoredTokens,
     TokenStore,

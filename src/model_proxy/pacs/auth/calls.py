@@ -22,7 +22,7 @@ import httpx
 
 from model_proxy.config.schema import ClientAuthMethod
 from model_proxy.errors import redact_urls
-from model_proxy.upstream import Timeouts, describe_connect_error, make_client
+from model_proxy.upstream.clients import Timeouts, describe_connect_error, make_client
 
 # A token response is a few kilobytes; anything much larger is not one.
 MAX_RESPONSE_BYTES = 64 * 1024

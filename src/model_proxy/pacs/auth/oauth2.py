@@ -11,9 +11,9 @@ import logging
 
 from model_proxy.config import AuthType, ServerConfig
 from model_proxy.errors import short_id
-from model_proxy.pacs.auth_calls import TokenCallFailed, TokenServerClient
-from model_proxy.pacs.auth_session import auth_error
-from model_proxy.pacs.tokens import AccessToken, access_token, describe_expiry
+from model_proxy.pacs.auth.calls import TokenCallFailed, TokenServerClient
+from model_proxy.pacs.auth.session import auth_error
+from model_proxy.pacs.auth.tokens import AccessToken, access_token, describe_expiry
 
 logger = logging.getLogger("model_proxy.auth")
 

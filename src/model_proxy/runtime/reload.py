@@ -25,8 +25,8 @@ from pathlib import Path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from model_proxy.config import ConfigError, load_config
+from model_proxy.runtime.state import ProxyState
 from model_proxy.settings import Settings
-from model_proxy.state import ProxyState
 
 logger = logging.getLogger(__name__)
 

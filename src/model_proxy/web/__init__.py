@@ -1,0 +1,1 @@
+"""HTTP plumbing around the routes: request-head limits and result compression."""
