@@ -1,0 +1,93 @@
+"""The upstreams of the in-process tests, served by uvicorn in a thread of the test
+process: the real example Model API, and a small DICOMweb PACS (WADO-RS retrieve and a
+QIDO answer) over the sample study.
+
+The proxy's model and PACS clients reach them over HTTP on loopback, so their real code
+path (connection pool, streaming, timeouts) runs; only the proxy itself is in-process.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from model_proxy.sample_data import SampleStudy
+
+BOUNDARY = "fake-pacs-boundary"
+PACS_USER, PACS_PASSWORD = "proxy", "pacs-password"
+
+
+@contextmanager
+def serve_in_thread(app: ASGIApp) -> Iterator[str]:
+    """``app`` on a free loopback port; yields its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started, "the in-thread server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def dicomweb_app(study: SampleStudy, *, basic_auth: bool = True) -> Starlette:
+    """WADO-RS retrieve of ``study`` at every level; basic auth ``PACS_USER``."""
+    files = {sop: (series.series_uid, data) for series, sop, data in study.iter_instances()}
+    expected = "Basic " + base64.b64encode(f"{PACS_USER}:{PACS_PASSWORD}".encode()).decode()
+
+    def refused(request: Request) -> Response | None:
+        if basic_auth and request.headers.get("authorization") != expected:
+            return Response(status_code=401, headers={"WWW-Authenticate": 'Basic realm="pacs"'})
+        return None
+
+    async def qido(request: Request) -> Response:
+        return refused(request) or JSONResponse([{"0020000D": {"vr": "UI"}}])
+
+    async def retrieve(request: Request) -> Response:
+        if (answer := refused(request)) is not None:
+            return answer
+        params = request.path_params
+        if params["study"] != study.study_uid:
+            return Response(status_code=404)
+        chosen = [
+            data
+            for sop, (series_uid, data) in files.items()
+            if params.get("series", series_uid) == series_uid and params.get("instance", sop) == sop
+        ]
+        if not chosen:
+            return Response(status_code=404)
+        body = b"".join(
+            f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
+            for data in chosen
+        )
+        media = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+        return Response(body + f"--{BOUNDARY}--\r\n".encode(), media_type=media)
+
+    base = "/dicom-web/studies"
+    return Starlette(
+        routes=[
+            Route(base, qido),
+            Route(f"{base}/{{study}}", retrieve),
+            Route(f"{base}/{{study}}/series/{{series}}", retrieve),
+            Route(f"{base}/{{study}}/series/{{series}}/instances/{{instance}}", retrieve),
+        ]
+    )
