@@ -1,6 +1,6 @@
 """The upstreams of the in-process tests, served by uvicorn in a thread of the test
-process: the real example Model API, and a small DICOMweb PACS (WADO-RS retrieve and a
-QIDO answer) over the sample study.
+process: the real example Model API, a small DICOMweb PACS (WADO-RS retrieve and a
+QIDO answer) over the sample study, and an identity provider's JWKS.
 
 The proxy's model and PACS clients reach them over HTTP on loopback, so their real code
 path (connection pool, streaming, timeouts) runs; only the proxy itself is in-process.
@@ -14,8 +14,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import jwt
 import uvicorn
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -91,3 +96,39 @@ def dicomweb_app(study: SampleStudy, *, basic_auth: bool = True) -> Starlette:
             Route(f"{base}/{{study}}/series/{{series}}/instances/{{instance}}", retrieve),
         ]
     )
+
+
+class IdentityProvider:
+    """Signs RS256 JWTs with its key ``kid`` and publishes the key as a JWKS."""
+
+    issuer = "https://idp.test/realms/imaging"
+    audience = "model-proxy"
+
+    def __init__(self, kid: str = "key-1") -> None:
+        self.kid = kid
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def public_pem(self) -> bytes:
+        return self.key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def jwks_app(self) -> Starlette:
+        jwk = RSAAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
+        keys = [jwk | {"kid": self.kid, "alg": "RS256", "use": "sig"}]
+
+        async def jwks(request: Request) -> Response:
+            return JSONResponse({"keys": keys})
+
+        return Starlette(routes=[Route("/certs", jwks)])
+
+    def mint(self, *, lifetime: float = 300, kid: str | None = None, **claims: Any) -> str:
+        now = int(time.time())
+        payload = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": "bob",
+            "iat": now,
+            "exp": now + int(lifetime),
+        } | claims
+        return jwt.encode(payload, self.key, algorithm="RS256", headers={"kid": kid or self.kid})

@@ -70,7 +70,7 @@ async def wait_for(proxy: Proxy, condition: str, model: str) -> None:
         models = (await proxy.client.get("/status", headers=JSON)).json()["models"]
         if (model in models) == (condition == "present"):
             return
-        assert time.monotonic() < deadline, f"model {model} not {condition} after SIGHUP"
+        assert time.monotonic() < deadline, f"model {model} not {condition} after a reload"
         await asyncio.sleep(0.05)
 
 
@@ -114,3 +114,15 @@ async def test_reload_takes_a_changed_access_json(deployment: Deployment, tmp_pa
         assert await proxy.reload() is True
         assert (await proxy.client.get(path, headers={"X-API-Key": old})).status_code == 401
         assert (await proxy.client.get(path, headers={"X-API-Key": new})).status_code == 200
+
+
+async def test_changed_files_are_reloaded_when_watched(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    added = new_uid()
+    async with deployment.proxy(tmp_path, watch_config=0.05) as proxy:
+        await asyncio.sleep(0)  # the watcher task takes its first look at the files
+        models = deployment.models_json()
+        models[added] = deployment.model("/prediction", "prediction", ["/studies"])
+        proxy.write_config(deployment.servers_json(), models)
+        await wait_for(proxy, "present", added)
