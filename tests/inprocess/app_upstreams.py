@@ -1,6 +1,7 @@
 """The upstreams of the in-process tests, served by uvicorn in a thread of the test
 process: the real example Model API, a small DICOMweb PACS (WADO-RS retrieve and a
-QIDO answer) over the sample study, and an identity provider's JWKS.
+QIDO answer) over the sample study, an identity provider's JWKS, and a Model API that
+breaks off in the middle of its answer.
 
 The proxy's model and PACS clients reach them over HTTP on loopback, so their real code
 path (connection pool, streaming, timeouts) runs; only the proxy itself is in-process.
@@ -12,7 +13,7 @@ import base64
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
@@ -132,3 +133,22 @@ class IdentityProvider:
             "exp": now + int(lifetime),
         } | claims
         return jwt.encode(payload, self.key, algorithm="RS256", headers={"kid": kid or self.kid})
+
+
+class ModelBrokeOff(Exception):
+    """Raised inside the cutting model's body: uvicorn drops the connection mid-answer."""
+
+
+def cutting_model_app(prefix: bytes) -> Starlette:
+    """A Model API that answers 200, sends ``prefix`` and breaks the connection."""
+
+    async def predict(request: Request) -> Response:
+        await request.body()
+
+        async def body() -> AsyncIterator[bytes]:
+            yield prefix
+            raise ModelBrokeOff
+
+        return StreamingResponse(body(), media_type="application/json")
+
+    return Starlette(routes=[Route("/predict", predict, methods=["POST"])])

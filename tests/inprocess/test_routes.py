@@ -48,10 +48,11 @@ async def test_every_family_and_level_from_a_folder(
         assert body  # the model's JSON, relayed
 
 
+@pytest.mark.parametrize("level", ["study", "series", "instance"])
 async def test_the_same_result_from_a_dicomweb_pacs_and_a_folder(
-    deployment: Deployment, tmp_path: Path
+    deployment: Deployment, tmp_path: Path, level: str
 ) -> None:
-    path = deployment.path("seg", "series")
+    path = deployment.path("seg", level)
     async with deployment.proxy(tmp_path, cache_max_bytes=0) as proxy:
         from_folder = await proxy.client.get(path)
         from_pacs = await proxy.client.get(path, params={"server": deployment.servers["pacs"]})
@@ -68,10 +69,11 @@ async def test_results_are_cached_and_say_so_with_an_etag(
         second = await proxy.client.get(path)
         assert first.status_code == second.status_code == 200
         assert first.content == second.content
-        etag = second.headers.get("etag")
-        if etag is not None:
-            again = await proxy.client.get(path, headers={"If-None-Match": etag})
-            assert again.status_code in (200, 304)
+        etag = second.headers["etag"]
+        assert first.headers["etag"] == etag
+        again = await proxy.client.get(path, headers={"If-None-Match": etag})
+        assert again.status_code == 304 and again.content == b""
+        assert again.headers["etag"] == etag
 
 
 async def test_compressed_when_asked(deployment: Deployment, tmp_path: Path) -> None:

@@ -4,10 +4,12 @@ refused or failing model, a PACS that refuses the password or is not there."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from app_proxy import Deployment, new_uid
+from app_upstreams import cutting_model_app, serve_in_thread
 
 pytestmark = pytest.mark.anyio
 
@@ -65,3 +67,36 @@ async def test_pacs_failures_name_the_server(deployment: Deployment, tmp_path: P
     assert SECRET not in message  # the password never shows
     expect_upstream_error(refused.json(), 502, refused.status_code, f"PACS {absent[:8]}")
     assert missing.status_code == 404, missing.text
+
+
+@pytest.fixture(scope="module")
+def cutting_model_url() -> Iterator[str]:
+    # Big enough that the proxy has started its answer when the model breaks off.
+    with serve_in_thread(cutting_model_app(b'{"1.2.3": [' + b"0, " * 200_000)) as url:
+        yield url
+
+
+async def test_a_model_that_breaks_off_mid_answer(
+    deployment: Deployment, tmp_path: Path, cutting_model_url: str
+) -> None:
+    cutting = new_uid()
+    models = deployment.models_json()
+    models[cutting] = {
+        "uri": f"{cutting_model_url}/predict",
+        "task": "prediction",
+        "supports": ["/studies/series"],
+    }
+    path = deployment.path("pred", "series").replace(deployment.models["pred"], cutting)
+    async with deployment.proxy(tmp_path, models=models) as proxy:
+        response = await proxy.client.get(path, headers={"X-Request-ID": "cut-1"})
+        again = await proxy.client.get(deployment.path("pred", "series"))
+    # Either refused before the answer started (502 naming the model), or the answer
+    # stops short: never a complete-looking result, never a 500.
+    if response.status_code == 200:
+        with pytest.raises(ValueError):
+            response.json()
+    else:
+        expect_upstream_error(response.json(), 502, response.status_code, f"model {cutting[:8]}")
+    assert again.status_code == 200  # the proxy serves on
+    (record,) = [r for r in proxy.audit_records() if r["requestId"] == "cut-1"]
+    assert record["status"] in (200, 502) and record["code"] != "ok"
