@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # Sets up and runs the whole test suite: Orthanc (apt, when root), the virtualenv,
-# lint, formatting, type checks, then pytest. Extra arguments go to pytest:
+# lint, formatting, type checks, then pytest with branch coverage. Extra arguments go
+# to pytest:
 #   scripts/test.sh -x -k orthanc
+#   scripts/test.sh --fast        # unit and in-process tiers only (no Orthanc, no slow)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+fast=false
+if [ "${1:-}" = "--fast" ]; then
+  fast=true
+  shift
+fi
 
 section() { printf '\n==== %s ====\n' "$*"; }
 
@@ -26,7 +34,7 @@ find_python() {
 
 section "system packages"
 missing=()
-orthanc_present || missing+=(orthanc orthanc-dicomweb)
+$fast || orthanc_present || missing+=(orthanc orthanc-dicomweb)
 python=$(find_python || true)
 if [ -z "$python" ]; then
   missing+=(python3 python3-venv)
@@ -84,5 +92,11 @@ done
 MYPYPATH=src:tests/integration .venv/bin/mypy benchmarks
 
 section "pytest"
-# Exit code 5 (no tests collected) stays a failure on purpose.
-exec .venv/bin/pytest "$@"
+# Branch coverage of the code that runs in the pytest process (pyproject.toml
+# [tool.coverage]); the proxies the integration tests start as subprocesses are not
+# measured. Exit code 5 (no tests collected) stays a failure on purpose.
+coverage=(--cov --cov-report=term)
+if $fast; then
+  exec .venv/bin/pytest -m "not integration and not slow" "${coverage[@]}" "$@"
+fi
+exec .venv/bin/pytest "${coverage[@]}" "$@"

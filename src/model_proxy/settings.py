@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from model_proxy.pacs.auth.session import FailureMemory
 from model_proxy.upstream.breaker import BreakerPolicy
 from model_proxy.upstream.clients import Timeouts
 from model_proxy.upstream.retry import RetryPolicy
@@ -38,6 +39,8 @@ class Settings:
     # PACS reads are retried; model POSTs only as their models.json entry allows.
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    # How long a failed PACS token renewal is answered from memory (pacs/auth/session.py).
+    auth_failure_memory: FailureMemory = field(default_factory=FailureMemory)
     # Seconds between checks for changed config files; 0 reloads on SIGHUP only.
     watch_config: float = 0.0
     # Results on disk under data_dir/result-cache, LRU-evicted past this; 0: no cache.

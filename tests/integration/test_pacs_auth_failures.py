@@ -3,8 +3,6 @@ step, /status says the same, the token server is not hammered, and no secret lea
 
 from __future__ import annotations
 
-import time
-
 from auth_setup import (
     AuthSetup,
     AuthSetupFactory,
@@ -17,6 +15,8 @@ from token_gateway import Gateway
 from token_server import TokenServer
 
 from model_proxy.sample_data import SampleStudy
+
+NO_FAILURE_MEMORY = ["--pacs-auth-failure-memory", "0"]
 
 
 def _check_everywhere(setup: AuthSetup, code: str, *fragments: str, status: int = 502) -> str:
@@ -101,7 +101,9 @@ def test_token_server_down_then_back(
     token_pacs: Gateway,
     token_server: TokenServer,
 ) -> None:
-    setup = auth_setup(token_pacs.server_entry("token"))
+    # No failure memory (5 s by default, tests/unit/test_auth_session.py): the first
+    # request after the token server is back asks it again, no wait needed.
+    setup = auth_setup(token_pacs.server_entry("token"), extra_args=NO_FAILURE_MEMORY)
     token_server.stop()
     _check_everywhere(
         setup,
@@ -110,7 +112,6 @@ def test_token_server_down_then_back(
     )
     assert not setup.token_file.exists()
     token_server.start()
-    time.sleep(5.0)  # the failure is remembered for 5 s
     assert_segmentation(setup.infer(), sample_study)
     assert token_server.successes["exchange"] == 1
 
@@ -122,13 +123,13 @@ def test_token_server_failing_or_slow(
     token_server: TokenServer,
 ) -> None:
     token_server.fail_next(1, 503)
-    setup = auth_setup(token_pacs.server_entry("zhivaAuth"), extra_args=["--pacs-timeout", "1"])
+    setup = auth_setup(
+        token_pacs.server_entry("zhivaAuth"), extra_args=["--pacs-timeout", "1", *NO_FAILURE_MEMORY]
+    )
     message = expect_error(setup.infer(), 502, "pacs_auth_unavailable")
     assert "token server failed at sign-in (503 Service Unavailable)" in message
-    time.sleep(5.0)
     token_server.set_delay(2.0)
     message = expect_error(setup.infer(), 504, "gateway_timeout")
     assert f"token server timed out at sign-in ({token_server.sign_in_url})" in message
-    time.sleep(5.0)
     token_server.set_delay(0.0)
     assert_segmentation(setup.infer(), sample_study)

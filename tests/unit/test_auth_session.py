@@ -13,8 +13,7 @@ import pytest
 from model_proxy.errors import ProxyError, UpstreamTimeout
 from model_proxy.pacs.auth.calls import TokenCallFailed, TokenStep
 from model_proxy.pacs.auth.session import (
-    REJECTED_MEMORY_SECONDS,
-    UNAVAILABLE_MEMORY_SECONDS,
+    FailureMemory,
     PacsAuthRejected,
     PacsAuthUnavailable,
     TokenSession,
@@ -102,7 +101,7 @@ async def test_a_refused_credential_is_remembered_for_a_while() -> None:
         with pytest.raises(PacsAuthRejected, match=r"sign-in rejected \(401\)"):
             await session.token()
     assert len(renewal.calls) == 1
-    clock.now += REJECTED_MEMORY_SECONDS
+    clock.now += FailureMemory().rejected
     renewal.error = None
     assert await session.token() == "token-2"
 
@@ -113,7 +112,7 @@ async def test_an_unavailable_token_server_is_remembered_briefly() -> None:
     results = await asyncio.gather(*(session.token() for _ in range(20)), return_exceptions=True)
     assert all(isinstance(r, PacsAuthUnavailable) for r in results)
     assert len(renewal.calls) == 1
-    clock.now += UNAVAILABLE_MEMORY_SECONDS - 1
+    clock.now += FailureMemory().unavailable - 1
     with pytest.raises(PacsAuthUnavailable):
         await session.token()
     clock.now += 1

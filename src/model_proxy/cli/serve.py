@@ -23,6 +23,7 @@ from model_proxy.cli.options import (
     secret_file_warnings,
 )
 from model_proxy.config import ProxyConfig
+from model_proxy.pacs.auth.session import FailureMemory
 from model_proxy.settings import Settings, env_flag
 from model_proxy.upstream.breaker import BreakerPolicy
 from model_proxy.upstream.clients import Timeouts
@@ -53,6 +54,13 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         serve, "model-timeout", "600", "seconds a model may stay silent before the request fails"
     )
     add_option(serve, "probe-timeout", "10", "seconds a /status probe may take")
+    add_option(
+        serve,
+        "pacs-auth-failure-memory",
+        "5",
+        "seconds a PACS token server that failed is reported without asking it again"
+        " (a refused credential: 30)",
+    )
     add_option(
         serve, "pacs-retries", "2", "further attempts of a PACS read that failed transiently"
     )
@@ -137,6 +145,11 @@ def serve(args: argparse.Namespace) -> int:
         pacs_timeouts=Timeouts(idle=parse_seconds(args.pacs_timeout, "pacs-timeout"), probe=probe),
         model_timeouts=Timeouts(
             idle=parse_seconds(args.model_timeout, "model-timeout"), probe=probe
+        ),
+        auth_failure_memory=FailureMemory(
+            unavailable=parse_seconds(
+                args.pacs_auth_failure_memory, "pacs-auth-failure-memory", allow_zero=True
+            )
         ),
         retry=RetryPolicy(retries=parse_count(args.pacs_retries, "pacs-retries", 0, 10)),
         breaker=BreakerPolicy(

@@ -33,7 +33,7 @@ class ProxyState:
     def build(
         cls, settings: Settings, config: ProxyConfig, capacity: Capacity | None = None
     ) -> ProxyState:
-        auth = PacsAuth(settings.data_dir, settings.pacs_timeouts)
+        auth = PacsAuth(settings.data_dir, settings.pacs_timeouts, settings.auth_failure_memory)
         sources: dict[str, DicomSource] = {}
         for server_id, server in config.servers.items():
             sources[server_id] = _make_source(server, settings, auth)

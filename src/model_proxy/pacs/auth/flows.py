@@ -22,7 +22,7 @@ from model_proxy.config import AuthType, ServerConfig
 from model_proxy.errors import short_id
 from model_proxy.pacs.auth.calls import TokenServerClient
 from model_proxy.pacs.auth.oauth2 import ClientCredentialsRenewal
-from model_proxy.pacs.auth.session import Renewal, TokenSession
+from model_proxy.pacs.auth.session import FailureMemory, Renewal, TokenSession
 from model_proxy.pacs.auth.token_server import TokenServerRenewal
 from model_proxy.pacs.auth.tokens import TokenStore
 from model_proxy.upstream.clients import Timeouts
@@ -75,9 +75,12 @@ class PacsAuth:
     where the previous one stopped without a new sign-in or exchange.
     """
 
-    def __init__(self, data_dir: Path, timeouts: Timeouts) -> None:
+    def __init__(
+        self, data_dir: Path, timeouts: Timeouts, failure_memory: FailureMemory | None = None
+    ) -> None:
         self.store = TokenStore(Path(data_dir) / "tokens")
         self._timeouts = timeouts
+        self._failure_memory = failure_memory or FailureMemory()
         self._sessions: dict[str, TokenSession] = {}
 
     def for_server(self, server: ServerConfig) -> httpx.Auth | None:
@@ -96,7 +99,11 @@ class PacsAuth:
         """The token session of a token, zhivaAuth or oauth2 server (one per server)."""
         session = self._sessions.get(server.id)
         if session is None:
-            session = TokenSession(f"PACS {short_id(server.id)}", self.renewal_for(server))
+            session = TokenSession(
+                f"PACS {short_id(server.id)}",
+                self.renewal_for(server),
+                memory=self._failure_memory,
+            )
             self._sessions[server.id] = session
         return session
 

@@ -8,7 +8,7 @@ that gives up waiting does not cancel it for the others).
 A failed renewal is remembered for a short while, so that a wrong password or an
 unreachable token server is reported to every request without being hammered by
 each of them: 30 seconds for a refused credential, 5 seconds for a token server
-that is down or broken.
+that is down or broken (:class:`FailureMemory`, from ``--pacs-auth-failure-memory``).
 """
 
 from __future__ import annotations
@@ -26,8 +26,13 @@ from model_proxy.pacs.auth.tokens import AccessToken
 
 logger = logging.getLogger("model_proxy.auth")
 
-REJECTED_MEMORY_SECONDS = 30.0
-UNAVAILABLE_MEMORY_SECONDS = 5.0
+
+@dataclass(frozen=True)
+class FailureMemory:
+    """Seconds a failed renewal is reported to every request without trying again."""
+
+    rejected: float = 30.0  # a refused credential: an administrator must act anyway
+    unavailable: float = 5.0  # a token server down or broken: may pass on its own
 
 
 class PacsAuthRejected(PacsError):
@@ -79,11 +84,17 @@ class TokenSession:
     """Hands out a server's access token, renewing it through ``renewal`` when needed."""
 
     def __init__(
-        self, label: str, renewal: Renewal, *, clock: Callable[[], float] = time.time
+        self,
+        label: str,
+        renewal: Renewal,
+        *,
+        clock: Callable[[], float] = time.time,
+        memory: FailureMemory = FailureMemory(),
     ) -> None:
         self.label = label
         self._renewal = renewal
         self._clock = clock
+        self._memory = memory
         self._current: AccessToken | None = None
         self._renewing: asyncio.Future[AccessToken] | None = None
         self._failure: _Failure | None = None
@@ -132,9 +143,9 @@ class TokenSession:
             token = await self._renewal.renew(self._current, rejected=rejected)
         except ProxyError as exc:
             memory = (
-                REJECTED_MEMORY_SECONDS
+                self._memory.rejected
                 if isinstance(exc, PacsAuthRejected)
-                else UNAVAILABLE_MEMORY_SECONDS
+                else self._memory.unavailable
             )
             self._failure = _Failure(type(exc), exc.message, exc.code, self._clock() + memory)
             logger.warning("%s", exc.message)
