@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import httpx
 
 from model_proxy.errors import ProxyError, UpstreamError, UpstreamTimeout
-from model_proxy.upstream import network
+from model_proxy.upstream.transport import UpstreamTransport
 
 
 @dataclass(frozen=True)
@@ -50,17 +50,13 @@ def make_client(
         verify = ssl.create_default_context(cafile=tls_verify)
     else:
         verify = tls_verify
-    transport = httpx.AsyncHTTPTransport(
-        verify=verify,
-        trust_env=False,
-        # Idle connections go before uvicorn's and Node's 5 s keep-alive timeout closes
-        # them: a POST sent on a connection the server is closing fails in transit (the
-        # soak test saw it against the example model).
-        limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=8, keepalive_expiry=2.0
-        ),
+    # Idle connections go before uvicorn's and Node's 5 s keep-alive timeout closes
+    # them: a POST sent on a connection the server is closing fails in transit (the
+    # soak test saw it against the example model).
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=8, keepalive_expiry=2.0
     )
-    network.install(transport)  # asyncio streams under httpcore (upstream/network.py)
+    transport = UpstreamTransport(verify=verify, limits=limits)
     return httpx.AsyncClient(
         transport=transport,
         timeout=timeouts.for_httpx(),

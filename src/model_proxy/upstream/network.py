@@ -1,33 +1,19 @@
 """The network layer under every outbound httpx client: a lean asyncio protocol.
 
 httpx reads and writes through httpcore, which uses a *network backend* for its
-sockets. On the streaming benchmark (a 158 MB series in, 631 MB of wire format
-out), the proxy's event loop was the bottleneck, and most of its time went to
-the default backend and to copies (profiles in docs/performance.md):
+sockets; ``transport.py`` plugs this one in through httpcore's public
+``network_backend`` parameter. On the streaming benchmark (a 158 MB series in,
+631 MB of wire format out) the proxy's event loop was the bottleneck, and the
+default backend (anyio) cost about 15 us of Python per read (a cancel scope, an
+exception map, a queue hop) and handed over one transport delivery per read:
+about 14,000 reads of 11 kB for one series. ``AsyncioStream.read`` returns
+everything received so far, up to ``READ_BYTES`` (1 MiB, more than the 64 KiB
+httpcore asks for: h11 takes input of any size), without copying a single
+delivery (docs/performance.md, "The network layer").
 
-- The default backend (anyio) costs about 15 us of Python per read (a cancel
-  scope, an exception map, a queue hop) and hands over one transport delivery
-  per read: about 14,000 reads of 11 kB for one series. ``AsyncioStream.read``
-  returns everything received so far, up to ``READ_BYTES`` (1 MiB, more than
-  the 64 KiB httpcore asks for: h11 takes input of any size), without copying
-  a single delivery.
-- httpcore sends each body chunk as ``h11.Connection.send(Data)``, which joins
-  the chunk header, the data and the trailer into a new bytes object: a copy
-  of every byte sent. ``install`` makes httpcore use h11's
-  ``send_with_data_passthrough`` for large chunks instead, and the pieces go to
-  the socket as they are (``write_pieces``).
-- h11's receive buffer copied a response body twice on its way out
-  (``maybe_extract_at_most``); ``install`` replaces that method with one that
-  hands the buffer over when all of it is asked for.
-
-Measured together on the benchmark, these cut the proxy's CPU time per series
-by about 40%. The reading side pauses its transport beyond ``_PAUSE_BYTES``
-(2 MiB) of unread data, which bounds what a connection holds in user space.
-
-httpx 0.28 has no public parameter for the network backend, httpcore none for
-the passthrough, and h11's buffer is internal: ``install`` sets all three in
-private places, and the unit tests fail if an httpx, httpcore or h11 release
-moves them.
+The reading side pauses its transport beyond ``_PAUSE_BYTES`` (2 MiB) of unread
+data, which bounds what a connection holds in user space. Nothing here touches
+httpx's, httpcore's or h11's own classes.
 """
 
 # The `timeout` parameters are httpcore's interface (AsyncNetworkStream/Backend).
@@ -36,7 +22,6 @@ moves them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import select
 import socket
@@ -45,19 +30,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-import h11
 import httpcore
-import httpcore._async.http11
-import httpx
-from h11._receivebuffer import ReceiveBuffer
 
-__all__ = ["READ_BYTES", "AsyncioBackend", "AsyncioStream", "install"]
+__all__ = ["READ_BYTES", "AsyncioBackend", "AsyncioStream"]
 
 READ_BYTES = 1 << 20
 _PAUSE_BYTES = 2 * READ_BYTES
-# Body chunks from this size on are written without h11's join; smaller ones
-# (JSON literals, multipart headers) are not worth a second write call.
-_PASSTHROUGH_BYTES = 64 * 1024
 
 
 class _Protocol(asyncio.Protocol):
@@ -192,25 +170,6 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         if buffer:
             await self._written(lambda: self._transport.write(buffer), timeout)
 
-    async def write_pieces(self, pieces: Iterable[bytes], timeout: float | None = None) -> None:
-        """Write ``pieces`` without joining them; return once the kernel has them all.
-
-        Body chunks come here (``_send_event``); they may be views of buffers
-        their owner reuses as soon as this returns (``models/slice_buffers.py``),
-        so nothing of them may stay queued in the transport.
-        """
-
-        def send() -> None:
-            self._transport.writelines(pieces)
-            if self._transport.get_write_buffer_size():
-                self._transport.set_write_buffer_limits(high=0)  # drain to empty
-
-        try:
-            await self._written(send, timeout)
-        finally:
-            if not self._transport.is_closing():
-                self._transport.set_write_buffer_limits()
-
     async def _written(self, send: Callable[[], None], timeout: float | None) -> None:
         try:
             async with asyncio.timeout(timeout):
@@ -231,11 +190,6 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             raise self._protocol.error
         if self._transport.is_closing():
             raise ConnectionResetError(errno.ECONNRESET, "the connection is closed")
-
-    @property
-    def plain(self) -> bool:
-        """Not TLS: what is written goes to the socket as it is."""
-        return self._transport.get_extra_info("sslcontext") is None
 
     async def aclose(self) -> None:
         # As anyio does: close, let the loop run once, then drop whatever is still
@@ -341,71 +295,19 @@ def _reason(exc: BaseException) -> str:
 
 
 def _socket_readable(sock: socket.socket | None) -> bool:
+    """Whether ``sock`` has data or an end of stream waiting, without blocking.
+
+    ``poll`` rather than ``select``, which refuses descriptors from 1024 on: a
+    proxy with many open files would see every idle connection as closed.
+    """
     if sock is None:
         return True
-    with contextlib.suppress(OSError, ValueError):
-        readable, _, _ = select.select([sock], [], [], 0)
-        return bool(readable)
-    return True  # closed under us
-
-
-_HTTP11 = httpcore._async.http11.AsyncHTTP11Connection
-_send_event_joined = _HTTP11._send_event
-
-
-async def _send_event(
-    self: httpcore._async.http11.AsyncHTTP11Connection,
-    event: h11.Event,
-    timeout: float | None = None,
-) -> None:
-    """httpcore's ``_send_event``, without the copy of large body chunks."""
-    stream = self._network_stream
-    if (
-        isinstance(event, h11.Data)
-        and len(event.data) >= _PASSTHROUGH_BYTES
-        and isinstance(stream, AsyncioStream)
-        and stream.plain
-    ):
-        pieces = self._h11_state.send_with_data_passthrough(event)
-        if pieces is not None:
-            await stream.write_pieces(pieces, timeout)
-        return
-    await _send_event_joined(self, event, timeout)
-
-
-def _maybe_extract_at_most(self: ReceiveBuffer, count: int) -> bytearray | None:
-    """h11's ``ReceiveBuffer.maybe_extract_at_most`` without its two copies of the data.
-
-    h11 0.16 slices the buffer once to see whether it is empty and once more to
-    extract; asked for everything it holds (a response body read to its end, the
-    usual case here), this hands over the buffer itself.
-    """
-    data = self._data
-    if not data:
-        return None
-    if count < len(data):
-        return self._extract(count)
-    self._data = bytearray()
-    self._next_line_search = 0
-    self._multiple_lines_search = 0
-    return data
-
-
-def install(transport: httpx.AsyncHTTPTransport) -> None:
-    """Make ``transport`` connect through AsyncioBackend, without copies of large chunks.
-
-    >>> transport = httpx.AsyncHTTPTransport()
-    >>> install(transport)
-    >>> type(transport._pool._network_backend).__name__
-    'AsyncioBackend'
-    """
-    pool = getattr(transport, "_pool", None)
-    if not isinstance(pool, httpcore.AsyncConnectionPool) or not hasattr(pool, "_network_backend"):
-        raise RuntimeError(
-            "this httpx/httpcore release keeps its connection pool elsewhere:"
-            " model_proxy.upstream.network.install needs updating"
-        )
-    pool._network_backend = AsyncioBackend()
-    # Every httpcore HTTP/1.1 connection; those on other backends keep the join.
-    _HTTP11._send_event = _send_event  # type: ignore[method-assign]
-    ReceiveBuffer.maybe_extract_at_most = _maybe_extract_at_most  # type: ignore[method-assign]
+    try:
+        fd = sock.fileno()
+        if fd < 0:
+            return True  # closed under us
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return True
