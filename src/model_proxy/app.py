@@ -56,6 +56,7 @@ def create_app(
         reloader = Reloader(settings, live, on_state=put_in_force)
         reloader.start(settings.watch_config)
         app.state.reloader = reloader
+        app.state.live = live  # the states in force and retired (tests look at them)
         app.state.access = AccessGuard(access)
         reloader.hooks.append(
             access_reload_hook(app.state.access, settings.config_dir, settings.access_file)

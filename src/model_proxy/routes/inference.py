@@ -28,6 +28,7 @@ from model_proxy.models.result_stream import ResultStream
 from model_proxy.pacs.source import Target
 from model_proxy.routes.params import parse_data_filters, resolve_inputs, validate_uid
 from model_proxy.routes.results import Inference, respond
+from model_proxy.runtime.reload import LiveState
 from model_proxy.runtime.state import ProxyState
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ async def infer(request: Request) -> Response:
         # Starlette answers HEAD on GET routes; here it would run a whole inference.
         raise HTTPException(405, headers={"Allow": "GET"})
     state: ProxyState = request.state.proxy  # leased by reload.LeaseMiddleware
+    live: LiveState = request.state.live
     guard: AccessGuard = request.app.state.access
     record = audit_record(request)
     caller = await guard.authenticate(request.headers)
@@ -109,8 +111,10 @@ async def infer(request: Request) -> Response:
         nonlocal writer
         record.model_called = True
         # Admitted only when the model is really called: a slot and a memory window.
+        # The call holds its own lease on the state whose clients it uses: coalesced,
+        # it may outlive this request while other viewers read its result.
         try:
-            async with state.capacity.admission.admit() as memory:
+            async with live.lease(state), state.capacity.admission.admit() as memory:
                 writer = state.capacity.body_pipeline(plan, source, model.input, memory)
                 async with (
                     writer,

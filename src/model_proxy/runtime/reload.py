@@ -54,8 +54,14 @@ class LiveState:
         return len(self._retired)
 
     @asynccontextmanager
-    async def lease(self) -> AsyncIterator[ProxyState]:
-        state = self.current
+    async def lease(self, state: ProxyState | None = None) -> AsyncIterator[ProxyState]:
+        """Holds the state in force, or ``state``: one the caller holds already, for
+        work that may outlive the caller's own lease (a coalesced model call serves
+        every viewer that joined it, whoever started it)."""
+        if state is None:
+            state = self.current
+        elif state is not self._current and id(state) not in self._leases:
+            raise RuntimeError("a lease on a state that is already closed")
         key = id(state)
         self._leases[key] = self._leases.get(key, 0) + 1
         try:
@@ -110,7 +116,7 @@ class LeaseMiddleware:
             await self.app(scope, receive, send)
             return
         async with self.live.lease() as state:
-            scope.setdefault("state", {})["proxy"] = state
+            scope.setdefault("state", {}).update(proxy=state, live=self.live)
             await self.app(scope, receive, send)
 
 
