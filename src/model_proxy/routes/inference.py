@@ -114,7 +114,7 @@ async def infer(request: Request) -> Response:
         # The call holds its own lease on the state whose clients it uses: coalesced,
         # it may outlive this request while other viewers read its result.
         try:
-            async with live.lease(state), state.capacity.admission.admit() as memory:
+            async with live.hold(state), state.capacity.admission.admit() as memory:
                 writer = state.capacity.body_pipeline(plan, source, model.input, memory)
                 async with (
                     writer,
