@@ -19,9 +19,9 @@ from model_proxy import __version__
 from model_proxy.access import AccessGuard, AccessPolicy
 from model_proxy.access.posture import log_posture
 from model_proxy.access.reload import access_reload_hook
-from model_proxy.audit import REQUEST_ID_HEADER, AuditMiddleware, AuditWriter
+from model_proxy.audit import REQUEST_ID_HEADER, AuditMiddleware, AuditWriter, audit_record
 from model_proxy.config import ProxyConfig
-from model_proxy.errors import ProxyError
+from model_proxy.errors import ErrorCode, ProxyError
 from model_proxy.routes import inference, openapi, status
 from model_proxy.runtime.capacity import Capacity
 from model_proxy.runtime.reload import LeaseMiddleware, LiveState, Reloader
@@ -56,6 +56,7 @@ def create_app(
         reloader = Reloader(settings, live, on_state=put_in_force)
         reloader.start(settings.watch_config)
         app.state.reloader = reloader
+        app.state.live = live  # the states in force and retired (tests look at them)
         app.state.access = AccessGuard(access)
         reloader.hooks.append(
             access_reload_hook(app.state.access, settings.config_dir, settings.access_file)
@@ -130,27 +131,29 @@ async def handle_proxy_error(request: Request, exc: Exception) -> Response:
         exc.code,
         exc.message,
     )
+    audit_record(request).code = exc.code
     return JSONResponse(exc.to_json(), status_code=exc.status_code, headers=exc.headers())
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        body = {"message": "Not found", "code": "not_found"}
+        message, code = "Not found", ErrorCode.NOT_FOUND
     elif exc.status_code == 405:
-        body = {
-            "message": f"{request.method} is not allowed here; use GET",
-            "code": "method_not_allowed",
-        }
+        message = f"{request.method} is not allowed here; use GET"
+        code = ErrorCode.METHOD_NOT_ALLOWED
     else:
-        body = {"message": str(exc.detail), "code": "http_error"}
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        message, code = str(exc.detail), ErrorCode.HTTP_ERROR
+    audit_record(request).code = code
+    return JSONResponse(
+        {"message": message, "code": code}, status_code=exc.status_code, headers=exc.headers
+    )
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     # The traceback goes to the log only; the caller gets no internals.
     logger.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse(
-        {"message": "internal error in model-proxy; see its log", "code": "internal_error"},
+        {"message": "internal error in model-proxy; see its log", "code": ErrorCode.INTERNAL_ERROR},
         status_code=500,
     )

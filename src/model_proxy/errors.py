@@ -26,20 +26,81 @@ boundary where they happen (pacs/, models/), never in the routes.
 from __future__ import annotations
 
 import re
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """The ``code`` of every error answer: a public contract, stable across releases.
+
+    Programs match on it (the ``message`` is for people); the audit log records it.
+    """
+
+    # the caller's request (400, 404, 405, 414, 431)
+    BAD_REQUEST = "bad_request"
+    INVALID_UID = "invalid_uid"
+    WRONG_TASK = "wrong_task"
+    UNSUPPORTED_LEVEL = "unsupported_level"
+    UNKNOWN_MODEL = "unknown_model"
+    UNKNOWN_SERVER = "unknown_server"
+    NO_DEFAULT_SERVER = "no_default_server"
+    DATA_FILTERS_NOT_ACCEPTED = "data_filters_not_accepted"
+    DATA_FILTERS_REQUIRED = "data_filters_required"
+    INVALID_DATA_FILTERS = "invalid_data_filters"
+    INVALID_HTTP = "invalid_http"
+    URI_TOO_LONG = "uri_too_long"
+    HEADERS_TOO_LARGE = "headers_too_large"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    NOT_FOUND = "not_found"
+    HTTP_ERROR = "http_error"
+    NOT_ON_PACS = "not_on_pacs"
+
+    # client authentication (401, 403; docs/security.md)
+    UNAUTHENTICATED = "unauthenticated"
+    INVALID_API_KEY = "invalid_api_key"
+    INVALID_TOKEN = "invalid_token"  # noqa: S105  (a code, not a secret)
+    UNSUPPORTED_CREDENTIALS = "unsupported_credentials"
+    AMBIGUOUS_CREDENTIALS = "ambiguous_credentials"
+    JWKS_UNAVAILABLE = "jwks_unavailable"
+    FORBIDDEN = "forbidden"
+    NO_ACCESS = "no_access"
+
+    # the PACS (502)
+    BAD_GATEWAY = "bad_gateway"
+    PACS_ERROR = "pacs_error"
+    PACS_BAD_RESPONSE = "pacs_bad_response"
+    PACS_AUTH_FAILED = "pacs_auth_failed"
+    PACS_AUTH_UNAVAILABLE = "pacs_auth_unavailable"
+
+    # the model (502)
+    MODEL_ERROR = "model_error"
+    MODEL_FAILED = "model_failed"
+    MODEL_BAD_RESPONSE = "model_bad_response"
+    MODEL_RESULT_TOO_LARGE = "model_result_too_large"
+
+    # time and capacity (503, 504)
+    GATEWAY_TIMEOUT = "gateway_timeout"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    OVERLOADED = "overloaded"
+    TOO_MANY_INFERENCES = "too_many_inferences"
+    MEMORY_BUDGET_EXHAUSTED = "memory_budget_exhausted"
+
+    # the proxy itself, and the audit log's word for a response cut short
+    INTERNAL_ERROR = "internal_error"
+    RESPONSE_ABORTED = "response_aborted"
 
 
 class ProxyError(Exception):
     """An error with an HTTP status, a stable machine code and a human message."""
 
     status_code = 500
-    default_code = "internal_error"
+    default_code: ErrorCode = ErrorCode.INTERNAL_ERROR
 
     def __init__(
-        self, message: str, code: str | None = None, *, upstream: str | None = None
+        self, message: str, code: ErrorCode | None = None, *, upstream: str | None = None
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.code = code or self.default_code
+        self.code: ErrorCode = code or self.default_code
         # The label ("PACS b1407f18…") of the upstream whose failure this is, if any.
         self.upstream = upstream
 
@@ -53,16 +114,16 @@ class ProxyError(Exception):
 
 class BadRequest(ProxyError):
     status_code = 400
-    default_code = "bad_request"
+    default_code = ErrorCode.BAD_REQUEST
 
 
 class Unauthorized(ProxyError):
     """401 with a ``WWW-Authenticate`` challenge (``headers``) naming what to send."""
 
     status_code = 401
-    default_code = "unauthenticated"
+    default_code = ErrorCode.UNAUTHENTICATED
 
-    def __init__(self, message: str, code: str | None = None, *, challenge: str) -> None:
+    def __init__(self, message: str, code: ErrorCode | None = None, *, challenge: str) -> None:
         super().__init__(message, code)
         self.challenge = challenge
 
@@ -72,37 +133,37 @@ class Unauthorized(ProxyError):
 
 class Forbidden(ProxyError):
     status_code = 403
-    default_code = "forbidden"
+    default_code = ErrorCode.FORBIDDEN
 
 
 class NotFound(ProxyError):
     status_code = 404
-    default_code = "not_found"
+    default_code = ErrorCode.NOT_FOUND
 
 
 class UpstreamError(ProxyError):
     status_code = 502
-    default_code = "bad_gateway"
+    default_code = ErrorCode.BAD_GATEWAY
 
 
 class PacsError(UpstreamError):
-    default_code = "pacs_error"
+    default_code = ErrorCode.PACS_ERROR
 
 
 class ModelError(UpstreamError):
-    default_code = "model_error"
+    default_code = ErrorCode.MODEL_ERROR
 
 
 class UpstreamTimeout(ProxyError):
     status_code = 504
-    default_code = "gateway_timeout"
+    default_code = ErrorCode.GATEWAY_TIMEOUT
 
 
 class UpstreamUnavailable(ProxyError):
     """An upstream failed repeatedly; calls fail fast until ``retry_after`` seconds pass."""
 
     status_code = 503
-    default_code = "upstream_unavailable"
+    default_code = ErrorCode.UPSTREAM_UNAVAILABLE
 
     def __init__(self, message: str, *, retry_after: int, upstream: str) -> None:
         super().__init__(message, upstream=upstream)
@@ -116,9 +177,9 @@ class Overloaded(ProxyError):
     """Admission control refused the request; ``retry_after`` seconds is a hint."""
 
     status_code = 503
-    default_code = "overloaded"
+    default_code = ErrorCode.OVERLOADED
 
-    def __init__(self, message: str, code: str | None = None, *, retry_after: int) -> None:
+    def __init__(self, message: str, code: ErrorCode | None = None, *, retry_after: int) -> None:
         super().__init__(message, code)
         self.retry_after = retry_after
 

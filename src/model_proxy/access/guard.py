@@ -15,7 +15,7 @@ from enum import StrEnum
 
 from starlette.datastructures import Headers
 
-from model_proxy.errors import Forbidden, Unauthorized
+from model_proxy.errors import ErrorCode, Forbidden, Unauthorized
 from model_proxy.upstream.clients import Timeouts
 
 from .jwks import JwksCache
@@ -95,7 +95,8 @@ class AccessGuard:
         authorization = headers.get("authorization", "").strip()
         if api_key and authorization:
             raise self._unauthorized(
-                "send one credential: X-API-Key or Authorization, not both", "ambiguous_credentials"
+                "send one credential: X-API-Key or Authorization, not both",
+                ErrorCode.AMBIGUOUS_CREDENTIALS,
             )
         scheme, _, value = authorization.partition(" ")
         scheme, value = scheme.lower(), value.strip()
@@ -106,9 +107,11 @@ class AccessGuard:
         if authorization:
             raise self._unauthorized(
                 f"unsupported Authorization scheme {scheme[:20]!r}; {self._expected()}",
-                "unsupported_credentials",
+                ErrorCode.UNSUPPORTED_CREDENTIALS,
             )
-        raise self._unauthorized(f"authentication required: {self._expected()}", "unauthenticated")
+        raise self._unauthorized(
+            f"authentication required: {self._expected()}", ErrorCode.UNAUTHENTICATED
+        )
 
     def authorize(self, caller: Caller, model_id: str) -> None:
         """Forbidden (the original's 403) unless ``caller`` may call ``model_id``."""
@@ -125,29 +128,32 @@ class AccessGuard:
         ):
             return
         logger.info("%s may not call model %s", caller.identity, model_id)
-        raise Forbidden(NO_ACCESS, code="no_access")
+        raise Forbidden(NO_ACCESS, code=ErrorCode.NO_ACCESS)
 
     def _by_api_key(self, presented: str) -> Caller:
         assert self.policy is not None
         if not self.policy.api_keys:
             raise self._unauthorized(
-                f"API keys are not accepted here; {self._expected()}", "unsupported_credentials"
+                f"API keys are not accepted here; {self._expected()}",
+                ErrorCode.UNSUPPORTED_CREDENTIALS,
             )
         key = find_api_key(presented, self.policy.api_keys)
         if key is None:
-            raise self._unauthorized("unknown API key", "invalid_api_key")
+            raise self._unauthorized("unknown API key", ErrorCode.INVALID_API_KEY)
         return Caller(CallerKind.API_KEY, key.name, key.roles)
 
     async def _by_token(self, token: str) -> Caller:
         if self._verifier is None:
             raise self._unauthorized(
                 f"bearer tokens are not accepted here; {self._expected()}",
-                "unsupported_credentials",
+                ErrorCode.UNSUPPORTED_CREDENTIALS,
             )
         try:
             verified = await self._verifier.verify(token)
         except InvalidToken as exc:
-            raise self._unauthorized(str(exc), "invalid_token", error="invalid_token") from None
+            raise self._unauthorized(
+                str(exc), ErrorCode.INVALID_TOKEN, error="invalid_token"
+            ) from None
         return Caller(CallerKind.JWT, verified.subject, verified.roles)
 
     def _expected(self) -> str:
@@ -159,7 +165,9 @@ class AccessGuard:
             ways.append("a bearer token in Authorization")
         return "send " + " or ".join(ways)
 
-    def _unauthorized(self, message: str, code: str, *, error: str | None = None) -> Unauthorized:
+    def _unauthorized(
+        self, message: str, code: ErrorCode, *, error: str | None = None
+    ) -> Unauthorized:
         assert self.policy is not None
         challenges = []
         if self.policy.jwt is not None:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import jwt
 import orjson
 
-from model_proxy.errors import UpstreamError
+from model_proxy.errors import ErrorCode, UpstreamError
 from model_proxy.upstream.clients import Timeouts, make_client, translate_errors
 
 from .schema import JwtSettings
@@ -30,7 +30,7 @@ MAX_JWKS_BYTES = 1024 * 1024
 class JwksUnavailable(UpstreamError):
     """No key to check a token with, because the JWKS URL failed (502)."""
 
-    default_code = "jwks_unavailable"
+    default_code = ErrorCode.JWKS_UNAVAILABLE
 
 
 class UnknownKey(LookupError):

@@ -2,7 +2,8 @@
 
 The middleware opens a record for every request to an inference route, lets the
 route fill in who asked for what (:func:`audit_record`), watches the response go
-out (status, error code, bytes) and hands the finished record to the writer. It
+out (status, bytes; the error code comes from the error itself, set where app.py
+turns it into a response) and hands the finished record to the writer. It
 wraps the response rather than the route so that a streamed result is counted
 to its last byte and a failure anywhere is recorded too.
 
@@ -20,10 +21,10 @@ from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from model_proxy.errors import ErrorCode
 from model_proxy.models.body import InstanceInput, SeriesInput
 
 from .writer import AuditWriter
@@ -31,7 +32,6 @@ from .writer import AuditWriter
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _STATE_KEY = "audit_record"
-_MAX_ERROR_BODY = 4096
 
 
 @dataclass
@@ -139,7 +139,6 @@ class AuditMiddleware:
             return
         record = _new_record(scope)
         scope.setdefault("state", {})[_STATE_KEY] = record
-        error_body = bytearray()
         finished = False
 
         async def watch(message: Message) -> None:
@@ -152,8 +151,6 @@ class AuditMiddleware:
             elif message["type"] == "http.response.body":
                 body = message.get("body", b"")
                 record.result_bytes_out += len(body)
-                if (record.status or 0) >= 400 and len(error_body) < _MAX_ERROR_BODY:
-                    error_body.extend(body[: _MAX_ERROR_BODY - len(error_body)])
                 finished = not message.get("more_body", False)
             await send(message)
 
@@ -161,12 +158,12 @@ class AuditMiddleware:
             await self.app(scope, receive, watch)
         except BaseException:
             # Starlette renders the 500 further out; a started response was cut short.
-            record.code = "response_aborted" if record.status else "internal_error"
+            record.code = ErrorCode.RESPONSE_ABORTED if record.status else ErrorCode.INTERNAL_ERROR
             record.status = record.status or 500
             raise
         finally:
             if record.code is None:
-                record.code = _outcome(record.status, bytes(error_body), finished)
+                record.code = _outcome(record.status, finished)
             if (record.status or 0) >= 400:
                 record.result_bytes_out = 0  # an error body is not a result
             record.duration_ms = (perf_counter() - record._started) * 1000
@@ -174,13 +171,10 @@ class AuditMiddleware:
                 self.writer.write(record.to_json())
 
 
-def _outcome(status: int | None, error_body: bytes, finished: bool) -> str:
+def _outcome(status: int | None, finished: bool) -> str:
+    """The record's code when no error set one (app.py's handlers set it from the error)."""
     if status is None:
         return "no_response"
     if status < 400:
-        return "ok" if finished else "response_aborted"
-    try:
-        code = orjson.loads(error_body).get("code")
-    except (orjson.JSONDecodeError, AttributeError):
-        code = None
-    return code if isinstance(code, str) else f"http_{status}"
+        return "ok" if finished else ErrorCode.RESPONSE_ABORTED
+    return f"http_{status}"

@@ -12,7 +12,7 @@ import httpx
 import orjson
 
 from model_proxy.config import ModelConfig
-from model_proxy.errors import ModelError, short_id
+from model_proxy.errors import ErrorCode, ModelError, short_id
 from model_proxy.models.result_stream import ResultStream
 from model_proxy.upstream.breaker import BreakerPolicy, CircuitBreaker
 from model_proxy.upstream.clients import (
@@ -103,7 +103,7 @@ class ModelClient:
                 raise ModelError(
                     f"{self.label}: answered {response.status_code}"
                     f" {response.reason_phrase}{detail}",
-                    code="model_failed",
+                    code=ErrorCode.MODEL_FAILED,
                     upstream=self.label if response.status_code >= 500 else None,
                 )
             finally:

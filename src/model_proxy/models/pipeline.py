@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import cast
 
-from model_proxy.errors import NotFound, PacsError
+from model_proxy.errors import ErrorCode, NotFound, PacsError
 from model_proxy.models.body import Retrieval, Token
 from model_proxy.models.encoder import encode_range_into, slice_ranges, slice_text_size
 from model_proxy.models.formats import BodyFormat
@@ -223,7 +223,7 @@ class BodyPipeline:
         if not count and not retrieval.as_array:
             raise NotFound(
                 f"{retrieval.target.describe()} was not found on {self._source.label}",
-                code="not_on_pacs",
+                code=ErrorCode.NOT_ON_PACS,
             )
         if closing := self._format.after_retrieval(retrieval, count):
             await self._out.put(_Chunk(closing))

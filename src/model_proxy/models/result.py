@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from model_proxy.errors import ModelError
+from model_proxy.errors import ErrorCode, ModelError
 
 
 def unwrap_result(body: bytes, label: str) -> bytes:
@@ -20,14 +20,16 @@ def unwrap_result(body: bytes, label: str) -> bytes:
     """
     if not body.strip():
         raise ModelError(
-            f"{label}: answered 200 with an empty body", code="model_bad_response", upstream=label
+            f"{label}: answered 200 with an empty body",
+            code=ErrorCode.MODEL_BAD_RESPONSE,
+            upstream=label,
         )
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ModelError(
             f"{label}: answered with a body that is not JSON ({exc.msg})",
-            code="model_bad_response",
+            code=ErrorCode.MODEL_BAD_RESPONSE,
             upstream=label,
         ) from exc
     if not isinstance(document, str):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncGenerator, AsyncIterator
 
-from model_proxy.errors import ModelError
+from model_proxy.errors import ErrorCode, ModelError
 from model_proxy.models.result import unwrap_result
 
 # Answers up to this size are validated whole before the first byte is sent.
@@ -198,7 +198,7 @@ class ResultStream:
             if self.raw_bytes > self._max_bytes:
                 raise ModelError(
                     f"{self._label}: result is larger than the limit of {self._max_bytes} bytes",
-                    code="model_result_too_large",
+                    code=ErrorCode.MODEL_RESULT_TOO_LARGE,
                 )
             return chunk
         return None
@@ -295,5 +295,5 @@ class ResultStream:
 
     def _error(self, message: str) -> ModelError:
         return ModelError(
-            f"{self._label}: {message}", code="model_bad_response", upstream=self._label
+            f"{self._label}: {message}", code=ErrorCode.MODEL_BAD_RESPONSE, upstream=self._label
         )

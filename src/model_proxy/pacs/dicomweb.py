@@ -10,7 +10,7 @@ from contextlib import aclosing, asynccontextmanager, contextmanager
 import httpx
 
 from model_proxy.config import ServerConfig
-from model_proxy.errors import NotFound, PacsError, ProxyError, short_id
+from model_proxy.errors import ErrorCode, NotFound, PacsError, ProxyError, short_id
 from model_proxy.pacs.fingerprint import qido_fingerprint
 from model_proxy.pacs.instance_key import instance_key
 from model_proxy.pacs.multipart import (
@@ -150,7 +150,7 @@ class DicomWebSource:
                 responses.append(await self._open(target, budget))
         if not given:
             raise NotFound(
-                f"{target.describe()} has no instances on {self.label}", code="not_on_pacs"
+                f"{target.describe()} has no instances on {self.label}", code=ErrorCode.NOT_ON_PACS
             )
 
     def _check_status(self, response: httpx.Response, target: Target, budget: RetryBudget) -> None:
@@ -158,11 +158,13 @@ class DicomWebSource:
         if status in (200, 206):
             return
         if status in (204, 404):
-            raise NotFound(f"{target.describe()} was not found on {self.label}", code="not_on_pacs")
+            raise NotFound(
+                f"{target.describe()} was not found on {self.label}", code=ErrorCode.NOT_ON_PACS
+            )
         if status in (401, 403):
             raise PacsError(
                 f"{self.label}: access refused ({status}); check the server's credentials",
-                code="pacs_auth_failed",
+                code=ErrorCode.PACS_AUTH_FAILED,
             )
         raise PacsError(
             f"{self.label}: answered {status} {response.reason_phrase} for {target.describe()}"
@@ -189,7 +191,7 @@ class DicomWebSource:
             raise PacsError(
                 f"{self.label}: answered with Content-Type {content_type[:100]!r} for"
                 f" {target.describe()}, expected multipart/related",
-                code="pacs_bad_response",
+                code=ErrorCode.PACS_BAD_RESPONSE,
                 upstream=self.label,
             )
         decoder = MultipartDecoder(boundary, max_part_bytes=self._max_instance_bytes)
@@ -204,14 +206,14 @@ class DicomWebSource:
         except TruncatedMultipart as exc:
             error = PacsError(
                 f"{self.label}: the response for {target.describe()} was cut short: {exc}",
-                code="pacs_bad_response",
+                code=ErrorCode.PACS_BAD_RESPONSE,
                 upstream=self.label,
             )
             raise _BrokenTransfer(error) from exc
         except MalformedMultipart as exc:
             raise PacsError(
                 f"{self.label}: sent a malformed response for {target.describe()}: {exc}",
-                code="pacs_bad_response",
+                code=ErrorCode.PACS_BAD_RESPONSE,
                 upstream=self.label,
             ) from exc
 

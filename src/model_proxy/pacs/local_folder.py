@@ -23,7 +23,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from model_proxy.config import ServerConfig
-from model_proxy.errors import NotFound, PacsError, short_id
+from model_proxy.errors import ErrorCode, NotFound, PacsError, short_id
 from model_proxy.pacs.source import Target
 from model_proxy.upstream.probe import ProbeResult, elapsed_ms
 
@@ -146,7 +146,9 @@ class LocalFolderSource:
             await self._refresh(only_if_stale=True)
             paths = self._index.lookup(target)
         if not paths:
-            raise NotFound(f"{target.describe()} was not found in {self.label}", code="not_on_pacs")
+            raise NotFound(
+                f"{target.describe()} was not found in {self.label}", code=ErrorCode.NOT_ON_PACS
+            )
         return sorted(paths)
 
     @asynccontextmanager

@@ -21,13 +21,14 @@ from model_proxy.access import AccessGuard
 from model_proxy.audit import audit_record
 from model_proxy.cache import data_fingerprint, request_key
 from model_proxy.config import Level, ModelConfig, Task
-from model_proxy.errors import BadRequest, NotFound, shorten
+from model_proxy.errors import BadRequest, ErrorCode, NotFound, shorten
 from model_proxy.models.body import plan_body
 from model_proxy.models.pipeline import BodyPipeline
 from model_proxy.models.result_stream import ResultStream
 from model_proxy.pacs.source import Target
 from model_proxy.routes.params import parse_data_filters, resolve_inputs, validate_uid
 from model_proxy.routes.results import Inference, respond
+from model_proxy.runtime.reload import LiveState
 from model_proxy.runtime.state import ProxyState
 
 logger = logging.getLogger(__name__)
@@ -53,12 +54,12 @@ def _check_route_fits_model(family: str, model: ModelConfig, level: Level) -> No
         raise BadRequest(
             f"model {model.id} performs {model.task.value}; call it under"
             f" /{model.task.route_family}/ (it supports {supported})",
-            code="wrong_task",
+            code=ErrorCode.WRONG_TASK,
         )
     if level not in model.supports:
         raise BadRequest(
             f"model {model.id} does not support {level.value} requests; it supports {supported}",
-            code="unsupported_level",
+            code=ErrorCode.UNSUPPORTED_LEVEL,
         )
 
 
@@ -67,6 +68,7 @@ async def infer(request: Request) -> Response:
         # Starlette answers HEAD on GET routes; here it would run a whole inference.
         raise HTTPException(405, headers={"Allow": "GET"})
     state: ProxyState = request.state.proxy  # leased by reload.LeaseMiddleware
+    live: LiveState = request.state.live
     guard: AccessGuard = request.app.state.access
     record = audit_record(request)
     caller = await guard.authenticate(request.headers)
@@ -79,7 +81,8 @@ async def infer(request: Request) -> Response:
     model = state.config.models.get(params["model_id"])
     if model is None:
         raise NotFound(
-            f"model {shorten(params['model_id'])!r} is not in models.json", code="unknown_model"
+            f"model {shorten(params['model_id'])!r} is not in models.json",
+            code=ErrorCode.UNKNOWN_MODEL,
         )
     record.model = model.id
     guard.authorize(caller, model.id)
@@ -93,7 +96,7 @@ async def infer(request: Request) -> Response:
     record.series, record.instance = target.series, target.instance
     server_param = request.query_params.getlist("server")
     if len(server_param) > 1:
-        raise BadRequest("?server= is given more than once", code="bad_request")
+        raise BadRequest("?server= is given more than once", code=ErrorCode.BAD_REQUEST)
     inputs = resolve_inputs(model, level, parse_data_filters(request.query_params.multi_items()))
     record.set_inputs(inputs)
     server, source = state.source_for(server_param[0] if server_param else None)
@@ -108,8 +111,10 @@ async def infer(request: Request) -> Response:
         nonlocal writer
         record.model_called = True
         # Admitted only when the model is really called: a slot and a memory window.
+        # The call holds its own lease on the state whose clients it uses: coalesced,
+        # it may outlive this request while other viewers read its result.
         try:
-            async with state.capacity.admission.admit() as memory:
+            async with live.hold(state), state.capacity.admission.admit() as memory:
                 writer = state.capacity.body_pipeline(plan, source, model.input, memory)
                 async with (
                     writer,

@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from model_proxy import __version__
 from model_proxy.config import Task
+from model_proxy.errors import ErrorCode
 from model_proxy.routes.params import MAX_FILTERS, UID_MAX_LENGTH, UID_PATTERN
 from model_proxy.web.http_limits import MAX_URL_BYTES
 
@@ -221,7 +222,11 @@ DOCUMENT: dict[str, Any] = {
                 "additionalProperties": False,
                 "properties": {
                     "message": {"type": "string", "description": "For a person"},
-                    "code": {"type": "string", "description": "Stable, for a program"},
+                    "code": {
+                        "type": "string",
+                        "description": "Stable, for a program",
+                        "enum": [code.value for code in ErrorCode],
+                    },
                 },
             },
             "DataFilters": {

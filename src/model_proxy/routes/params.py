@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from model_proxy.config import DataFilterEntry, Level, ModelConfig
-from model_proxy.errors import BadRequest, shorten
+from model_proxy.errors import BadRequest, ErrorCode, shorten
 from model_proxy.models.body import InstanceInput, SeriesInput
 
 # DICOM PS3.5 section 9.1: dot-separated numbers without leading zeros, 64 chars at most.
@@ -35,7 +35,7 @@ def validate_uid(value: str, what: str) -> str:
         raise BadRequest(
             f"{what} {shorten(value)!r} is not a valid DICOM UID (digits and dots, no leading"
             f" zeros, at most {UID_MAX_LENGTH} characters)",
-            code="invalid_uid",
+            code=ErrorCode.INVALID_UID,
         )
     return value
 
@@ -154,12 +154,12 @@ def resolve_inputs(
                 if level is Level.INSTANCE
                 else "this model declares no dataFilter inputs"
             )
-            raise BadRequest(reason, code="data_filters_not_accepted")
+            raise BadRequest(reason, code=ErrorCode.DATA_FILTERS_NOT_ACCEPTED)
         return []
     if requested is None:
         raise BadRequest(
             f"this model needs data-filters naming its inputs: {_keys(declared)}",
-            code="data_filters_required",
+            code=ErrorCode.DATA_FILTERS_REQUIRED,
         )
     if level is Level.STUDY:
         return [
@@ -177,7 +177,7 @@ def _instance_inputs(entry: DataFilterEntry, found: RequestedFilter) -> tuple[In
         if found.children:
             raise BadRequest(
                 f"data-filters: input {entry.data_key!r} takes a whole series, not instances",
-                code="invalid_data_filters",
+                code=ErrorCode.INVALID_DATA_FILTERS,
             )
         return ()
     where = f"data-filters for {entry.data_key!r}"
@@ -221,4 +221,4 @@ def _keys(entries: Sequence[DataFilterEntry]) -> str:
 
 
 def _filter_error(message: str) -> BadRequest:
-    return BadRequest(message, code="invalid_data_filters")
+    return BadRequest(message, code=ErrorCode.INVALID_DATA_FILTERS)

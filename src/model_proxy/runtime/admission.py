@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from model_proxy.errors import Overloaded
+from model_proxy.errors import ErrorCode, Overloaded
 
 MiB = 1024 * 1024
 
@@ -167,7 +167,7 @@ class Admission:
             raise Overloaded(
                 f"model-proxy is busy: {self.running} inferences are running, the limit"
                 " (--max-concurrent-inferences); retry later",
-                code="too_many_inferences",
+                code=ErrorCode.TOO_MANY_INFERENCES,
                 retry_after=RETRY_AFTER_SECONDS,
             )
         if not self.budget.try_take(self.window):
@@ -175,7 +175,7 @@ class Admission:
                 "model-proxy is busy: its memory budget (--memory-budget,"
                 f" {self.budget.total // MiB} MiB) is in use by running inferences;"
                 " retry later",
-                code="memory_budget_exhausted",
+                code=ErrorCode.MEMORY_BUDGET_EXHAUSTED,
                 retry_after=RETRY_AFTER_SECONDS,
             )
         self.running += 1

@@ -19,7 +19,7 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -40,7 +40,8 @@ class LiveState:
 
     def __init__(self) -> None:
         self._current: ProxyState | None = None
-        self._leases: dict[int, int] = {}
+        self._leases: dict[int, int] = {}  # requests and model calls, by id(state)
+        self._requests: dict[int, int] = {}  # requests alone: what a reload reports
         self._retired: dict[int, ProxyState] = {}
 
     @property
@@ -53,15 +54,32 @@ class LiveState:
     def retired_count(self) -> int:
         return len(self._retired)
 
+    def lease(self) -> AbstractAsyncContextManager[ProxyState]:
+        """A request's hold on the state in force, to its last byte."""
+        return self._held(self.current, request=True)
+
+    def hold(self, state: ProxyState) -> AbstractAsyncContextManager[ProxyState]:
+        """Another hold on ``state``, which the caller holds already, for work that may
+        outlive the caller's own lease (a coalesced model call serves every viewer
+        that joined it, whoever started it)."""
+        if state is not self._current and id(state) not in self._leases:
+            raise RuntimeError("a hold on a state that is already closed")
+        return self._held(state, request=False)
+
     @asynccontextmanager
-    async def lease(self) -> AsyncIterator[ProxyState]:
-        state = self.current
+    async def _held(self, state: ProxyState, *, request: bool) -> AsyncIterator[ProxyState]:
         key = id(state)
         self._leases[key] = self._leases.get(key, 0) + 1
+        if request:
+            self._requests[key] = self._requests.get(key, 0) + 1
         try:
             yield state
         finally:
             self._leases[key] -= 1
+            if request:
+                self._requests[key] -= 1
+                if self._requests[key] == 0:
+                    del self._requests[key]
             if self._leases[key] == 0:
                 del self._leases[key]
                 retired = self._retired.pop(key, None)
@@ -73,12 +91,11 @@ class LiveState:
         old, self._current = self._current, state
         if old is None:
             return 0
-        running = self._leases.get(id(old), 0)
-        if running:
+        if id(old) in self._leases:
             self._retired[id(old)] = old
         else:
             await _close(old, "at once")
-        return running
+        return self._requests.get(id(old), 0)
 
     async def aclose(self) -> None:
         """At shutdown, after the grace period: close every state, leased or not."""
@@ -110,7 +127,7 @@ class LeaseMiddleware:
             await self.app(scope, receive, send)
             return
         async with self.live.lease() as state:
-            scope.setdefault("state", {})["proxy"] = state
+            scope.setdefault("state", {}).update(proxy=state, live=self.live)
             await self.app(scope, receive, send)
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from model_proxy.cache import ResultCache
 from model_proxy.config import ProxyConfig, ServerConfig
-from model_proxy.errors import BadRequest, NotFound, shorten
+from model_proxy.errors import BadRequest, ErrorCode, NotFound, shorten
 from model_proxy.models.client import ModelClient
 from model_proxy.pacs.auth.flows import PacsAuth
 from model_proxy.pacs.dicomweb import DicomWebSource
@@ -68,13 +68,14 @@ class ProxyState:
                 raise BadRequest(
                     "no default server is configured; choose one with ?server=<uuid>"
                     f" ({', '.join(self.config.servers) or 'servers.json is empty'})",
-                    code="no_default_server",
+                    code=ErrorCode.NO_DEFAULT_SERVER,
                 )
         else:
             found = self.config.servers.get(server_id)
             if found is None:
                 raise NotFound(
-                    f"server {shorten(server_id)!r} is not in servers.json", code="unknown_server"
+                    f"server {shorten(server_id)!r} is not in servers.json",
+                    code=ErrorCode.UNKNOWN_SERVER,
                 )
             server = found
         return server, self.sources[server.id]

@@ -22,6 +22,8 @@ import logging
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from model_proxy.errors import ErrorCode
+
 logger = logging.getLogger(__name__)
 
 KiB = 1024
@@ -68,7 +70,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._url_bytes > MAX_URL_BYTES:
             self._refuse(
                 414,
-                "uri_too_long",
+                ErrorCode.URI_TOO_LONG,
                 f"the URL is longer than {MAX_URL_BYTES} bytes; put fewer data-filters in it",
             )
             return
@@ -87,7 +89,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         ):
             self._refuse(
                 431,
-                "headers_too_large",
+                ErrorCode.HEADERS_TOO_LARGE,
                 f"request headers over the limits: {MAX_HEADER_COUNT} headers,"
                 f" {MAX_HEADER_LINE_BYTES} bytes each, {MAX_HEADERS_BYTES} bytes in all",
             )
@@ -108,9 +110,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         # Called by uvicorn when the parser rejects the bytes (uvicorn logs a warning).
-        self._refuse(400, "invalid_http", "the request is not valid HTTP/1.1")
+        self._refuse(400, ErrorCode.INVALID_HTTP, "the request is not valid HTTP/1.1")
 
-    def _refuse(self, status: int, code: str, message: str) -> None:
+    def _refuse(self, status: int, code: ErrorCode, message: str) -> None:
         # The parser may still call back for the rest of this chunk; the flag makes
         # those calls no-ops, and the connection closes once this chunk is handled.
         if self._refused:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from model_proxy.errors import PacsError, ProxyError, UpstreamTimeout
+from model_proxy.errors import ErrorCode, PacsError, ProxyError, UpstreamTimeout
 from model_proxy.pacs.auth.calls import TokenCallFailed
 from model_proxy.pacs.auth.tokens import AccessToken
 
@@ -38,13 +38,13 @@ class FailureMemory:
 class PacsAuthRejected(PacsError):
     """The token server refused the configured credential; an administrator must act."""
 
-    default_code = "pacs_auth_failed"
+    default_code = ErrorCode.PACS_AUTH_FAILED
 
 
 class PacsAuthUnavailable(PacsError):
     """The token server is unreachable or broken; may pass on its own."""
 
-    default_code = "pacs_auth_unavailable"
+    default_code = ErrorCode.PACS_AUTH_UNAVAILABLE
 
 
 def auth_error(label: str, failure: TokenCallFailed, advice: str = "") -> ProxyError:
@@ -72,7 +72,7 @@ class Renewal(Protocol):
 class _Failure:
     error_type: type[ProxyError]
     message: str
-    code: str
+    code: ErrorCode
     until: float
 
     def error(self) -> ProxyError:
