@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
-from model_proxy.errors import NotFound, PacsError
+from model_proxy.errors import ErrorCode, NotFound, PacsError
 from model_proxy.pacs.source import Target
 from model_proxy.upstream.probe import ProbeResult
 
@@ -58,16 +58,16 @@ class FakeSource:
 
     def _uids(self, target: Target) -> list[str]:
         if target.study != STUDY or target in self.missing:
-            raise NotFound(f"{target.describe()} was not found", code="not_on_pacs")
+            raise NotFound(f"{target.describe()} was not found", code=ErrorCode.NOT_ON_PACS)
         if target.series is None:
             return [uid for uids in self.series.values() for uid in uids]
         if target.series not in self.series:
-            raise NotFound(f"{target.describe()} was not found", code="not_on_pacs")
+            raise NotFound(f"{target.describe()} was not found", code=ErrorCode.NOT_ON_PACS)
         uids = self.series[target.series]
         if target.instance is None:
             return uids
         if target.instance not in uids:
-            raise NotFound(f"{target.describe()} was not found", code="not_on_pacs")
+            raise NotFound(f"{target.describe()} was not found", code=ErrorCode.NOT_ON_PACS)
         return [target.instance]
 
     @asynccontextmanager

@@ -10,7 +10,7 @@ import pytest
 
 from model_proxy.cache.flights import Flights
 from model_proxy.cache.store import TRAILER_BYTES, CorruptEntry, ResultStore, read_verified
-from model_proxy.errors import ModelError
+from model_proxy.errors import ErrorCode, ModelError
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ async def test_a_failure_reaches_every_reader_and_nothing_is_stored(tmp_path: Pa
 
     async def producer(append: Callable[[bytes], Awaitable[None]]) -> None:
         await asyncio.sleep(0.01)
-        raise ModelError("model m: answered 500", code="model_failed")
+        raise ModelError("model m: answered 500", code=ErrorCode.MODEL_FAILED)
 
     outcomes = await asyncio.gather(
         *(collect(flights, "k", producer) for _ in range(3)), return_exceptions=True

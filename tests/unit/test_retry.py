@@ -3,14 +3,27 @@ and the key that lets a resumed retrieval skip instances already sent."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+import httpx
 import pytest
 
+from model_proxy.errors import ModelError, PacsError
 from model_proxy.pacs.instance_key import instance_key, media_storage_sop_instance_uid
 from model_proxy.sample_data import make_study
-from model_proxy.upstream.retry import RetryPolicy, parse_retry_after
+from model_proxy.upstream.retry import (
+    RETRYABLE_STATUSES,
+    RetryBudget,
+    RetryPolicy,
+    parse_retry_after,
+    send_with_retries,
+)
 
 
 def test_backoff_doubles_up_to_the_cap_with_full_jitter() -> None:
@@ -80,3 +93,119 @@ def test_instance_key_of_anything_else_is_a_digest() -> None:
     assert instance_key(b"not dicom") != instance_key(b"not dicom either")
     truncated_meta = b"\0" * 128 + b"DICM" + b"\2\0\1\0OB\0\0"
     assert media_storage_sop_instance_uid(truncated_meta) is None
+
+
+# --- send_with_retries, against a real server on loopback ------------------------------
+
+
+@asynccontextmanager
+async def answering(*statuses: int) -> AsyncIterator[tuple[str, list[int]]]:
+    """A server answering each request with the next of ``statuses`` (then 200)."""
+    seen: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                status = statuses[len(seen)] if len(seen) < len(statuses) else 200
+                seen.append(status)
+                writer.write(
+                    f"HTTP/1.1 {status} X\r\nRetry-After: 0\r\nContent-Length: 0\r\n\r\n".encode()
+                )
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/", seen
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def quick(retries: int) -> RetryBudget:
+    return RetryPolicy(retries=retries, jitter=lambda: 0.0).budget()
+
+
+@pytest.mark.anyio
+async def test_retryable_answers_are_sent_again_within_the_budget() -> None:
+    async with answering(503, 429) as (url, seen), httpx.AsyncClient() as client:
+        response = await send_with_retries(
+            client,
+            lambda: client.build_request("GET", url),
+            quick(2),
+            label="PACS test",
+            error_type=PacsError,
+            retry_statuses=RETRYABLE_STATUSES,
+        )
+        await response.aclose()
+    assert response.status_code == 200
+    assert seen == [503, 429, 200]
+
+
+@pytest.mark.anyio
+async def test_the_last_retryable_answer_is_returned_when_the_budget_is_spent() -> None:
+    async with answering(503, 503, 503) as (url, seen), httpx.AsyncClient() as client:
+        response = await send_with_retries(
+            client,
+            lambda: client.build_request("GET", url),
+            quick(1),
+            label="PACS test",
+            error_type=PacsError,
+            retry_statuses=RETRYABLE_STATUSES,
+        )
+        await response.aclose()
+    assert response.status_code == 503
+    assert seen == [503, 503]
+
+
+@pytest.mark.anyio
+async def test_other_answers_are_not_retried() -> None:
+    async with answering(503) as (url, seen), httpx.AsyncClient() as client:
+        response = await send_with_retries(
+            client,
+            lambda: client.build_request("GET", url),
+            quick(3),
+            label="m",
+            error_type=ModelError,
+        )
+        await response.aclose()
+    assert response.status_code == 503 and seen == [503]
+
+
+@pytest.mark.anyio
+async def test_a_refused_connection_is_retried_then_raised_naming_the_upstream() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{unused.getsockname()[1]}/"
+    attempts = 0
+
+    def build() -> httpx.Request:
+        nonlocal attempts
+        attempts += 1
+        return client.build_request("GET", url)
+
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(PacsError, match=r"PACS test: unreachable .*\(tried 3 times\)"):
+            await send_with_retries(
+                client, build, quick(2), label="PACS test", error_type=PacsError
+            )
+    assert attempts == 3
+
+
+@pytest.mark.anyio
+async def test_a_failure_the_caller_may_not_retry_is_raised_at_once() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{unused.getsockname()[1]}/"
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(ModelError, match="model m: unreachable") as raised:
+            await send_with_retries(
+                client,
+                lambda: client.build_request("GET", url),
+                quick(5),
+                label="model m",
+                error_type=ModelError,
+                may_retry=lambda exc: False,
+            )
+    assert "tried" not in raised.value.message

@@ -39,7 +39,13 @@ from pydantic import (
     model_validator,
 )
 
-from model_proxy.config.checks import check_http_url, check_tls_verify, describe, describe_type
+from model_proxy.config.checks import (
+    check_http_url,
+    check_tls_verify,
+    describe,
+    describe_type,
+    is_member,
+)
 
 # Asymmetric algorithms only: with an HMAC algorithm a public key could be
 # misused as the shared secret, and "none" is no signature at all.
@@ -247,6 +253,6 @@ class AccessFile(_Schema):
     @field_validator("unlisted_models", mode="before")
     @classmethod
     def _check_unlisted(cls, value: object) -> UnlistedModels:
-        if isinstance(value, str) and value in UnlistedModels._value2member_map_:
-            return UnlistedModels(value)
+        if is_member(UnlistedModels, value):
+            return UnlistedModels(str(value))
         raise ValueError(f"expected {ACCESS_FIELDS['unlistedModels']}, got {describe(value)}")

@@ -10,12 +10,15 @@ import json
 import os
 from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import SplitResult, urlsplit
 from urllib.request import url2pathname
 
 from pydantic import ValidationInfo
 
 from model_proxy.errors import redact_urls
+
+Member = TypeVar("Member", bound=StrEnum)
 
 
 class EntryProblems(ValueError):
@@ -104,6 +107,31 @@ def describe_type(value: object) -> str:
 
 def one_of(enum: type[StrEnum]) -> str:
     return ", ".join(json.dumps(member.value) for member in enum)
+
+
+def enum_member(kind: type[Member], value: object) -> Member:
+    """``value`` as a member of the config vocabulary ``kind``, or a ValueError
+    that lists the allowed spellings.
+
+    >>> from model_proxy.config.enums import Task
+    >>> enum_member(Task, "prediction")
+    <Task.PREDICTION: 'prediction'>
+    """
+    if isinstance(value, str):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    raise ValueError(f"expected one of {one_of(kind)}, got {describe(value)}")
+
+
+def is_member(kind: type[StrEnum], value: object) -> bool:
+    """Whether ``value`` spells a member of ``kind``."""
+    try:
+        enum_member(kind, value)
+    except ValueError:
+        return False
+    return True
 
 
 def _split(value: str) -> SplitResult:

@@ -32,6 +32,7 @@ from .checks import (
     EntryProblems,
     describe,
     describe_type,
+    is_member,
 )
 from .enums import AuthType, Level
 from .schema import ModelConfig, ServerConfig, missing_auth_fields
@@ -338,7 +339,7 @@ def _auth_messages(where: str, raw: Mapping[str, Any]) -> list[str]:
     run it on the raw entry too so that one round of fixes is enough.
     """
     auth_type = raw.get("authType") or ""
-    if auth_type not in AuthType._value2member_map_:
+    if not is_member(AuthType, auth_type):
         return []  # reported as a field error already
 
     def is_set(name: str) -> bool:

@@ -42,6 +42,8 @@ from .checks import (
     check_tls_verify,
     describe,
     empty_is_unset,
+    enum_member,
+    is_member,
     one_of,
     resolve_secret,
 )
@@ -220,9 +222,7 @@ class ServerConfig(_Schema):
     def _check_client_auth_method(cls, value: object) -> ClientAuthMethod:
         if value is None or value == "":
             return ClientAuthMethod.BASIC
-        if isinstance(value, str) and value in ClientAuthMethod._value2member_map_:
-            return ClientAuthMethod(value)
-        raise ValueError(f"expected one of {one_of(ClientAuthMethod)}, got {describe(value)}")
+        return enum_member(ClientAuthMethod, value)
 
     @field_validator("uri")
     @classmethod
@@ -239,18 +239,12 @@ class ServerConfig(_Schema):
     @field_validator("cache_validation", mode="before")
     @classmethod
     def _check_cache_validation(cls, value: object) -> CacheValidation:
-        if isinstance(value, str) and value in CacheValidation._value2member_map_:
-            return CacheValidation(value)
-        raise ValueError(f"expected one of {one_of(CacheValidation)}, got {describe(value)}")
+        return enum_member(CacheValidation, value)
 
     @field_validator("auth_type", mode="before")
     @classmethod
     def _check_auth_type(cls, value: object) -> AuthType:
-        if value is None or isinstance(value, AuthType):
-            return AuthType(value or "")
-        if isinstance(value, str) and value in AuthType._value2member_map_:
-            return AuthType(value)
-        raise ValueError(f"expected one of {one_of(AuthType)}, got {describe(value)}")
+        return enum_member(AuthType, "" if value is None else value)
 
     @field_validator("tls_verify", mode="before")
     @classmethod
@@ -302,16 +296,12 @@ class ModelConfig(_Schema):
     @field_validator("task", mode="before")
     @classmethod
     def _check_task(cls, value: object) -> Task:
-        if isinstance(value, str) and value in Task._value2member_map_:
-            return Task(value)
-        raise ValueError(f"expected one of {one_of(Task)}, got {describe(value)}")
+        return enum_member(Task, value)
 
     @field_validator("input", mode="before")
     @classmethod
     def _check_input(cls, value: object) -> InputFormat:
-        if isinstance(value, str) and value in InputFormat._value2member_map_:
-            return InputFormat(value)
-        raise ValueError(f"expected one of {one_of(InputFormat)}, got {describe(value)}")
+        return enum_member(InputFormat, value)
 
     @field_validator("supports", mode="before")
     @classmethod
@@ -321,7 +311,7 @@ class ModelConfig(_Schema):
         levels: list[Level] = []
         problems: list[tuple[str, str]] = []
         for index, item in enumerate(value):
-            if not isinstance(item, str) or item not in Level._value2member_map_:
+            if not is_member(Level, item):
                 problems.append(
                     (f"[{index}]", f"expected one of {one_of(Level)}, got {describe(item)}")
                 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,10 +19,9 @@ from model_proxy.upstream.clients import (
     is_transient,
     make_client,
     translate_errors,
-    translated,
 )
 from model_proxy.upstream.probe import ProbeResult, answered_200, probe_get
-from model_proxy.upstream.retry import RetryPolicy
+from model_proxy.upstream.retry import RetryPolicy, send_with_retries
 
 logger = logging.getLogger(__name__)
 
@@ -71,43 +69,30 @@ class ModelClient:
         """The model's 2xx answer, its body not read yet."""
         tracked = _TrackedBody(body)
         budget = self._retry.budget()
-        while True:
-            request = self._client.build_request(
-                "POST",
-                self._model.uri,
-                content=tracked,
-                headers={"Content-Type": content_type},
+        response = await send_with_retries(
+            self._client,
+            lambda: self._client.build_request(
+                "POST", self._model.uri, content=tracked, headers={"Content-Type": content_type}
+            ),
+            budget,
+            label=self.label,
+            error_type=ModelError,
+            # Only before the first byte of the body left: the model cannot have
+            # seen the request, and the body can still be sent whole.
+            may_retry=lambda exc: is_transient(exc) and not tracked.started,
+        )
+        if response.is_success:
+            return response
+        try:
+            with translate_errors(self.label, ModelError):
+                detail = await _error_detail(response)
+            raise ModelError(
+                f"{self.label}: answered {response.status_code} {response.reason_phrase}{detail}",
+                code=ErrorCode.MODEL_FAILED,
+                upstream=self.label if response.status_code >= 500 else None,
             )
-            try:
-                response = await self._client.send(request, stream=True)
-            except httpx.HTTPError as exc:
-                # Only before the first byte of the body left: the model cannot have
-                # seen the request, and the body can still be sent whole.
-                retry = is_transient(exc) and not tracked.started
-                delay = budget.next_delay() if retry else None
-                if delay is None:
-                    raise translated(exc, self.label, ModelError) from exc
-                logger.warning(
-                    "%s; retry %d in %.1f s",
-                    translated(exc, self.label, ModelError).message,
-                    budget.used,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                continue
-            if response.is_success:
-                return response
-            try:
-                with translate_errors(self.label, ModelError):
-                    detail = await _error_detail(response)
-                raise ModelError(
-                    f"{self.label}: answered {response.status_code}"
-                    f" {response.reason_phrase}{detail}",
-                    code=ErrorCode.MODEL_FAILED,
-                    upstream=self.label if response.status_code >= 500 else None,
-                )
-            finally:
-                await response.aclose()
+        finally:
+            await response.aclose()
 
     async def _chunks(self, response: httpx.Response) -> AsyncIterator[bytes]:
         with translate_errors(self.label, ModelError):

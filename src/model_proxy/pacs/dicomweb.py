@@ -22,7 +22,12 @@ from model_proxy.pacs.multipart import (
 from model_proxy.pacs.source import Target
 from model_proxy.upstream.clients import Timeouts, is_transient, make_client, translated
 from model_proxy.upstream.probe import ProbeResult, probe_get
-from model_proxy.upstream.retry import RETRYABLE_STATUSES, RetryBudget, RetryPolicy
+from model_proxy.upstream.retry import (
+    RETRYABLE_STATUSES,
+    RetryBudget,
+    RetryPolicy,
+    send_with_retries,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,33 +88,16 @@ class DicomWebSource:
     async def _open(self, target: Target, budget: RetryBudget) -> httpx.Response:
         """Send the WADO-RS request until it is answered with data, retrying what
         may be transient (timeouts, broken connections, 429/502/503/504)."""
-        while True:
-            request = self._client.build_request(
-                "GET", self.url_for(target), headers={"Accept": WADO_ACCEPT}
-            )
-            try:
-                response = await self._client.send(request, stream=True)
-            except httpx.HTTPError as exc:
-                delay = budget.next_delay() if is_transient(exc) else None
-                if delay is None:
-                    raise translated(exc, self.label, PacsError, note=_tries(budget)) from exc
-                reason = translated(exc, self.label, PacsError).message
-            else:
-                if response.status_code not in RETRYABLE_STATUSES:
-                    break
-                delay = budget.next_delay(response.headers.get("retry-after"))
-                if delay is None:
-                    break
-                reason = f"{self.label}: answered {response.status_code}"
-                await response.aclose()
-            logger.warning(
-                "%s for %s; retry %d in %.1f s",
-                reason,
-                target.describe(),
-                budget.used,
-                delay,
-            )
-            await asyncio.sleep(delay)
+        url = self.url_for(target)
+        response = await send_with_retries(
+            self._client,
+            lambda: self._client.build_request("GET", url, headers={"Accept": WADO_ACCEPT}),
+            budget,
+            label=self.label,
+            error_type=PacsError,
+            retry_statuses=RETRYABLE_STATUSES,
+            context=f" for {target.describe()}",
+        )
         try:
             self._check_status(response, target, budget)
         except BaseException:
@@ -137,7 +125,7 @@ class DicomWebSource:
                 await responses[-1].aclose()
                 delay = budget.next_delay()
                 if delay is None:
-                    broken.error.message += _tries(budget)
+                    broken.error.message += budget.tries()
                     raise broken.error from broken.__cause__
                 logger.warning(
                     "%s after %d instances; resuming (retry %d in %.1f s)",
@@ -168,7 +156,7 @@ class DicomWebSource:
             )
         raise PacsError(
             f"{self.label}: answered {status} {response.reason_phrase} for {target.describe()}"
-            + _tries(budget),
+            + budget.tries(),
             # A 4xx other than those is a request the PACS does not understand,
             # not a PACS that is down.
             upstream=self.label if status >= 500 or status == 429 else None,
@@ -262,7 +250,3 @@ def _transfer(label: str) -> Iterator[None]:
         if is_transient(exc):
             raise _BrokenTransfer(error) from exc
         raise error from exc
-
-
-def _tries(budget: RetryBudget) -> str:
-    return f" (tried {budget.used + 1} times)" if budget.used else ""

@@ -12,15 +12,27 @@ waiting for a result) is better told now.
     delay = budget.next_delay(retry_after=response.headers.get("retry-after"))
     if delay is None:
         ...  # give up
+
+``send_with_retries`` is the one loop that uses them: the PACS client (WADO-RS)
+and the model client (the POST) differ only in what they may retry.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+
+import httpx
+
+from model_proxy.errors import UpstreamError
+from model_proxy.upstream.clients import is_transient, translated
+
+logger = logging.getLogger(__name__)
 
 # Answers that say "not now" rather than "never": worth another try.
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
@@ -52,6 +64,10 @@ class RetryBudget:
     def __init__(self, policy: RetryPolicy) -> None:
         self.policy = policy
         self.used = 0
+
+    def tries(self) -> str:
+        """The end of a message after retries: " (tried 3 times)"; "" before any."""
+        return f" (tried {self.used + 1} times)" if self.used else ""
 
     def next_delay(
         self, retry_after: str | None = None, *, now: float | None = None
@@ -93,3 +109,41 @@ def parse_retry_after(value: str, *, now: float | None = None) -> float | None:
         return None
     current = time.time() if now is None else now
     return max(0.0, when.timestamp() - current)
+
+
+async def send_with_retries(
+    client: httpx.AsyncClient,
+    build: Callable[[], httpx.Request],
+    budget: RetryBudget,
+    *,
+    label: str,
+    error_type: type[UpstreamError],
+    may_retry: Callable[[httpx.HTTPError], bool] = is_transient,
+    retry_statuses: frozenset[int] = frozenset(),
+    context: str = "",
+) -> httpx.Response:
+    """Send ``build()`` (streamed) until an answer that is not to be retried.
+
+    A failure ``may_retry`` accepts, or an answer in ``retry_statuses``, is tried
+    again within ``budget`` after its delay; anything else is returned (an answer,
+    whatever its status) or raised as ``error_type`` naming ``label``. ``context``
+    ends the warning logged before each retry (" for study 1.2.3").
+    """
+    while True:
+        try:
+            response = await client.send(build(), stream=True)
+        except httpx.HTTPError as exc:
+            delay = budget.next_delay() if may_retry(exc) else None
+            if delay is None:
+                raise translated(exc, label, error_type, note=budget.tries()) from exc
+            reason = translated(exc, label, error_type).message
+        else:
+            if response.status_code not in retry_statuses:
+                return response
+            delay = budget.next_delay(response.headers.get("retry-after"))
+            if delay is None:
+                return response
+            reason = f"{label}: answered {response.status_code}"
+            await response.aclose()
+        logger.warning("%s%s; retry %d in %.1f s", reason, context, budget.used, delay)
+        await asyncio.sleep(delay)
