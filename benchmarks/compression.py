@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/compression.py [--slices 40]
 
 Builds a result like a segmentation model's (512x512 body and lung 0/1 masks per
-slice, compat-contract section 6), then streams it through the proxy's own
+slice, docs/compatibility.md §6), then streams it through the proxy's own
 compressors in 1 MiB chunks, as a response does.
 """
 

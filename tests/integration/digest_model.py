@@ -1,7 +1,7 @@
 """A Model API that answers with the SHA-256 of every instance it received.
 
 It decodes the body exactly as the reference Model APIs do
-(``bytes(json.loads(instance))``, contract section 5.1), or takes the parts of
+(``bytes(json.loads(instance))``, docs/compatibility.md §5.1), or takes the parts of
 a dicom-multipart body as they are, so a test can check that the bytes reaching
 a model are the bytes the PACS holds. It runs with uvicorn in a thread of the
 test process, on a real loopback socket::

@@ -1,4 +1,4 @@
-"""The token server double itself, over real HTTP: every flow of contract section 7 and
+"""The token server double itself, over real HTTP: every flow of docs/compatibility.md §7 and
 the controls tests use (OAuth 2.0: test_token_oauth.py; the gateway in front of
 Orthanc: test_token_pacs.py)."""
 

@@ -1,5 +1,5 @@
 """Client-side calls to the token server double, for tests that need tokens in hand
-(contract section 7 shapes asserted on the way).
+(docs/compatibility.md §7 shapes asserted on the way).
 
     access, refresh = exchange(http, tokens, tokens.issue_auth_token())
     http.get(pacs.status_url, headers=bearer(access))

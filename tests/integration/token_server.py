@@ -1,4 +1,4 @@
-"""A token server test double that behaves as compat-contract section 7 says, served over
+"""A token server test double that behaves as docs/compatibility.md §7 says, served over
 real HTTP on loopback from a thread of the test process (so tests read its counters).
 
 Routes (all POST):

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 
 class AuthType(StrEnum):
-    """How the proxy authenticates to a PACS server (contract section 7)."""
+    """How the proxy authenticates to a PACS server (docs/compatibility.md §7)."""
 
     NONE = ""
     BASIC = "basicAuth"

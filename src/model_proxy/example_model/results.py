@@ -1,4 +1,4 @@
-"""Building the viewer's result documents (contract section 6) from analysed slices.
+"""Building the viewer's result documents (docs/compatibility.md §6) from analysed slices.
 
 Every result is nested by the UIDs found in the received files::
 

@@ -9,7 +9,7 @@ Part-10 file's byte values. The reference decoder is::
 inner array and ``bytes()`` packs the list of small ints in one C loop (faster
 than ``numpy.array(..., dtype=uint8)``). Both accept whitespace in the array.
 
-Body shapes (contract sections 5.2 and 5.3)::
+Body shapes (docs/compatibility.md §5.2 and §5.3)::
 
     "<instance>"                                          instance level
     ["<instance>", ...]                                   series level, or study (mixed)

@@ -1,4 +1,4 @@
-"""The plan of the request body a model receives (compat-contract sections 5.2, 5.3).
+"""The plan of the request body a model receives (docs/compatibility.md §5.2, §5.3).
 
 The body is planned first as a flat list of tokens: literal JSON text, and
 retrievals whose instances are written as an array or as a single string. The

@@ -1,4 +1,4 @@
-"""POSTs a body to a Model API and opens its result (compat-contract section 5.4)."""
+"""POSTs a body to a Model API and opens its result (docs/compatibility.md §5.4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The original's wire format for one DICOM instance (compat-contract section 5.1).
+"""The original's wire format for one DICOM instance (docs/compatibility.md §5.1).
 
 An instance travels as a JSON *string* whose text is the JSON array of the
 Part-10 file's byte values. Model APIs decode it with

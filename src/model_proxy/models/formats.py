@@ -1,7 +1,7 @@
 """How instances are framed in a model's request body: the two input formats.
 
-``"input": "json"`` (the default) is the original's format (compat-contract
-sections 5.1-5.3): the planned JSON text, each instance a JSON string of its
+``"input": "json"`` (the default) is the original's format (docs/compatibility.md
+§5.1 to §5.3): the planned JSON text, each instance a JSON string of its
 byte values. ``"input": "dicom-multipart"`` sends the Part-10 files as they are,
 as ``multipart/related; type="application/dicom"`` parts (the STOW-RS layout);
 a part of a named input carries the input's dataKey in a ``Series-Data-Key``

@@ -1,4 +1,4 @@
-"""A model's answer, checked and unwrapped (compat-contract section 5.4)."""
+"""A model's answer, checked and unwrapped (docs/compatibility.md §5.4)."""
 
 from __future__ import annotations
 

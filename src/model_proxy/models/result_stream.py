@@ -1,4 +1,4 @@
-"""A model's answer streamed on to the viewer as it arrives (compat-contract section 5.4).
+"""A model's answer streamed on to the viewer as it arrives (docs/compatibility.md §5.4).
 
 The first window of the answer (1 MiB) is read before anything is sent. An
 answer that fits in it is validated whole, exactly as before streaming: it

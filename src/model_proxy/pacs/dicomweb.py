@@ -1,4 +1,4 @@
-"""A DICOMweb PACS as a source of instances (WADO-RS retrieval, contract section 4)."""
+"""A DICOMweb PACS as a source of instances (WADO-RS retrieval, docs/compatibility.md §4)."""
 
 from __future__ import annotations
 

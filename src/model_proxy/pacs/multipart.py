@@ -5,7 +5,7 @@ soon as its closing delimiter has been seen. Every byte is scanned once: the
 search for the delimiter resumes where the previous one stopped (dicomweb-client
 rescans from offset 0 on each chunk, which is quadratic on large parts).
 
-Real servers differ (compat-contract section 4): Orthanc sends no part lengths
+Real servers differ (docs/compatibility.md §4): Orthanc sends no part lengths
 and closes the connection at the end, dcm4chee omits per-part lengths, some put
 no CRLF before the first delimiter. None of that matters to a delimiter scanner.
 """

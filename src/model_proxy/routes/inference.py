@@ -1,4 +1,4 @@
-"""The nine inference routes (compat-contract section 3).
+"""The nine inference routes (docs/compatibility.md §3).
 
 ``/{segmentations|annotations|predictions}/{model}/studies/{study}
 [/series/{series}[/instances/{instance}]]``: check the request, stream the

@@ -1,4 +1,4 @@
-"""``/status``: every server and model probed through its statusUri (contract section 8).
+"""``/status``: every server and model probed through its statusUri (docs/compatibility.md §8).
 
 Present only when ZHIVA_SHOW_STATUS_PAGE=true. HTML for a browser, JSON for
 ``Accept: application/json``:

@@ -1,4 +1,4 @@
-"""The calls to a PACS token server (contract section 7) and to an OAuth 2.0 token endpoint.
+"""The calls to a PACS token server (docs/compatibility.md §7) and to an OAuth 2.0 token endpoint.
 
 Each call either returns tokens or raises :class:`TokenCallFailed` naming the step
 and what went wrong, in words an administrator can act on. Secrets never reach a
@@ -144,7 +144,7 @@ class TokenServerClient:
     async def refresh(self, url: str, refresh_token: str) -> str:
         """``POST refreshServer`` with the refresh token -> a new access token.
 
-        The refresh token is not rotated (contract section 7); a body is ignored.
+        The refresh token is not rotated (docs/compatibility.md §7); a body is ignored.
         """
         step = TokenStep.REFRESH
         response = await self._post(step, url, bearer=refresh_token, secrets=(refresh_token,))

@@ -1,6 +1,6 @@
 """``token`` and ``zhivaAuth``: access tokens from the original's token server.
 
-The order of preference when a new access token is needed (contract section 7):
+The order of preference when a new access token is needed (docs/compatibility.md §7):
 
 1. a fresher access token in the token file (another process or an earlier run
    renewed it);
