@@ -1,8 +1,8 @@
 """One audit record per inference request, and the ASGI middleware that writes it.
 
-The middleware opens a record for every request to an inference route, lets the
-route fill in who asked for what (:func:`audit_record`), watches the response go
-out (status, bytes; the error code comes from the error itself, set where app.py
+The middleware opens a record for every request to an inference route; the route
+fills in who asked for what, once (``AuditRecord.fill``); the middleware watches the
+response go out (status, bytes; the error code comes from the error itself, set where app.py
 turns it into a response) and hands the finished record to the writer. It
 wraps the response rather than the route so that a streamed result is counted
 to its last byte and a failure anywhere is recorded too.
@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,11 +27,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from model_proxy.errors import ErrorCode
 from model_proxy.models.body import InstanceInput, SeriesInput
 
+if TYPE_CHECKING:
+    from model_proxy.inference.request import InferenceRequest
+
 from .writer import AuditWriter
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _STATE_KEY = "audit_record"
+
+
+class InferenceFigures(Protocol):
+    """What an inference did, as its runner counts it."""
+
+    model_called: bool
+    instances_in: int
+    dicom_bytes_in: int
 
 
 @dataclass
@@ -53,19 +64,31 @@ class AuditRecord:
     data_filters: list[dict[str, Any]] | None = None
     status: int | None = None
     code: str | None = None
-    # False when the result came from the cache or an identical request in flight.
-    model_called: bool = False
-    instances_in: int = 0
-    dicom_bytes_in: int = 0
+    # What the runner did, read at the end (inference/runner.py's Figures).
+    figures: InferenceFigures | None = None
     result_bytes_out: int = 0
     duration_ms: float = 0.0
     _started: float = field(default_factory=perf_counter, repr=False)
 
-    def set_inputs(self, inputs: Sequence[SeriesInput] | Sequence[InstanceInput]) -> None:
-        """The UIDs a request's data filters picked, by dataKey."""
-        self.data_filters = [_describe_input(item) for item in inputs] or None
+    def fill(
+        self,
+        *,
+        caller: str | None,
+        model: str | None,
+        request: InferenceRequest | None,
+        figures: InferenceFigures | None,
+    ) -> None:
+        """What the request established before it ended: who called, which model, and
+        the parsed request (None when it was refused before it was parsed)."""
+        self.caller, self.model, self.figures = caller, model, figures
+        if request is not None:
+            self.server, self.level = request.server.id, request.level.value
+            target = request.target
+            self.study, self.series, self.instance = target.study, target.series, target.instance
+            self.data_filters = [_describe_input(item) for item in request.inputs] or None
 
     def to_json(self) -> dict[str, Any]:
+        figures = self.figures
         return {
             "time": self.time,
             "requestId": self.request_id,
@@ -82,9 +105,10 @@ class AuditRecord:
             "dataFilters": self.data_filters,
             "status": self.status,
             "code": self.code,
-            "modelCalled": self.model_called,
-            "instancesIn": self.instances_in,
-            "dicomBytesIn": self.dicom_bytes_in,
+            # False when the result came from the cache or an identical request in flight.
+            "modelCalled": figures.model_called if figures else False,
+            "instancesIn": figures.instances_in if figures else 0,
+            "dicomBytesIn": figures.dicom_bytes_in if figures else 0,
             "resultBytesOut": self.result_bytes_out,
             "durationMs": round(self.duration_ms, 1),
         }

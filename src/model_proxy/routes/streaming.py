@@ -9,19 +9,16 @@ body instead of taking a truncated result for a complete one.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 
 import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from model_proxy.errors import ProxyError
+from model_proxy.inference.runner import Finalizer
 
 logger = logging.getLogger(__name__)
-
-# Called once the response is over with None when every byte was sent, else
-# what stopped it (ClientGone when the viewer went away).
-Finalizer = Callable[[BaseException | None], Awaitable[None]]
 
 
 class ClientGone(Exception):

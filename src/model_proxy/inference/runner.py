@@ -1,0 +1,257 @@
+"""Runs one inference and says what to serve: 304, a cached result, or the model's.
+
+With the cache on (``--cache-size`` > 0) and the data fingerprinted by its
+server, a request is answered, in this order:
+
+1. ``304`` when ``If-None-Match`` names the result's ETag;
+2. from a cache entry in the accepted coding (a small one read whole: the
+   fast path), or the identity entry compressed on the fly (that coding is
+   then stored too);
+3. by joining the flight of an identical request under way, or starting one
+   (cache/flights.py), and reading its result as it is written.
+
+Otherwise (cache off, data without a fingerprint) the model's answer streams
+straight through. Either way the model's first window is read before the
+outcome is handed over, so an upstream failure up to then is a normal error
+answer. The model call itself (``_model_result``) takes a memory window from
+admission control, streams the body plan through the pipeline into the model
+client, and holds its own lease on the config state it runs on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
+from dataclasses import dataclass
+
+from model_proxy.cache import data_fingerprint, entry_key, request_key
+from model_proxy.cache.flights import Flight
+from model_proxy.errors import UpstreamError
+from model_proxy.inference.request import InferenceRequest
+from model_proxy.models.result_stream import ResultStream
+from model_proxy.runtime.reload import LiveState
+from model_proxy.runtime.state import ProxyState
+from model_proxy.web.compression import compress_stream
+
+logger = logging.getLogger(__name__)
+
+# Called once a streamed response is over with None when every byte was sent,
+# else what stopped it.
+Finalizer = Callable[[BaseException | None], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the route serves: ``body`` whole (bytes) or streamed; a streamed body's
+    ``finalize`` must run once the response is over, however it ended."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes | AsyncIterator[bytes] = b""
+    finalize: Finalizer | None = None
+
+
+@dataclass
+class Figures:
+    """What the runner did, for the audit record (read when the response is over)."""
+
+    model_called: bool = False
+    instances_in: int = 0
+    dicom_bytes_in: int = 0
+
+
+def result_headers(encoding: str | None, etag: str | None = None) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "Vary": "Accept-Encoding"}
+    if encoding is not None:
+        headers["Content-Encoding"] = encoding
+    if etag is not None:
+        # The browser keeps the result but asks again each time: the proxy
+        # validates it against the PACS (a 304 costs one QIDO query).
+        headers["ETag"] = etag
+        headers["Cache-Control"] = "private, no-cache"
+    return headers
+
+
+class InferenceRunner:
+    """One ``InferenceRequest`` on the config state the request leased."""
+
+    def __init__(self, request: InferenceRequest, state: ProxyState, live: LiveState) -> None:
+        self.request = request
+        self.figures = Figures()
+        self._state = state
+        self._live = live
+        self._source = state.source_for(request.server.id)[1]
+        self._client = state.models[request.model.id]
+        self._cache = state.result_cache
+        self._started = time.perf_counter()
+
+    async def run(self) -> Outcome:
+        encoding = self.request.encoding
+        key = await self._cache_key()
+        if key is None:
+            return await self._direct(result_headers(encoding))
+        etag = f'W/"{key}"'
+        headers = result_headers(encoding, etag)
+        if _matches(self.request.if_none_match, key):
+            del headers["Content-Type"]
+            headers.pop("Content-Encoding", None)
+            return Outcome(304, headers)
+        cache = self._cache
+        coding = encoding or "identity"
+        whole = await cache.read_whole(key, coding)
+        if whole is not None:
+            logger.info(
+                "inference %s served from cache: %d bytes %s", self._describe(), len(whole), coding
+            )
+            return Outcome(200, headers, whole)
+        stored = await cache.open_stream(key, coding)
+        if stored is not None:
+            return Outcome(200, headers, stored, self._log("cache"))
+        if encoding is not None:
+            identity = await cache.open_stream(key, "identity")
+            if identity is not None:
+                body = cache.tee(
+                    compress_stream(identity, encoding), key, encoding, commit_if=lambda: True
+                )
+                return Outcome(200, headers, body, self._log("cache, compressed"))
+        return await self._flight(key, headers)
+
+    async def _cache_key(self) -> str | None:
+        if not self._cache.enabled:
+            return None
+        fingerprint = await data_fingerprint(self._source, self.request.plan)
+        if fingerprint is None:
+            return None
+        request = self.request
+        return entry_key(request_key(request.model, request.server, request.plan), fingerprint)
+
+    @asynccontextmanager
+    async def _model_result(self) -> AsyncIterator[ResultStream]:
+        """The model's answer to the body plan, streamed from the PACS into it."""
+        state, request, figures = self._state, self.request, self.figures
+        figures.model_called = True
+        # Admitted only when the model is really called: a slot and a memory window.
+        # The call holds its own lease on the state whose clients it uses: coalesced,
+        # it may outlive this request while other viewers read its result.
+        async with self._live.hold(state), state.capacity.admission.admit() as memory:
+            pipeline = state.capacity.body_pipeline(
+                request.plan, self._source, request.model.input, memory
+            )
+            try:
+                async with (
+                    pipeline,
+                    self._client.open_result(pipeline.chunks(), pipeline.content_type) as result,
+                ):
+                    yield result
+            finally:
+                figures.instances_in = pipeline.instances_sent
+                figures.dicom_bytes_in = pipeline.bytes_in
+
+    async def _flight(self, key: str, headers: dict[str, str]) -> Outcome:
+        cache = self._cache
+
+        async def produce(append: Callable[[bytes], Awaitable[None]]) -> None:
+            async with self._model_result() as result:
+                await append(await result.start())
+                async with aclosing(result.chunks()) as chunks:
+                    async for chunk in chunks:
+                        await append(chunk)
+
+        try:
+            flight = cache.flights.join(key, produce)
+        except OSError as exc:
+            # A full or unwritable disk must not stop inferences: no cache for this one.
+            logger.warning("result cache: cannot spool a result (%s); streaming it directly", exc)
+            return await self._direct(headers)
+        try:
+            reader = flight.reader()
+            first = await _first(reader, flight)
+        except BaseException:
+            cache.flights.leave(flight)
+            raise
+        body = _prepend(first, reader)
+        encoding = self.request.encoding
+        if encoding is not None:
+            body = cache.tee(
+                compress_stream(body, encoding), key, encoding, commit_if=lambda: flight.committed
+            )
+        log = self._log("model", lambda: flight.written)
+
+        async def finalize(error: BaseException | None) -> None:
+            cache.flights.leave(flight)
+            await log(error)
+
+        return Outcome(200, headers, body, finalize)
+
+    async def _direct(self, headers: dict[str, str]) -> Outcome:
+        stack = AsyncExitStack()
+        try:
+            result = await stack.enter_async_context(self._model_result())
+            first = await result.start()
+        except BaseException:
+            await stack.aclose()
+            raise
+        body = _prepend(first, result.chunks())
+        if self.request.encoding is not None:
+            body = compress_stream(body, self.request.encoding)
+        log = self._log("model", lambda: result.bytes_out)
+
+        async def finalize(error: BaseException | None) -> None:
+            # The model's context sees how the stream ended (its circuit breaker counts it).
+            if error is None:
+                await stack.aclose()
+            else:
+                await stack.__aexit__(type(error), error, error.__traceback__)
+            await log(error)
+
+        return Outcome(200, headers, body, finalize)
+
+    def _describe(self) -> str:
+        request, figures = self.request, self.figures
+        return (
+            f"model={request.model.id} server={request.server.id} level={request.level.value}"
+            f" instances={figures.instances_in} dicom_bytes={figures.dicom_bytes_in}"
+        )
+
+    def _log(self, source: str, size: Callable[[], int] | None = None) -> Finalizer:
+        async def log(error: BaseException | None) -> None:
+            logger.info(
+                "inference %s from=%s result_bytes=%s%s seconds=%.2f",
+                self._describe(),
+                source,
+                size() if size is not None else "-",
+                "" if error is None else " aborted=yes",
+                time.perf_counter() - self._started,
+            )
+
+        return log
+
+
+def _matches(if_none_match: str | None, key: str) -> bool:
+    if not if_none_match:
+        return False
+    for tag in if_none_match.split(","):
+        tag = tag.strip().removeprefix("W/")
+        if tag == "*" or tag == f'"{key}"':
+            return True
+    return False
+
+
+async def _first(reader: AsyncGenerator[bytes, None], flight: Flight) -> bytes:
+    try:
+        return await anext(reader)
+    except StopAsyncIteration:
+        return b""
+    except BaseException as exc:
+        if flight.error is exc and not isinstance(exc, Exception):
+            raise UpstreamError("the model call was cancelled") from exc
+        raise
+
+
+async def _prepend(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    async with aclosing(rest):
+        yield first
+        async for chunk in rest:
+            yield chunk
