@@ -158,7 +158,8 @@ class Reloader:
             logger.info("reloading the config from %s (%s)", config_dir, reason)
             try:
                 config = await asyncio.to_thread(load_config, config_dir)
-                commits = [hook() for hook in self.hooks]
+                # The hooks read and check their files (access.json): off the loop too.
+                commits = await asyncio.to_thread(lambda: [hook() for hook in self.hooks])
                 # The memory budget and encoder threads outlive the config.
                 state = ProxyState.build(self.settings, config, self.live.current.capacity)
             except ConfigError as exc:
