@@ -18,7 +18,7 @@ import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import asynccontextmanager, contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
@@ -229,7 +229,8 @@ async def test_a_refused_connection_is_a_connect_error() -> None:
 
 
 @pytest.mark.anyio
-async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
+@pytest.mark.parametrize("many_files", [False, True], ids=["few-files", "past-1024-files"])
+async def test_a_connection_the_server_closed_while_idle_is_not_reused(many_files: bool) -> None:
     connections = 0
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -241,13 +242,14 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None
         await asyncio.sleep(0.1)
         await closed(writer)  # a keep-alive timeout shorter than the client's
 
-    async with (
-        asyncio_server(handler) as port,
-        make_client(tls_verify=True, timeouts=timeouts()) as client,
-    ):
-        first = await client.get(f"http://127.0.0.1:{port}/")
-        await asyncio.sleep(0.3)
-        second = await client.get(f"http://127.0.0.1:{port}/")
+    with descriptors_past_1024() if many_files else nullcontext():
+        async with (
+            asyncio_server(handler) as port,
+            make_client(tls_verify=True, timeouts=timeouts()) as client,
+        ):
+            first = await client.get(f"http://127.0.0.1:{port}/")
+            await asyncio.sleep(0.3)
+            second = await client.get(f"http://127.0.0.1:{port}/")
     assert first.text == second.text == "ok"
     assert connections == 2
 
@@ -363,31 +365,6 @@ async def test_keep_alive_works_on_descriptors_past_1024() -> None:
                 await asyncio.sleep(0.05)
     assert min(descriptors) >= 1024
     assert connections == 1  # one connection, reused
-
-
-@pytest.mark.anyio
-async def test_a_closed_connection_past_1024_is_not_reused() -> None:
-    connections = 0
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()
-        await asyncio.sleep(0.1)
-        await closed(writer)
-
-    with descriptors_past_1024():
-        async with (
-            asyncio_server(handler) as port,
-            make_client(tls_verify=True, timeouts=timeouts()) as client,
-        ):
-            first = await client.get(f"http://127.0.0.1:{port}/")
-            await asyncio.sleep(0.3)
-            second = await client.get(f"http://127.0.0.1:{port}/")
-    assert first.text == second.text == "ok"
-    assert connections == 2
 
 
 def test_no_class_of_httpx_httpcore_or_h11_is_patched() -> None:
