@@ -40,6 +40,7 @@ class ResultResponse(Response):
         self.background = None
         self._body = body
         self._finalize = finalize
+        self._last_chunk_sent = False
         self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -55,7 +56,9 @@ class ResultResponse(Response):
 
                 group.start_soon(stream)
                 await _wait_for_disconnect(receive)
-                logger.info("GET %s: the client went away before the end of the result", path)
+                # uvicorn also says "disconnect" once the last chunk is sent: not a loss.
+                if not self._last_chunk_sent:
+                    logger.info("GET %s: the client went away before the end of the result", path)
                 group.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -91,6 +94,7 @@ class ResultResponse(Response):
                 exc_info=exc,
             )
             return exc
+        self._last_chunk_sent = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return None
 
