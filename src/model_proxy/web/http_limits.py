@@ -34,10 +34,13 @@ MAX_HEADER_LINE_BYTES = 8 * KiB
 MAX_HEADER_COUNT = 100
 MAX_HEADERS_BYTES = 32 * KiB
 
-# How long a refused connection keeps reading (and dropping) what the client still
-# sends before it closes: closing with unread input makes the kernel reset the
-# connection, and the client may then lose the answer it has not read yet.
-LINGER_SECONDS = 1.0
+# How long at most a refused connection keeps reading (and dropping) what the client
+# still sends: closing with unread input makes the kernel reset the connection, and
+# the client may then lose the answer it has not read yet. The answer ends our side
+# (write_eof), so a client closes as soon as it has read it and the connection goes
+# then; this bound is for one that never does. At 1 s, a test client on a 2-core
+# machine with both cores busy read its 414 too late and lost it to the reset.
+LINGER_SECONDS = 10.0
 
 _REASONS = {
     400: b"Bad Request",
