@@ -1,4 +1,5 @@
-"""The network layer under the outbound clients (upstream/network.py), against real sockets.
+"""The network layer under the outbound clients (upstream/network.py and
+upstream/transport.py), against real sockets.
 
 The servers are small asyncio or threaded servers on loopback: they can be made
 to read slowly, close idle connections or stay silent, which is what these
@@ -15,20 +16,17 @@ import random
 import resource
 import socket
 import ssl
-import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager, nullcontext, suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
 
-import h11
 import httpcore
 import httpx
 import pytest
+from loopback_servers import asyncio_server, closed, timeouts
 
 from model_proxy.cli.certificates import generate_self_signed
-from model_proxy.upstream.clients import Timeouts, make_client
+from model_proxy.upstream.clients import make_client
 from model_proxy.upstream.network import READ_BYTES, AsyncioBackend, AsyncioStream
 
 MiB = 1024 * 1024
@@ -44,119 +42,6 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]
     """Both loops: the proxy runs on uvloop, whose transports differ in details."""
     backend: tuple[str, dict[str, bool]] = request.param
     return backend
-
-
-def timeouts(idle: float = 5.0) -> Timeouts:
-    return Timeouts(connect=5.0, idle=idle, probe=5.0)
-
-
-# --- a raw HTTP/1.1 server in a thread: reads requests slowly, answers with a digest ---
-
-
-@contextmanager
-def slow_reading_server(pause: float = 0.002) -> Iterator[tuple[str, list[str]]]:
-    """Answers each request with the SHA-256 of its (unchunked) body; reads its
-    socket in small pieces with pauses, so the client's writes back up."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    digests: list[str] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-                parser = h11.Connection(h11.SERVER)
-                digest = hashlib.sha256()
-                while True:
-                    event = parser.next_event()
-                    if event is h11.NEED_DATA:
-                        time.sleep(pause)
-                        parser.receive_data(conn.recv(32 * 1024))
-                    elif isinstance(event, h11.Data):
-                        digest.update(event.data)
-                    elif isinstance(event, h11.EndOfMessage):
-                        body = digest.hexdigest().encode()
-                        digests.append(digest.hexdigest())
-                        conn.sendall(
-                            parser.send(
-                                h11.Response(
-                                    status_code=200,
-                                    headers=[("Content-Length", str(len(body)))],
-                                )
-                            )
-                            + parser.send(h11.Data(data=body))
-                            + parser.send(h11.EndOfMessage())
-                        )
-                        parser.start_next_cycle()
-                        digest = hashlib.sha256()
-                    elif isinstance(event, h11.ConnectionClosed):
-                        break
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}", digests
-    finally:
-        stop.set()
-        thread.join(5)
-        listener.close()
-
-
-@pytest.mark.anyio
-async def test_chunks_from_a_reused_buffer_arrive_intact_at_a_slow_reader() -> None:
-    # The pipeline yields views of buffers it reuses as soon as the next chunk is
-    # asked for: nothing of a chunk may still be waiting to be sent by then.
-    rng = random.Random(7)
-    pieces = [rng.randbytes(rng.choice([1, 70_000, 300_000, 2 * MiB])) for _ in range(24)]
-    expected = hashlib.sha256(b"".join(pieces)).hexdigest()
-    buffer = bytearray(2 * MiB)
-
-    async def body() -> AsyncIterator[bytes]:
-        for piece in pieces:
-            buffer[: len(piece)] = piece
-            yield memoryview(buffer)[: len(piece)]  # type: ignore[misc]
-            buffer[:] = bytes(len(buffer))  # the next chunk overwrites the buffer
-
-    with slow_reading_server() as (url, digests):
-        async with make_client(tls_verify=True, timeouts=timeouts()) as client:
-            response = await client.post(url, content=body())
-    assert response.status_code == 200
-    assert response.text == expected == digests[0]
-
-
-# --- reading --------------------------------------------------------------------------
-
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@asynccontextmanager
-async def asyncio_server(handler: Handler, **options: Any) -> AsyncIterator[int]:
-    """A server on a free port; on leaving, waits for its handlers to end (so no
-    connection outlives the test's event loop)."""
-    handlers: list[asyncio.Task[None]] = []
-
-    async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        handlers.append(task)
-        try:
-            await handler(reader, writer)
-        finally:
-            await closed(writer)
-
-    server = await asyncio.start_server(tracked, "127.0.0.1", 0, **options)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        await server.wait_closed()
-        await asyncio.wait_for(asyncio.gather(*handlers, return_exceptions=True), 10)
 
 
 @pytest.mark.anyio
@@ -198,12 +83,6 @@ async def test_reading_pauses_the_transport_when_nobody_reads() -> None:
     assert 0 < held <= 2 * MiB + 256 * 1024
 
 
-async def closed(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with suppress(OSError):
-        await writer.wait_closed()
-
-
 @pytest.mark.anyio
 async def test_a_silent_server_gives_a_read_timeout() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -229,8 +108,7 @@ async def test_a_refused_connection_is_a_connect_error() -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("many_files", [False, True], ids=["few-files", "past-1024-files"])
-async def test_a_connection_the_server_closed_while_idle_is_not_reused(many_files: bool) -> None:
+async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
     connections = 0
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -242,14 +120,13 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused(many_file
         await asyncio.sleep(0.1)
         await closed(writer)  # a keep-alive timeout shorter than the client's
 
-    with descriptors_past_1024() if many_files else nullcontext():
-        async with (
-            asyncio_server(handler) as port,
-            make_client(tls_verify=True, timeouts=timeouts()) as client,
-        ):
-            first = await client.get(f"http://127.0.0.1:{port}/")
-            await asyncio.sleep(0.3)
-            second = await client.get(f"http://127.0.0.1:{port}/")
+    async with (
+        asyncio_server(handler) as port,
+        make_client(tls_verify=True, timeouts=timeouts()) as client,
+    ):
+        first = await client.get(f"http://127.0.0.1:{port}/")
+        await asyncio.sleep(0.3)
+        second = await client.get(f"http://127.0.0.1:{port}/")
     assert first.text == second.text == "ok"
     assert connections == 2
 
@@ -314,20 +191,24 @@ async def test_tls_with_an_untrusted_certificate_is_a_connect_error(tmp_path: Pa
             await client.get(f"https://localhost:{port}/")
 
 
-# --- many open files ------------------------------------------------------------------
+# --- keep-alive ------------------------------------------------------------------------
 
 
 @contextmanager
-def descriptors_past_1024() -> Iterator[None]:
-    """Holds open enough files that the next socket's descriptor is 1024 or more."""
+def descriptors_in_use_below(limit: int = 1024) -> Iterator[None]:
+    """Every file descriptor below ``limit`` in use, so that new sockets get higher
+    ones; RLIMIT_NOFILE's soft limit raised for the while if it is lower."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 2048 if hard == resource.RLIM_INFINITY else min(hard, 2048)
-    if wanted < 1200:
-        pytest.skip(f"the hard file limit ({hard}) is too low to open 1,100 files")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    wanted = limit + 256
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"RLIMIT_NOFILE's hard limit {hard} is below {wanted}")
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     held: list[int] = []
     try:
-        while not held or held[-1] < 1100:
+        # open() takes the lowest free descriptor: once it returns limit - 1, all
+        # below are taken.
+        while not held or held[-1] < limit - 1:
             held.append(os.open(os.devnull, os.O_RDONLY))
         yield
     finally:
@@ -336,39 +217,93 @@ def descriptors_past_1024() -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+def socket_fd(response: httpx.Response) -> int:
+    fd: int = response.extensions["network_stream"].get_extra_info("socket").fileno()
+    return fd
+
+
 @pytest.mark.anyio
-async def test_keep_alive_works_on_descriptors_past_1024() -> None:
-    # select() refuses descriptors from 1024 on; taken for "the server closed it",
-    # that made every pooled connection look dead once the proxy had many files open.
+@pytest.mark.parametrize("server_closes", [False, True], ids=["kept-alive", "server-closes"])
+async def test_keep_alive_with_descriptors_past_1024(server_closes: bool) -> None:
+    # select() cannot take a descriptor of 1024 or more: the readability check once
+    # took every such pooled connection for one the server had closed.
     connections = 0
-    descriptors: list[int] = []
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal connections
         connections += 1
-        with suppress(asyncio.IncompleteReadError):
-            while True:
+        while not reader.at_eof():
+            with suppress(asyncio.IncompleteReadError):
                 await reader.readuntil(b"\r\n\r\n")
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 await writer.drain()
+                if server_closes:
+                    await asyncio.sleep(0.5)  # the client sees the connection open first
+                    return  # asyncio_server closes the connection
 
-    with descriptors_past_1024():
+    with descriptors_in_use_below(1024):
         async with (
             asyncio_server(handler) as port,
             make_client(tls_verify=True, timeouts=timeouts()) as client,
         ):
-            for _ in range(3):
-                async with client.stream("GET", f"http://127.0.0.1:{port}/") as response:
-                    stream = response.extensions["network_stream"]
-                    descriptors.append(stream.get_extra_info("socket").fileno())
-                    assert await response.aread() == b"ok"
-                await asyncio.sleep(0.05)
-    assert min(descriptors) >= 1024
-    assert connections == 1  # one connection, reused
+            first = await client.get(f"http://127.0.0.1:{port}/")
+            assert socket_fd(first) >= 1024
+            await asyncio.sleep(1.0)  # the server's close, if any, arrives
+            second = await client.get(f"http://127.0.0.1:{port}/")
+    assert first.text == second.text == "ok"
+    assert connections == (2 if server_closes else 1)
+
+
+@pytest.mark.anyio
+async def test_connections_are_asyncio_streams() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async with (
+        asyncio_server(handler) as port,
+        make_client(tls_verify=True, timeouts=timeouts()) as client,
+    ):
+        response = await client.get(f"http://127.0.0.1:{port}/")
+    assert isinstance(response.extensions["network_stream"], AsyncioStream)
+
+
+@pytest.mark.anyio
+async def test_a_malformed_response_is_httpxs_remote_protocol_error() -> None:
+    # The transport translates httpcore's exceptions as httpx's own does:
+    # upstream/clients.py's translated() and is_transient() rely on httpx's types.
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        await writer.drain()
+
+    async with (
+        asyncio_server(handler) as port,
+        make_client(tls_verify=True, timeouts=timeouts()) as client,
+    ):
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get(f"http://127.0.0.1:{port}/")
+
+
+@pytest.mark.anyio
+async def test_a_response_cut_short_is_httpxs_remote_protocol_error() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
+        await writer.drain()
+
+    async with (
+        asyncio_server(handler) as port,
+        make_client(tls_verify=True, timeouts=timeouts()) as client,
+        client.stream("GET", f"http://127.0.0.1:{port}/") as response,
+    ):
+        with pytest.raises(httpx.RemoteProtocolError):
+            await response.aread()
 
 
 def test_no_class_of_httpx_httpcore_or_h11_is_patched() -> None:
-    # The layer plugs in through public parameters only (transport.py).
+    # The layer plugs in through public interfaces only (transport.py, connection.py).
     import h11
 
     make_client(tls_verify=True, timeouts=timeouts())

@@ -1,19 +1,21 @@
 """The network layer under every outbound httpx client: a lean asyncio protocol.
 
 httpx reads and writes through httpcore, which uses a *network backend* for its
-sockets; ``transport.py`` plugs this one in through httpcore's public
-``network_backend`` parameter. On the streaming benchmark (a 158 MB series in,
-631 MB of wire format out) the proxy's event loop was the bottleneck, and the
-default backend (anyio) cost about 15 us of Python per read (a cancel scope, an
-exception map, a queue hop) and handed over one transport delivery per read:
-about 14,000 reads of 11 kB for one series. ``AsyncioStream.read`` returns
-everything received so far, up to ``READ_BYTES`` (1 MiB, more than the 64 KiB
-httpcore asks for: h11 takes input of any size), without copying a single
-delivery (docs/performance.md, "The network layer").
+sockets; upstream/connection.py's connections (in the pool transport.py owns)
+connect through this one, httpcore's public ``AsyncNetworkBackend`` interface.
+On the streaming benchmark (a 158 MB series in, 631 MB of wire format out) the
+proxy's event loop was the bottleneck, and the default backend (anyio) cost
+about 15 us of Python per read (a cancel scope, an exception map, a queue hop)
+and handed over one transport delivery per read: about 14,000 reads of 11 kB for
+one series. ``AsyncioStream.read`` returns everything received so far, up to
+``READ_BYTES`` (1 MiB, more than the 64 KiB httpcore asks for: h11 takes input
+of any size), without copying a single delivery (docs/performance.md, "The
+network layer").
 
 The reading side pauses its transport beyond ``_PAUSE_BYTES`` (2 MiB) of unread
-data, which bounds what a connection holds in user space. Nothing here touches
-httpx's, httpcore's or h11's own classes.
+data, which bounds what a connection holds in user space. Large body chunks go
+out through ``AsyncioStream.write_pieces`` without being joined. Nothing here
+touches httpx's, httpcore's or h11's own classes.
 """
 
 # The `timeout` parameters are httpcore's interface (AsyncNetworkStream/Backend).
@@ -170,6 +172,25 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         if buffer:
             await self._written(lambda: self._transport.write(buffer), timeout)
 
+    async def write_pieces(self, pieces: Iterable[bytes], timeout: float | None = None) -> None:
+        """Write ``pieces`` without joining them; return once the kernel has them all.
+
+        Large body chunks come here (upstream/connection.py); they may be views of buffers
+        their owner reuses as soon as this returns (``models/slice_buffers.py``),
+        so nothing of them may stay queued in the transport.
+        """
+
+        def send() -> None:
+            self._transport.writelines(pieces)
+            if self._transport.get_write_buffer_size():
+                self._transport.set_write_buffer_limits(high=0)  # drain to empty
+
+        try:
+            await self._written(send, timeout)
+        finally:
+            if not self._transport.is_closing():
+                self._transport.set_write_buffer_limits()
+
     async def _written(self, send: Callable[[], None], timeout: float | None) -> None:
         try:
             async with asyncio.timeout(timeout):
@@ -190,6 +211,15 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             raise self._protocol.error
         if self._transport.is_closing():
             raise ConnectionResetError(errno.ECONNRESET, "the connection is closed")
+
+    @property
+    def plain(self) -> bool:
+        """Not TLS: what is written goes to the socket as it is."""
+        return self._transport.get_extra_info("sslcontext") is None
+
+    def abort(self) -> None:
+        """Close at once, dropping what is queued: for a connection left mid-exchange."""
+        self._transport.abort()
 
     async def aclose(self) -> None:
         # As anyio does: close, let the loop run once, then drop whatever is still

@@ -1,10 +1,12 @@
-"""The httpx transport of every upstream client: httpcore's pool on our network backend.
+"""The httpx transport of every upstream client: httpcore's pool of our connections.
 
-httpx's own ``AsyncHTTPTransport`` builds its connection pool on httpcore's
-default backend (anyio) and offers no parameter to change it. This transport is
+httpx's own ``AsyncHTTPTransport`` builds httpcore's pool of httpcore's
+connections on its default backend (anyio) and takes no other. This transport is
 the seam httpx documents for that (``httpx.AsyncBaseTransport``): it owns an
-``httpcore.AsyncConnectionPool(network_backend=AsyncioBackend())`` and maps
-requests, responses and exceptions exactly as httpx's does, so that what
+``httpcore.AsyncConnectionPool`` whose public ``create_connection`` hook makes
+connection.py's HTTP/1.1 connections on network.py's streams, so the pool's
+logic (limits, keep-alive, queueing) stays httpcore's. Requests, responses and
+exceptions are mapped exactly as httpx's transport does, so that what
 ``clients.py`` catches (``httpx.ReadTimeout``, ``httpx.ConnectError``...) is
 unchanged.
 
@@ -15,6 +17,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -22,6 +25,7 @@ from contextlib import contextmanager
 import httpcore
 import httpx
 
+from model_proxy.upstream.connection import HTTP11Connection
 from model_proxy.upstream.network import AsyncioBackend
 
 __all__ = ["UpstreamTransport"]
@@ -73,6 +77,34 @@ class _ResponseStream(httpx.AsyncByteStream):
             await close()
 
 
+class _Pool(httpcore.AsyncConnectionPool):
+    """httpcore's pool (limits, keep-alive, queueing) of connection.py's connections.
+
+    ``create_connection`` is httpcore's public hook for a pool of other connections.
+    """
+
+    def __init__(self, *, ssl_context: ssl.SSLContext, limits: httpx.Limits) -> None:
+        super().__init__(
+            ssl_context=ssl_context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            http1=True,
+            http2=False,
+        )
+        ssl_context.set_alpn_protocols(["http/1.1"])  # as httpcore does for HTTP/1.1
+        # A name of our own: httpcore's pool keeps private attributes of its own.
+        self._new_connection = functools.partial(
+            HTTP11Connection,
+            ssl_context=ssl_context,
+            keepalive_expiry=limits.keepalive_expiry,
+            backend=AsyncioBackend(),
+        )
+
+    def create_connection(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:
+        return self._new_connection(origin)
+
+
 class UpstreamTransport(httpx.AsyncBaseTransport):
     """HTTP/1.1 to one upstream through ``AsyncioBackend`` (network.py).
 
@@ -85,15 +117,7 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
             if isinstance(verify, ssl.SSLContext)
             else httpx.create_ssl_context(verify=verify, trust_env=False)
         )
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            http1=True,
-            http2=False,
-            network_backend=AsyncioBackend(),
-        )
+        self._pool = _Pool(ssl_context=ssl_context, limits=limits)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         assert isinstance(request.stream, httpx.AsyncByteStream)
