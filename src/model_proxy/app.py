@@ -16,9 +16,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from model_proxy import __version__
-from model_proxy.access import AccessGuard, AccessPolicy
+from model_proxy.access import AccessPolicy
+from model_proxy.access.guard import JWKS_TIMEOUTS
+from model_proxy.access.jwks import JwksCaches
 from model_proxy.access.posture import log_posture
-from model_proxy.access.reload import access_reload_hook
 from model_proxy.audit import REQUEST_ID_HEADER, AuditMiddleware, AuditWriter, audit_record
 from model_proxy.config import ProxyConfig
 from model_proxy.errors import ErrorCode, ProxyError
@@ -50,17 +51,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         capacity = Capacity.create(settings)
-        state = ProxyState.build(settings, config, capacity)
+        jwks_caches = JwksCaches(JWKS_TIMEOUTS)
+        state = ProxyState.build(settings, config, capacity, access=access, jwks_caches=jwks_caches)
         await live.replace(state)
         put_in_force(state)
         reloader = Reloader(settings, live, on_state=put_in_force)
         reloader.start(settings.watch_config)
         app.state.reloader = reloader
         app.state.live = live  # the states in force and retired (tests look at them)
-        app.state.access = AccessGuard(access)
-        reloader.hooks.append(
-            access_reload_hook(app.state.access, settings.config_dir, settings.access_file)
-        )
         app.state.audit = audit  # audit.reopen() after an external log rotation
         if audit is not None:
             audit.start()
@@ -82,7 +80,7 @@ def create_app(
             await reloader.stop()
             await live.aclose()
             capacity.close()
-            await app.state.access.aclose()
+            await jwks_caches.aclose()
             if audit is not None:
                 await anyio.to_thread.run_sync(audit.close)
             logger.info("model-proxy stopped; upstream clients closed")

@@ -108,6 +108,7 @@ class IdentityProvider:
     def __init__(self, kid: str = "key-1") -> None:
         self.kid = kid
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.jwks_fetches = 0  # GETs of the key set: a reload must not cause one
 
     def public_pem(self) -> bytes:
         return self.key.public_key().public_bytes(
@@ -119,6 +120,7 @@ class IdentityProvider:
         keys = [jwk | {"kid": self.kid, "alg": "RS256", "use": "sig"}]
 
         async def jwks(request: Request) -> Response:
+            self.jwks_fetches += 1
             return JSONResponse({"keys": keys})
 
         return Starlette(routes=[Route("/certs", jwks)])

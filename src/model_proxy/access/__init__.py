@@ -1,7 +1,7 @@
 """Client authentication and per-model allow-lists, configured in ``access.json``.
 
     policy = load_access(Path("access.json"), known_models=config.models)
-    guard = AccessGuard(policy, timeouts=Timeouts())
+    guard = AccessGuard.build(policy, JwksCaches(Timeouts()))   # one per config state
     caller = await guard.authenticate(request.headers)   # 401 Unauthorized
     guard.authorize(caller, model_id)                    # 403 "You have no access to this model"
 

@@ -18,7 +18,7 @@ from starlette.datastructures import Headers
 from model_proxy.errors import ErrorCode, Forbidden, Unauthorized
 from model_proxy.upstream.clients import Timeouts
 
-from .jwks import JwksCache
+from .jwks import JwksCache, JwksCaches
 from .keys import find_api_key
 from .loader import AccessPolicy
 from .schema import UnlistedModels
@@ -56,31 +56,35 @@ ANONYMOUS = Caller(CallerKind.ANONYMOUS)
 
 
 class AccessGuard:
-    def __init__(self, policy: AccessPolicy | None, *, timeouts: Timeouts = JWKS_TIMEOUTS) -> None:
-        self.policy: AccessPolicy | None = None
-        self._timeouts = timeouts
-        self._jwks: JwksCache | None = None
-        self._verifier: TokenVerifier | None = None
-        # Key caches of replaced policies: requests may still be using them.
-        self._retired: list[JwksCache] = []
-        self.replace(policy)
+    """The rules of one access.json (or none), as one config state holds them.
 
-    def replace(self, policy: AccessPolicy | None) -> None:
-        """Put ``policy`` in force (a reloaded access.json); the JWKS cache is kept when
-        the JWT settings did not change."""
+    A reload builds a new guard with the new state; a request keeps the guard of the
+    state it leased. JWKS caches come from the process-wide ``JwksCaches``, so a
+    reload that keeps the JWT settings does not fetch the keys again.
+    """
+
+    def __init__(self, policy: AccessPolicy | None, *, jwks: JwksCache | None = None) -> None:
+        self.policy = policy
+        self.jwks = jwks
         jwt = policy.jwt if policy is not None else None
-        old = self._jwks
-        if old is not None and (jwt is None or old.settings != jwt):
-            self._retired.append(old)
-            self._jwks = None
-        if jwt is not None and jwt.jwks_uri is not None and self._jwks is None:
-            self._jwks = JwksCache(jwt, self._timeouts)
         self._verifier = (
-            TokenVerifier(jwt, jwks=self._jwks, public_key=policy.public_key)
+            TokenVerifier(jwt, jwks=jwks, public_key=policy.public_key)
             if jwt is not None and policy is not None
             else None
         )
-        self.policy = policy
+
+    @classmethod
+    def build(cls, policy: AccessPolicy | None, caches: JwksCaches) -> AccessGuard:
+        """The guard of ``policy``, holding a JWKS cache from ``caches`` if it needs
+        one; ``release`` gives it back."""
+        jwt = policy.jwt if policy is not None else None
+        jwks = caches.acquire(jwt) if jwt is not None and jwt.jwks_uri is not None else None
+        return cls(policy, jwks=jwks)
+
+    async def release(self, caches: JwksCaches) -> None:
+        if self.jwks is not None:
+            await caches.release(self.jwks)
+            self.jwks = None
 
     @property
     def enabled(self) -> bool:
@@ -176,8 +180,3 @@ class AccessGuard:
         if self.policy.api_keys:
             challenges.append(f"ApiKey {_REALM}")
         return Unauthorized(message, code=code, challenge=", ".join(challenges))
-
-    async def aclose(self) -> None:
-        for cache in [*self._retired, *([self._jwks] if self._jwks else [])]:
-            await cache.aclose()
-        self._retired.clear()

@@ -126,3 +126,38 @@ class JwksCache:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+class JwksCaches:
+    """The process's JWKS caches, one per JWT settings, shared by the config states
+    that use them (counted): a reload that keeps the settings keeps the fetched keys,
+    and a cache closes when the last state using it has closed."""
+
+    def __init__(self, timeouts: Timeouts) -> None:
+        self._timeouts = timeouts
+        self._caches: dict[JwtSettings, JwksCache] = {}
+        self._users: dict[JwtSettings, int] = {}
+
+    def acquire(self, settings: JwtSettings) -> JwksCache:
+        cache = self._caches.get(settings)
+        if cache is None:
+            cache = self._caches[settings] = JwksCache(settings, self._timeouts)
+        self._users[settings] = self._users.get(settings, 0) + 1
+        return cache
+
+    async def release(self, cache: JwksCache) -> None:
+        settings = cache.settings
+        if self._caches.get(settings) is not cache:
+            return
+        self._users[settings] -= 1
+        if self._users[settings] == 0:
+            del self._users[settings], self._caches[settings]
+            await cache.aclose()
+
+    async def aclose(self) -> None:
+        """At shutdown: close every cache, used or not."""
+        caches = list(self._caches.values())
+        self._caches.clear()
+        self._users.clear()
+        for cache in caches:
+            await cache.aclose()

@@ -65,7 +65,7 @@ async def infer(request: Request) -> Response:
         # Starlette answers HEAD on GET routes; here it would run a whole inference.
         raise HTTPException(405, headers={"Allow": "GET"})
     state: ProxyState = request.state.proxy  # leased by reload.LeaseMiddleware
-    guard: AccessGuard = request.app.state.access
+    guard: AccessGuard = state.access  # the rules of the state this request leased
     caller: Caller | None = None
     model: ModelConfig | None = None
     inference: InferenceRequest | None = None

@@ -80,7 +80,7 @@ async def status(request: Request) -> Response:
     if not state.settings.show_status_page:
         raise NotFound("Not found")
     # With client auth on, the page (it names every PACS and model) needs a caller too.
-    await request.app.state.access.authenticate(request.headers)
+    await state.access.authenticate(request.headers)
     report = await collect_status(state)
     accept = request.headers.get("accept", "")
     if "application/json" in accept and "text/html" not in accept:

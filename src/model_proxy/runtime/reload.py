@@ -5,11 +5,10 @@ Each request leases the state in force when it arrived (``LeaseMiddleware`` puts
 config or an upstream client from under a running inference. A replaced state closes
 its clients when its last lease ends.
 
-A reload validates everything before it changes anything: a config that does not load
-is refused with every problem in the log, and the config in force stays. Extra files
-(e.g. an ``access.json``) join through ``Reloader.hooks``: each hook loads and checks
-its file and returns the function that puts the result in force, or raises
-``ConfigError``.
+A reload validates everything before it changes anything: servers.json, models.json
+and access.json are loaded and checked together in one thread, off the event loop;
+if any of them does not load, the reload is refused with every problem in the log
+and the state in force stays whole.
 """
 
 from __future__ import annotations
@@ -24,15 +23,15 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from model_proxy.config import ConfigError, load_config
+from model_proxy.access import AccessPolicy
+from model_proxy.access.reload import reload_access
+from model_proxy.config import ConfigError, ProxyConfig, load_config
 from model_proxy.runtime.state import ProxyState
 from model_proxy.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILES = ("servers.json", "models.json", "access.json")
-
-ReloadHook = Callable[[], Callable[[], None]]
 
 
 class LiveState:
@@ -143,7 +142,6 @@ class Reloader:
         self.settings = settings
         self.live = live
         self.on_state = on_state
-        self.hooks: list[ReloadHook] = []
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[bool]] = set()
         self._watcher: asyncio.Task[None] | None = None
@@ -156,12 +154,17 @@ class Reloader:
         async with self._lock:
             config_dir = self.settings.config_dir
             logger.info("reloading the config from %s (%s)", config_dir, reason)
+            current = self.live.current
             try:
-                config = await asyncio.to_thread(load_config, config_dir)
-                # The hooks read and check their files (access.json): off the loop too.
-                commits = await asyncio.to_thread(lambda: [hook() for hook in self.hooks])
-                # The memory budget and encoder threads outlive the config.
-                state = ProxyState.build(self.settings, config, self.live.current.capacity)
+                config, access = await asyncio.to_thread(self._load_files, current.access.policy)
+                # The memory budget, encoder threads and JWKS keys outlive the config.
+                state = ProxyState.build(
+                    self.settings,
+                    config,
+                    current.capacity,
+                    access=access,
+                    jwks_caches=current.jwks_caches,
+                )
             except ConfigError as exc:
                 problems = "\n".join(f"  - {line}" for line in exc.messages)
                 logger.error(
@@ -171,8 +174,6 @@ class Reloader:
             except Exception as exc:
                 logger.error("config reload refused, the previous config stays in force: %s", exc)
                 return False
-            for commit in commits:
-                commit()
             running = await self.live.replace(state)
             self.on_state(state)
             logger.info(
@@ -181,7 +182,28 @@ class Reloader:
                 len(config.models),
                 running,
             )
+            if access is not None:
+                logger.info(
+                    "client access rules %s from %s: %d API keys%s, %d model rules",
+                    "turned on" if current.access.policy is None else "reloaded",
+                    access.source,
+                    len(access.api_keys),
+                    " and bearer JWTs" if access.jwt else "",
+                    len(access.models),
+                )
+                for warning in access.warnings:
+                    logger.warning("%s", warning)
             return True
+
+    def _load_files(
+        self, access_in_force: AccessPolicy | None
+    ) -> tuple[ProxyConfig, AccessPolicy | None]:
+        """Every config file, read and checked (blocking: run in a thread)."""
+        config = load_config(self.settings.config_dir)
+        access = reload_access(
+            self.settings.config_dir, self.settings.access_file, access_in_force, config.models
+        )
+        return config, access
 
     def request_reload(self, reason: str) -> None:
         """Start a reload from a signal handler (the loop keeps a reference to it)."""

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from model_proxy.access import AccessGuard, AccessPolicy
+from model_proxy.access.guard import JWKS_TIMEOUTS
+from model_proxy.access.jwks import JwksCaches
 from model_proxy.cache import ResultCache
 from model_proxy.config import ProxyConfig, ServerConfig
 from model_proxy.errors import BadRequest, ErrorCode, NotFound, shorten
@@ -28,11 +31,23 @@ class ProxyState:
     result_cache: ResultCache
     # Shared by every state of the process (runtime/capacity.py); a state does not close it.
     capacity: Capacity
+    # Who may call, with this config: requests use the guard of the state they leased.
+    access: AccessGuard
+    # The process's JWKS caches (shared like capacity); the guard holds one of them.
+    jwks_caches: JwksCaches
 
     @classmethod
     def build(
-        cls, settings: Settings, config: ProxyConfig, capacity: Capacity | None = None
+        cls,
+        settings: Settings,
+        config: ProxyConfig,
+        capacity: Capacity | None = None,
+        *,
+        access: AccessPolicy | None = None,
+        jwks_caches: JwksCaches | None = None,
     ) -> ProxyState:
+        """The state of ``config`` and ``access``; ``capacity`` and ``jwks_caches``
+        carry over from the state in force on a reload."""
         auth = PacsAuth(settings.data_dir, settings.pacs_timeouts, settings.auth_failure_memory)
         sources: dict[str, DicomSource] = {}
         for server_id, server in config.servers.items():
@@ -50,6 +65,7 @@ class ProxyState:
         result_cache = ResultCache.shared(
             settings.data_dir / "result-cache", settings.cache_max_bytes
         )
+        jwks_caches = jwks_caches or JwksCaches(JWKS_TIMEOUTS)
         return cls(
             settings,
             config,
@@ -58,6 +74,8 @@ class ProxyState:
             auth,
             result_cache,
             capacity or Capacity.create(settings),
+            AccessGuard.build(access, jwks_caches),
+            jwks_caches,
         )
 
     def source_for(self, server_id: str | None) -> tuple[ServerConfig, DicomSource]:
@@ -91,6 +109,7 @@ class ProxyState:
         for model in self.models.values():
             await model.aclose()
         await self.auth.aclose()
+        await self.access.release(self.jwks_caches)
 
 
 def _make_source(server: ServerConfig, settings: Settings, auth: PacsAuth) -> DicomSource:
