@@ -63,6 +63,8 @@ class ErrorCode(StrEnum):
     JWKS_UNAVAILABLE = "jwks_unavailable"
     FORBIDDEN = "forbidden"
     NO_ACCESS = "no_access"
+    NO_SERVER_ACCESS = "no_server_access"
+    NO_MONITORING_ACCESS = "no_monitoring_access"
 
     # the PACS (502)
     BAD_GATEWAY = "bad_gateway"

@@ -29,6 +29,9 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path.cwd() / "data")
     log_dir: Path | None = None
     show_status_page: bool = False
+    # Seconds /status answers from its last probe round (one round runs at a time);
+    # 0: every call probes, still one round at a time.
+    status_cache_seconds: float = 5.0
     pacs_timeouts: Timeouts = field(default_factory=lambda: Timeouts(connect=10.0, idle=60.0))
     # A model may think for minutes before its first byte.
     model_timeouts: Timeouts = field(default_factory=lambda: Timeouts(connect=10.0, idle=600.0))

@@ -21,7 +21,7 @@ from model_proxy.upstream.clients import Timeouts
 from .jwks import JwksCache, JwksCaches
 from .keys import find_api_key
 from .loader import AccessPolicy
-from .schema import UnlistedModels
+from .schema import ModelRule, UnlistedModels
 from .tokens import InvalidToken, TokenVerifier
 
 logger = logging.getLogger(__name__)
@@ -125,14 +125,39 @@ class AccessGuard:
         if rule is None:
             if self.policy.unlisted_models is UnlistedModels.ALLOW:
                 return
-        elif (
-            (caller.kind is CallerKind.API_KEY and caller.name in rule.keys)
-            or (caller.kind is CallerKind.JWT and caller.name in rule.subjects)
-            or not caller.roles.isdisjoint(rule.roles)
-        ):
+        elif _grants(rule, caller):
             return
         logger.info("%s may not call model %s", caller.identity, model_id)
         raise Forbidden(NO_ACCESS, code=ErrorCode.NO_ACCESS)
+
+    def authorize_server(self, caller: Caller, server_id: str, *, chosen: bool) -> None:
+        """Forbidden unless ``caller`` may make the proxy query ``server_id`` (a server
+        access.json does not list: anyone); ``chosen``: named by ?server=, else the
+        default one."""
+        if self.policy is None:
+            return
+        rule = self.policy.servers.get(server_id)
+        if rule is None or _grants(rule, caller):
+            return
+        logger.info("%s may not use server %s", caller.identity, server_id)
+        which = "server" if chosen else "the default server"
+        hint = "" if chosen else "; choose one you may use with ?server=<uuid>"
+        raise Forbidden(
+            f"You have no access to {which} {server_id}{hint}", code=ErrorCode.NO_SERVER_ACCESS
+        )
+
+    def authorize_monitoring(self, caller: Caller) -> None:
+        """Forbidden unless ``caller`` may see /status: access.json's ``monitoring``
+        rule lists it, or there is no such rule."""
+        if self.policy is None or self.policy.monitoring is None:
+            return
+        if _grants(self.policy.monitoring, caller):
+            return
+        logger.info("%s may not see the monitoring routes", caller.identity)
+        raise Forbidden(
+            'You have no access to /status (access.json grants it under "monitoring")',
+            code=ErrorCode.NO_MONITORING_ACCESS,
+        )
 
     def _by_api_key(self, presented: str) -> Caller:
         assert self.policy is not None
@@ -180,3 +205,12 @@ class AccessGuard:
         if self.policy.api_keys:
             challenges.append(f"ApiKey {_REALM}")
         return Unauthorized(message, code=code, challenge=", ".join(challenges))
+
+
+def _grants(rule: ModelRule, caller: Caller) -> bool:
+    """Does ``rule`` list the caller's key name, JWT subject or one of its roles."""
+    return (
+        (caller.kind is CallerKind.API_KEY and caller.name in rule.keys)
+        or (caller.kind is CallerKind.JWT and caller.name in rule.subjects)
+        or not caller.roles.isdisjoint(rule.roles)
+    )

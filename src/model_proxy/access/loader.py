@@ -57,6 +57,10 @@ class AccessPolicy:
     models: Mapping[str, ModelRule]
     unlisted_models: UnlistedModels
     warnings: tuple[str, ...] = field(default=())
+    # Who may use each listed server (servers.json uuid); unlisted: every caller.
+    servers: Mapping[str, ModelRule] = field(default_factory=dict)
+    # Who may see /status; None: every authenticated caller.
+    monitoring: ModelRule | None = None
 
 
 def find_access_file(config_dir: Path, explicit: Path | None) -> Path | None:
@@ -67,8 +71,14 @@ def find_access_file(config_dir: Path, explicit: Path | None) -> Path | None:
     return candidate if candidate.exists() else None
 
 
-def load_access(path: Path, *, known_models: Mapping[str, object] | None = None) -> AccessPolicy:
-    """Load and check ``path``; ``known_models`` (models.json) turns stale rules into warnings."""
+def load_access(
+    path: Path,
+    *,
+    known_models: Mapping[str, object] | None = None,
+    known_servers: Mapping[str, object] | None = None,
+) -> AccessPolicy:
+    """Load and check ``path``; ``known_models`` (models.json) and ``known_servers``
+    (servers.json) turn stale rules into warnings."""
     source = str(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -115,17 +125,17 @@ def load_access(path: Path, *, known_models: Mapping[str, object] | None = None)
         where = f'{source}, field "models.{model_id}'
         if not _UUID.fullmatch(model_id):
             errors.append(f'{where}": the key must be a model UUID from models.json')
-        for index, key_name in enumerate(rule.keys):
-            if key_name not in parsed.api_keys:
-                errors.append(
-                    f'{where}.keys[{index}]": {describe(key_name)} is not a name in apiKeys'
-                )
-        if rule.subjects and parsed.jwt is None:
-            errors.append(f'{where}.subjects": subjects need "jwt" to be configured')
-        if not (rule.keys or rule.subjects or rule.roles):
-            warnings.append(f'{where}": lists no keys, subjects or roles; nobody may call it')
+        _check_rule(parsed, rule, where, errors, warnings, "call it")
         if known_models is not None and model_id not in known_models:
             warnings.append(f'{where}": not a model of models.json; the rule has no effect')
+    for server_id, rule in parsed.servers.items():
+        where = f'{source}, field "servers.{server_id}'
+        _check_rule(parsed, rule, where, errors, warnings, "use it")
+        if known_servers is not None and server_id not in known_servers:
+            warnings.append(f'{where}": not a server of servers.json; the rule has no effect')
+    if parsed.monitoring is not None:
+        where = f'{source}, field "monitoring'
+        _check_rule(parsed, parsed.monitoring, where, errors, warnings, "see /status")
 
     public_key = None
     if parsed.jwt is not None and parsed.jwt.public_key_file is not None:
@@ -143,7 +153,28 @@ def load_access(path: Path, *, known_models: Mapping[str, object] | None = None)
         models=dict(parsed.models),
         unlisted_models=parsed.unlisted_models,
         warnings=tuple(warnings),
+        servers=dict(parsed.servers),
+        monitoring=parsed.monitoring,
     )
+
+
+def _check_rule(
+    parsed: AccessFile,
+    rule: ModelRule,
+    where: str,
+    errors: list[str],
+    warnings: list[str],
+    what: str,
+) -> None:
+    """A rule's key names exist, its subjects have a jwt to come from; an empty rule
+    locks everyone out (a warning: it may be meant)."""
+    for index, key_name in enumerate(rule.keys):
+        if key_name not in parsed.api_keys:
+            errors.append(f'{where}.keys[{index}]": {describe(key_name)} is not a name in apiKeys')
+    if rule.subjects and parsed.jwt is None:
+        errors.append(f'{where}.subjects": subjects need "jwt" to be configured')
+    if not (rule.keys or rule.subjects or rule.roles):
+        warnings.append(f'{where}": lists no keys, subjects or roles; nobody may {what}')
 
 
 def _load_public_key(source: str, path: Path, errors: list[str]) -> Any:
@@ -189,7 +220,7 @@ def _paths(loc: tuple[str | int, ...]) -> tuple[str, str]:
         if isinstance(part, int):
             path += f"[{part}]"
             continue
-        keyed = index == 1 and loc[0] in ("apiKeys", "models")
+        keyed = index == 1 and loc[0] in ("apiKeys", "models", "servers")
         path = f"{path}.{part}" if path else part
         generic = f"{generic}.{'*' if keyed else part}" if generic else part
     return path, generic

@@ -21,6 +21,7 @@ def reload_access(
     explicit: Path | None,
     in_force: AccessPolicy | None,
     known_models: Mapping[str, object],
+    known_servers: Mapping[str, object],
 ) -> AccessPolicy | None:
     """The policy of the access.json on disk now (blocking); ConfigError if it is
     broken, or gone while ``in_force`` has rules."""
@@ -35,4 +36,4 @@ def reload_access(
                 ]
             )
         return None
-    return load_access(path, known_models=known_models)
+    return load_access(path, known_models=known_models, known_servers=known_servers)

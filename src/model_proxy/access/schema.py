@@ -17,8 +17,14 @@ every inference request (and ``/status``) needs an API key or a bearer JWT::
       "models": {
         "d4e548ad-f365-4c34-918b-4e61a8b896f0": {"roles": ["radiologist"], "keys": ["batch"]}
       },
-      "unlistedModels": "allow"
+      "unlistedModels": "allow",
+      "servers": {"<server uuid>": {"roles": ["radiologist"]}},
+      "monitoring": {"keys": ["ops"], "roles": ["admin"]}
     }
+
+``servers`` limits who may make the proxy query a PACS of servers.json (a server not
+listed: every authenticated caller); ``monitoring`` limits ``/status`` (and any
+future ``/metrics``) to the callers it lists (absent: every authenticated caller).
 
 Validators raise ``ValueError("expected X, got Y")``; the loader adds file and field.
 """
@@ -84,6 +90,14 @@ ACCESS_FIELDS: dict[str, str] = {
     "models.*.subjects": 'an array of JWT subjects ("sub" claims)',
     "models.*.roles": "an array of role names",
     "unlistedModels": '"allow" (any authenticated caller) or "deny"',
+    "servers": 'an object of {"<server uuid>": {"keys": [...], "subjects": [...], "roles": [...]}}',
+    "servers.*.keys": "an array of names from apiKeys",
+    "servers.*.subjects": 'an array of JWT subjects ("sub" claims)',
+    "servers.*.roles": "an array of role names",
+    "monitoring": 'an object of {"keys": [...], "subjects": [...], "roles": [...]}',
+    "monitoring.keys": "an array of names from apiKeys",
+    "monitoring.subjects": 'an array of JWT subjects ("sub" claims)',
+    "monitoring.roles": "an array of role names",
 }
 
 
@@ -220,7 +234,8 @@ def key_source_problem(jwt: dict[str, object]) -> str | None:
 
 
 class ModelRule(_Schema):
-    """Who may call one model: any listed key name, subject or role."""
+    """Who may use one model, one server or the monitoring routes: any listed key
+    name, subject or role."""
 
     keys: tuple[str, ...] = ()
     subjects: tuple[str, ...] = ()
@@ -239,6 +254,8 @@ class AccessFile(_Schema):
     jwt: JwtSettings | None = None
     models: dict[str, ModelRule] = Field(default_factory=dict)
     unlisted_models: UnlistedModels = Field(UnlistedModels.ALLOW, alias="unlistedModels")
+    servers: dict[str, ModelRule] = Field(default_factory=dict)
+    monitoring: ModelRule | None = None
 
     @field_validator("api_keys")
     @classmethod

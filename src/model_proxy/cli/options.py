@@ -92,7 +92,7 @@ def load_checked_access(
     if path is None:
         return None
     try:
-        return load_access(path, known_models=config.models)
+        return load_access(path, known_models=config.models, known_servers=config.servers)
     except ConfigError as exc:
         lines = "\n".join(f"  - {line}" for line in exc.messages)
         raise CommandError(f"invalid access rules in {path}:\n{lines}") from None

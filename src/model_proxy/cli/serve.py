@@ -56,6 +56,13 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     add_option(serve, "probe-timeout", "10", "seconds a /status probe may take")
     add_option(
         serve,
+        "status-cache",
+        "5",
+        "seconds /status reuses its last probe round (0: probe on every call; one round"
+        " runs at a time either way)",
+    )
+    add_option(
+        serve,
         "pacs-auth-failure-memory",
         "5",
         "seconds a PACS token server that failed is reported without asking it again"
@@ -142,6 +149,7 @@ def serve(args: argparse.Namespace) -> int:
         audit_log=_audit_log(args.audit_log, log_dir, Path(args.data_dir)),
         access_file=optional_path(args.access_config),
         show_status_page=env_flag("ZHIVA_SHOW_STATUS_PAGE"),
+        status_cache_seconds=parse_seconds(args.status_cache, "status-cache", allow_zero=True),
         pacs_timeouts=Timeouts(idle=parse_seconds(args.pacs_timeout, "pacs-timeout"), probe=probe),
         model_timeouts=Timeouts(
             idle=parse_seconds(args.model_timeout, "model-timeout"), probe=probe

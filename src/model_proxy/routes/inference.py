@@ -75,6 +75,7 @@ async def infer(request: Request) -> Response:
         model = _model_of(request, state)
         guard.authorize(caller, model.id)
         inference = _parse(request, state, caller, model)
+        guard.authorize_server(caller, inference.server.id, chosen="server" in request.query_params)
         runner = InferenceRunner(inference, state, request.state.live)
         outcome = await runner.run()
     finally:

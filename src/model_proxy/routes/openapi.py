@@ -26,7 +26,8 @@ _ERRORS = {
     "400": "Malformed request: a UID, the data-filters, the task or level for this model, or"
     " bytes that are not HTTP (`invalid_http`)",
     "401": "Client authentication is configured and the request carries no valid credentials",
-    "403": "The caller may not use this model (`You have no access to this model`)",
+    "403": "The caller may not use this model (`You have no access to this model`) or the"
+    " server it names or defaults to (`no_server_access`)",
     "404": "Unknown route, model or server, or a study/series/instance the PACS does not have",
     "405": "Another method than GET",
     "414": f"The URL is longer than {MAX_URL_BYTES} bytes",
@@ -197,6 +198,13 @@ DOCUMENT: dict[str, Any] = {
                             "text/html": {"schema": {"type": "string"}},
                         },
                     },
+                    "401": _error(
+                        "access.json is in force and the request has no valid credentials"
+                    ),
+                    "403": _error(
+                        "access.json's monitoring rule does not list the caller"
+                        " (`no_monitoring_access`)"
+                    ),
                     "404": _error("The status page is turned off"),
                 },
             }

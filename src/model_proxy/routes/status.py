@@ -22,13 +22,20 @@ from model_proxy.upstream.probe import ProbeResult
 
 
 async def collect_status(state: ProxyState) -> dict[str, dict[str, Any]]:
-    """Probe everything concurrently; each probe has its upstream's own timeouts."""
+    """Probe everything concurrently, each probe with its upstream's own timeouts, or
+    reuse the state's last round while it is fresh (``--status-cache``)."""
     server_ids = list(state.config.servers)
     model_ids = list(state.config.models)
-    results = await asyncio.gather(
-        *(state.sources[i].probe() for i in server_ids),
-        *(state.models[i].probe() for i in model_ids),
-    )
+
+    async def probe_all() -> list[ProbeResult]:
+        return list(
+            await asyncio.gather(
+                *(state.sources[i].probe() for i in server_ids),
+                *(state.models[i].probe() for i in model_ids),
+            )
+        )
+
+    results, age = await state.probe_rounds.results(probe_all)
     servers = {
         server_id: _entry(result, state.config.servers[server_id].status_uri, kind="server")
         | {
@@ -48,7 +55,7 @@ async def collect_status(state: ProxyState) -> dict[str, dict[str, Any]]:
         for model_id, result in zip(model_ids, results[len(server_ids) :], strict=True)
     }
     # Live asyncio tasks: flat under load, so a leak shows (the leak test reads it).
-    process = {"asyncioTasks": len(asyncio.all_tasks())}
+    process = {"asyncioTasks": len(asyncio.all_tasks()), "probedSecondsAgo": round(age, 1)}
     return {"servers": servers, "models": models, "process": process}
 
 
@@ -80,7 +87,8 @@ async def status(request: Request) -> Response:
     if not state.settings.show_status_page:
         raise NotFound("Not found")
     # With client auth on, the page (it names every PACS and model) needs a caller too.
-    await state.access.authenticate(request.headers)
+    caller = await state.access.authenticate(request.headers)
+    state.access.authorize_monitoring(caller)
     report = await collect_status(state)
     accept = request.headers.get("accept", "")
     if "application/json" in accept and "text/html" not in accept:
@@ -119,7 +127,9 @@ def render_html(report: dict[str, dict[str, Any]]) -> str:
         if not down
         else f'<p class="summary bad">{down} of {len(entries)} down.</p>'
     )
-    return _PAGE.replace("{sections}", summary + "".join(sections))
+    probed = report["process"]["probedSecondsAgo"]
+    footer = "just now" if probed < 1 else f"{probed:.0f} s ago"
+    return _PAGE.replace("{sections}", summary + "".join(sections)).replace("{probed}", footer)
 
 
 def _breaker_html(entry: dict[str, Any]) -> str:
@@ -156,7 +166,7 @@ footer{margin-top:2rem;color:#777;font-size:.85rem}
 </style></head><body>
 <h1>model-proxy status</h1>
 {sections}
-<footer>JSON: send <code>Accept: application/json</code>. Probed just now.</footer>
+<footer>JSON: send <code>Accept: application/json</code>. Probed {probed}.</footer>
 </body></html>
 """
 

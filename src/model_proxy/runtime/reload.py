@@ -201,7 +201,11 @@ class Reloader:
         """Every config file, read and checked (blocking: run in a thread)."""
         config = load_config(self.settings.config_dir)
         access = reload_access(
-            self.settings.config_dir, self.settings.access_file, access_in_force, config.models
+            self.settings.config_dir,
+            self.settings.access_file,
+            access_in_force,
+            config.models,
+            config.servers,
         )
         return config, access
 

@@ -19,6 +19,7 @@ from model_proxy.pacs.source import DicomSource
 from model_proxy.runtime.capacity import Capacity
 from model_proxy.settings import Settings
 from model_proxy.upstream.breaker import CircuitBreaker
+from model_proxy.upstream.probe import ProbeRounds
 
 
 @dataclass
@@ -35,6 +36,8 @@ class ProxyState:
     access: AccessGuard
     # The process's JWKS caches (shared like capacity); the guard holds one of them.
     jwks_caches: JwksCaches
+    # /status probes of this state's upstreams, cached briefly (routes/status.py).
+    probe_rounds: ProbeRounds
 
     @classmethod
     def build(
@@ -76,6 +79,7 @@ class ProxyState:
             capacity or Capacity.create(settings),
             AccessGuard.build(access, jwks_caches),
             jwks_caches,
+            ProbeRounds(settings.status_cache_seconds),
         )
 
     def source_for(self, server_id: str | None) -> tuple[ServerConfig, DicomSource]:
@@ -104,6 +108,7 @@ class ProxyState:
         return source.breaker if isinstance(source, GuardedSource) else None
 
     async def aclose(self) -> None:
+        await self.probe_rounds.aclose()
         for source in self.sources.values():
             await source.aclose()
         for model in self.models.values():
