@@ -192,3 +192,50 @@ def test_rules_that_do_nothing_are_warnings(tmp_path: Path) -> None:
     )
     assert any("nobody may call it" in w and MODEL in w for w in policy.warnings)
     assert any("not a model of models.json" in w and other in w for w in policy.warnings)
+
+
+SERVER = "b1407f18-8a1c-4e5b-9d65-3f2f0c1d2e3a"
+
+
+def test_server_and_monitoring_rules_load(tmp_path: Path) -> None:
+    policy = load_access(
+        write(
+            tmp_path,
+            {
+                "apiKeys": {"ops": {"sha256": DIGEST}},
+                "servers": {SERVER: {"roles": ["radiologist"]}, "stale": {"keys": ["ops"]}},
+                "monitoring": {"keys": ["ops"]},
+            },
+        ),
+        known_servers={SERVER: object()},
+    )
+    assert policy.servers[SERVER].roles == ("radiologist",)
+    assert policy.monitoring is not None and policy.monitoring.keys == ("ops",)
+    assert policy.warnings == (
+        f'{tmp_path / "access.json"}, field "servers.stale": not a server of servers.json;'
+        " the rule has no effect",
+    )
+
+
+def test_server_and_monitoring_rules_are_checked(tmp_path: Path) -> None:
+    source = tmp_path / "access.json"
+    assert errors_of(
+        tmp_path,
+        {
+            "apiKeys": {"ops": {"sha256": DIGEST}},
+            "servers": {SERVER: {"keys": ["opz"], "subjects": ["alice"]}},
+            "monitoring": {"roles": "admin"},
+        },
+    ) == [f'{source}, field "monitoring.roles": expected an array of strings, got "admin"']
+    assert errors_of(
+        tmp_path,
+        {
+            "apiKeys": {"ops": {"sha256": DIGEST}},
+            "servers": {SERVER: {"keys": ["opz"], "subjects": ["alice"]}},
+            "monitoring": {"keys": ["nobody"]},
+        },
+    ) == [
+        f'{source}, field "servers.{SERVER}.keys[0]": "opz" is not a name in apiKeys',
+        f'{source}, field "servers.{SERVER}.subjects": subjects need "jwt" to be configured',
+        f'{source}, field "monitoring.keys[0]": "nobody" is not a name in apiKeys',
+    ]
