@@ -44,6 +44,9 @@ class Settings:
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     # How long a failed PACS token renewal is answered from memory (pacs/auth/session.py).
     auth_failure_memory: FailureMemory = field(default_factory=FailureMemory)
+    # A file:// folder's index older than this is rescanned (incrementally, in the
+    # background) when a request uses it; requests never wait for a rescan.
+    folder_rescan_seconds: float = 1.0
     # Seconds between checks for changed config files; 0 reloads on SIGHUP only.
     watch_config: float = 0.0
     # Results on disk under data_dir/result-cache, LRU-evicted past this; 0: no cache.

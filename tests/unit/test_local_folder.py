@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
 import re
+import time
 from pathlib import Path
 
 import pydicom
@@ -11,7 +14,7 @@ import pytest
 
 from model_proxy.config import ServerConfig, parse_servers
 from model_proxy.errors import NotFound, PacsError
-from model_proxy.pacs import local_folder
+from model_proxy.pacs import folder_index
 from model_proxy.pacs.local_folder import FolderIndex, LocalFolderSource
 from model_proxy.pacs.source import Target
 from model_proxy.sample_data import SampleStudy, make_study, write_study
@@ -106,13 +109,13 @@ def test_rescan_parses_only_changed_files(
     folder: Path, study: SampleStudy, other_study: SampleStudy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     parsed: list[str] = []
-    read_uids = local_folder._read_uids
+    read_uids = folder_index._read_uids
 
     def counting(path: Path) -> object:
         parsed.append(path.name)
         return read_uids(path)
 
-    monkeypatch.setattr(local_folder, "_read_uids", counting)
+    monkeypatch.setattr(folder_index, "_read_uids", counting)
     index = FolderIndex(folder)
     index.scan()
     assert len(parsed) == 8  # 5 instances, the text file, the empty and the partial file
@@ -211,6 +214,30 @@ async def test_unknown_uids_are_not_found(folder: Path, study: SampleStudy) -> N
         assert "local folder b1407f18" in info.value.message
 
 
+async def eventually_found(source: LocalFolderSource, target: Target) -> list[bytes]:
+    """Fetches ``target`` until a background rescan has indexed it."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return await fetch(source, target)
+        except NotFound:
+            assert time.monotonic() < deadline, f"{target} never found"
+            await asyncio.sleep(0.01)
+
+
+async def eventually_gone(source: LocalFolderSource, target: Target) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            await fetch(source, target)
+        except NotFound:
+            return  # out of the index (a PacsError: indexed, but the file is gone)
+        except PacsError:
+            pass
+        assert time.monotonic() < deadline, f"{target} still indexed"
+        await asyncio.sleep(0.01)
+
+
 @pytest.mark.anyio
 async def test_a_file_added_after_the_first_scan_is_found(
     folder: Path, study: SampleStudy, other_study: SampleStudy
@@ -218,8 +245,81 @@ async def test_a_file_added_after_the_first_scan_is_found(
     source = source_for(folder, min_rescan_interval=0)
     assert len(await fetch(source, Target(study.study_uid))) == 5
     write_study(other_study, folder / "later")
-    got = await fetch(source, Target(other_study.study_uid))
+    # The request that misses answers at once; the rescan it started finds the files.
+    got = await eventually_found(source, Target(other_study.study_uid))
     assert sorted(got) == sorted(files_of(other_study).values())
+
+
+@pytest.mark.anyio
+async def test_new_and_removed_files_in_a_known_series_are_noticed(
+    folder: Path, study: SampleStudy
+) -> None:
+    source = source_for(folder, min_rescan_interval=0)
+    series = study.series[1]
+    series_target = Target(study.study_uid, series.series_uid)
+    before = await source.fingerprint(series_target)
+    assert len(await fetch(source, series_target)) == 2
+    # A slice copied into the series folder under a new name, with a new SOP UID.
+    series_dir = folder / "nested" / "deeper" / series.series_uid
+    dataset = pydicom.dcmread(series_dir / f"{series.sop_uids[0]}.dcm")
+    dataset.SOPInstanceUID = "1.2.3.4.5.6.7.8.9"
+    dataset.save_as(series_dir / "extra.dcm", enforce_file_format=True)
+    added = Target(study.study_uid, series.series_uid, "1.2.3.4.5.6.7.8.9")
+    assert len(await eventually_found(source, added)) == 1
+    assert len(await fetch(source, series_target)) == 3
+    assert await source.fingerprint(series_target) != before
+    # ... and removed again.
+    (series_dir / "extra.dcm").unlink()
+    await eventually_gone(source, added)
+    assert len(await fetch(source, series_target)) == 2
+    assert await source.fingerprint(series_target) == before
+
+
+@pytest.mark.anyio
+async def test_cache_hits_and_misses_do_not_wait_for_a_scan(
+    folder: Path, study: SampleStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = source_for(folder, min_rescan_interval=3600)
+    target = Target(study.study_uid)
+    assert await source.fingerprint(target) is not None  # the first index
+    scans: list[Path] = []
+    monkeypatch.setattr(FolderIndex, "scan", lambda index: scans.append(index.root))
+    for _ in range(3):
+        assert await source.fingerprint(target) is not None
+        with pytest.raises(NotFound):
+            await fetch(source, Target("1.2.3"))
+    assert scans == []
+
+
+def test_unchanged_folders_are_not_listed_again(
+    folder: Path, study: SampleStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed: list[str] = []
+    read_uids = folder_index._read_uids
+
+    def counting(path: Path) -> object:
+        parsed.append(path.name)
+        return read_uids(path)
+
+    monkeypatch.setattr(folder_index, "_read_uids", counting)
+    # Folders last changed an hour ago: past the "racy" window of the clock's tick.
+    hour_ago = time.time() - 3600
+    folders = [folder, *(path for path in folder.rglob("*") if path.is_dir())]
+    for path in folders:
+        os.utime(path, (hour_ago, hour_ago))
+    index = FolderIndex(folder)
+    index.scan()
+    assert index.listings == len(folders)
+    parsed.clear()
+    index.scan()
+    assert index.listings == len(folders)  # each folder stat'ed, none listed again
+    assert parsed == [] and index.instance_count == 5
+    # A file added to one series folder: that folder alone is listed again.
+    series_dir = folder / "nested" / "deeper" / study.series[0].series_uid
+    (series_dir / "notes.txt").write_text("not DICOM")
+    index.scan()
+    assert index.listings == len(folders) + 1
+    assert parsed == ["notes.txt"]
 
 
 @pytest.mark.anyio

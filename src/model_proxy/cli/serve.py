@@ -86,6 +86,13 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     )
     add_option(
         serve,
+        "folder-rescan",
+        "1",
+        "seconds after which a request starts a background rescan of a file:// folder"
+        " (only changed subfolders are listed again)",
+    )
+    add_option(
+        serve,
         "watch-config",
         "0",
         "seconds between checks for changed config files (0: reload on SIGHUP only)",
@@ -164,6 +171,7 @@ def serve(args: argparse.Namespace) -> int:
             failure_threshold=parse_count(args.breaker_failures, "breaker-failures", 1, 1000),
             cooldown=parse_seconds(args.breaker_cooldown, "breaker-cooldown"),
         ),
+        folder_rescan_seconds=parse_seconds(args.folder_rescan, "folder-rescan", allow_zero=True),
         watch_config=parse_seconds(args.watch_config, "watch-config", allow_zero=True),
         cache_max_bytes=parse_size(args.cache_size, "cache-size"),
         memory_budget=parse_memory_budget(args.memory_budget),

@@ -1,9 +1,14 @@
 """A folder of DICOM files served as if it were a PACS (``"uri": "file:///..."``).
 
 The folder is indexed by Study/Series/SOP Instance UID from the files' headers,
-whatever their names or layout. Rescans parse only files whose size or
-modification time changed, and run when a lookup misses (rate-limited), so
-files copied in while the proxy runs are found without a restart.
+whatever their names or layout (pacs/folder_index.py). The first request indexes the
+folder; after that no request waits for a scan: a request that finds the index older
+than ``min_rescan_interval`` (``--folder-rescan``) starts an incremental rescan in the
+background and answers from the index it has. Files copied in while the proxy runs
+are found once that rescan ends; a cache hit or a 404 never waits for one.
+
+The index is shared by every config state of the process (a reload must not parse
+50,000 files again), like the result cache.
 """
 
 from __future__ import annotations
@@ -11,96 +16,79 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import time
-import warnings
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-
-import pydicom
-from pydicom.errors import InvalidDicomError
+from typing import ClassVar
 
 from model_proxy.config import ServerConfig
 from model_proxy.errors import ErrorCode, NotFound, PacsError, short_id
+from model_proxy.pacs.folder_index import FolderIndex
 from model_proxy.pacs.source import Target
 from model_proxy.upstream.probe import ProbeResult, elapsed_ms
 
 logger = logging.getLogger(__name__)
 
-_UID_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]
+__all__ = ["FolderIndex", "IndexedFolder", "LocalFolderSource"]
 
 
-@dataclass(frozen=True)
-class _IndexedFile:
-    study: str
-    series: str
-    instance: str
+class IndexedFolder:
+    """A folder's index and the one scan of it that may run at a time."""
 
+    _open: ClassVar[dict[Path, IndexedFolder]] = {}
 
-class FolderIndex:
-    """UID -> path index of one folder tree; ``scan`` is blocking (run it in a thread)."""
+    @classmethod
+    def shared(cls, root: Path) -> IndexedFolder:
+        key = root.absolute()
+        found = cls._open.get(key)
+        if found is None:
+            found = cls._open[key] = cls(root)
+        return found
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self._files: dict[Path, tuple[tuple[int, int], _IndexedFile | None]] = {}
-        self.studies: dict[str, dict[str, dict[str, Path]]] = {}
+        self.index = FolderIndex(root)
+        self.scanned_at: float | None = None  # monotonic, when the last scan ended
+        self._scan: asyncio.Task[None] | None = None
 
-    def scan(self) -> None:
-        # Keyed by (size, mtime): unchanged files, DICOM or not, are not parsed again.
-        files: dict[Path, tuple[tuple[int, int], _IndexedFile | None]] = {}
-        for directory, _dirs, names in os.walk(self.root):
-            for name in names:
-                path = Path(directory) / name
-                try:
-                    stat = path.stat()
-                except OSError:
-                    continue
-                signature = (stat.st_size, stat.st_mtime_ns)
-                known = self._files.get(path)
-                if known is not None and known[0] == signature:
-                    files[path] = known
-                else:
-                    files[path] = (signature, _read_uids(path))
-        studies: dict[str, dict[str, dict[str, Path]]] = {}
-        for path, (_signature, entry) in files.items():
-            if entry is not None:
-                studies.setdefault(entry.study, {}).setdefault(entry.series, {})[entry.instance] = (
-                    path
-                )
-        self._files = files
-        self.studies = studies
+    def _running_scan(self) -> asyncio.Task[None] | None:
+        task = self._scan
+        # A task of another event loop (a test's, now closed) is no scan of ours.
+        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
+            return None
+        return task
 
-    def lookup(self, target: Target) -> list[Path]:
-        series_map = self.studies.get(target.study, {})
-        if target.series is None:
-            return [path for instances in series_map.values() for path in instances.values()]
-        instances = series_map.get(target.series, {})
-        if target.instance is None:
-            return list(instances.values())
-        path = instances.get(target.instance)
-        return [path] if path is not None else []
+    def start_scan(self) -> asyncio.Task[None]:
+        task = self._running_scan()
+        if task is None:
+            task = self._scan = asyncio.get_running_loop().create_task(self._run_scan())
+        return task
 
-    @property
-    def instance_count(self) -> int:
-        return sum(len(i) for series in self.studies.values() for i in series.values())
+    async def _run_scan(self) -> None:
+        try:
+            await asyncio.to_thread(self.index.scan)
+        except Exception:  # a background task: its failure must reach the log
+            logger.exception("scanning %s failed; the previous index stays", self.index.root)
+        self.scanned_at = time.monotonic()
 
+    async def ready(self) -> None:
+        """The first index of the folder (once per process), awaited."""
+        if self.scanned_at is None:
+            await asyncio.shield(self.start_scan())
 
-def _read_uids(path: Path) -> _IndexedFile | None:
-    try:
-        # pydicom warns, rather than raises, on some corrupt files: skip those too.
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_UID_TAGS)
-            uids = [str(dataset.get(tag, "")) for tag in _UID_TAGS]
-    except (InvalidDicomError, OSError, ValueError, KeyError, EOFError, Warning) as exc:
-        logger.debug("skipping %s: not a readable DICOM file (%s)", path, exc)
-        return None
-    if not all(uids):
-        logger.debug("skipping %s: it lacks one of %s", path, ", ".join(_UID_TAGS))
-        return None
-    return _IndexedFile(*uids)
+    def refresh_if_older_than(self, seconds: float) -> None:
+        """Start a rescan in the background when the index is older; never waits."""
+        if self.scanned_at is not None and time.monotonic() - self.scanned_at >= seconds:
+            self.start_scan()
+
+    async def refreshed(self, max_age: float) -> None:
+        """Wait for the scan under way, then for a new one if the index is older than
+        ``max_age`` (the /status probe: its rounds are rate-limited themselves)."""
+        running = self._running_scan()
+        if running is not None:
+            await asyncio.shield(running)
+        if self.scanned_at is None or time.monotonic() - self.scanned_at >= max_age:
+            await asyncio.shield(self.start_scan())
 
 
 def _files_fingerprint(paths: list[Path]) -> str | None:
@@ -119,32 +107,19 @@ class LocalFolderSource:
 
     def __init__(self, server: ServerConfig, *, min_rescan_interval: float = 1.0) -> None:
         self.label = f"local folder {short_id(server.id)}"
-        self._index = FolderIndex(server.local_path)
-        self._lock = asyncio.Lock()
-        self._scanned_at: float | None = None
+        self._folder = IndexedFolder.shared(server.local_path)
+        self._index = self._folder.index
         self._min_rescan_interval = min_rescan_interval
 
-    async def _refresh(self, *, only_if_stale: bool) -> None:
-        async with self._lock:
-            now = time.monotonic()
-            if (
-                only_if_stale
-                and self._scanned_at is not None
-                and now - self._scanned_at < self._min_rescan_interval
-            ):
-                return
-            if not self._index.root.is_dir():
-                raise PacsError(f"{self.label}: folder {self._index.root} does not exist")
-            await asyncio.to_thread(self._index.scan)
-            self._scanned_at = time.monotonic()
+    async def _indexed(self) -> FolderIndex:
+        await self._folder.ready()
+        if self._index.root_missing:
+            raise PacsError(f"{self.label}: folder {self._index.root} does not exist")
+        self._folder.refresh_if_older_than(self._min_rescan_interval)
+        return self._index
 
     async def _paths_for(self, target: Target) -> list[Path]:
-        if self._scanned_at is None:
-            await self._refresh(only_if_stale=False)
-        paths = self._index.lookup(target)
-        if not paths:
-            await self._refresh(only_if_stale=True)
-            paths = self._index.lookup(target)
+        paths = (await self._indexed()).lookup(target)
         if not paths:
             raise NotFound(
                 f"{target.describe()} was not found in {self.label}", code=ErrorCode.NOT_ON_PACS
@@ -170,23 +145,22 @@ class LocalFolderSource:
                 ) from exc
 
     async def fingerprint(self, target: Target) -> str | None:
-        """The paths, sizes and modification times of the target's files, after a
-        rescan (stat only; changed files are parsed again)."""
+        """The paths, sizes and modification times of the target's files (stat of
+        those files only; the index is not rescanned for it)."""
         try:
-            await self._refresh(only_if_stale=False)
+            paths = (await self._indexed()).lookup(target)
         except PacsError:
             return None  # the retrieval reports it
-        paths = self._index.lookup(target)
         if not paths:
             return None
         return await asyncio.to_thread(_files_fingerprint, paths)
 
     async def probe(self) -> ProbeResult:
         started = time.perf_counter()
-        try:
-            await self._refresh(only_if_stale=True)
-        except PacsError as exc:
-            return ProbeResult(False, elapsed_ms(started), exc.message)
+        await self._folder.refreshed(self._min_rescan_interval)
+        if self._index.root_missing:
+            detail = f"{self.label}: folder {self._index.root} does not exist"
+            return ProbeResult(False, elapsed_ms(started), detail)
         instances, studies = self._index.instance_count, len(self._index.studies)
         detail = (
             f"{instances} instance{'s' * (instances != 1)}"
@@ -195,4 +169,4 @@ class LocalFolderSource:
         return ProbeResult(True, elapsed_ms(started), detail)
 
     async def aclose(self) -> None:
-        return None
+        return None  # the shared index outlives this state

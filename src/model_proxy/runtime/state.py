@@ -119,7 +119,7 @@ class ProxyState:
 
 def _make_source(server: ServerConfig, settings: Settings, auth: PacsAuth) -> DicomSource:
     if server.is_local_folder:
-        return LocalFolderSource(server)
+        return LocalFolderSource(server, min_rescan_interval=settings.folder_rescan_seconds)
     source = DicomWebSource(
         server,
         timeouts=settings.pacs_timeouts,
