@@ -147,7 +147,12 @@ def check_config(config_dir: Path, access_file: Path | None = None) -> int:
         print("no access.json: client authentication is off, any caller may run every model")
     else:
         ways = [f"{len(access.api_keys)} API keys"] + (["bearer JWTs"] if access.jwt else [])
-        print(f"{access.source}: {' and '.join(ways)}; {len(access.models)} model rules")
+        rules = f"{len(access.models)} model rules"
+        if access.servers:
+            rules += f", {len(access.servers)} server rules"
+        if access.monitoring is not None:
+            rules += ", a monitoring rule"
+        print(f"{access.source}: {' and '.join(ways)}; {rules}")
     default_key = config_dir / "zhiva.key"
     tls_key = default_key if default_key.is_file() else None
     warnings = [
