@@ -55,6 +55,7 @@ def create_app(
         state = ProxyState.build(settings, config, capacity, access=access, jwks_caches=jwks_caches)
         await live.replace(state)
         put_in_force(state)
+        state.start_indexing()
         reloader = Reloader(settings, live, on_state=put_in_force)
         reloader.start(settings.watch_config)
         app.state.reloader = reloader

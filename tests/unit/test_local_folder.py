@@ -396,3 +396,22 @@ async def test_unreadable_file_is_a_pacs_error(folder: Path, study: SampleStudy)
     path.mkdir()
     with pytest.raises(PacsError, match=re.escape(f"could not read {path.name}")):
         await fetch(source, target)
+
+
+@pytest.mark.anyio
+async def test_indexing_starts_before_the_first_request_and_is_joined_by_it(
+    folder: Path, study: SampleStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scans: list[Path] = []
+    scan = FolderIndex.scan
+
+    def counting(index: FolderIndex) -> None:
+        scans.append(index.root)
+        scan(index)
+
+    monkeypatch.setattr(FolderIndex, "scan", counting)
+    source = source_for(folder, min_rescan_interval=3600)
+    source.start_indexing()  # what the app does at start-up
+    assert len(await fetch(source, Target(study.study_uid))) == 5
+    source.start_indexing()  # indexed already: nothing to do
+    assert scans == [folder]

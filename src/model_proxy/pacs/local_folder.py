@@ -1,8 +1,9 @@
 """A folder of DICOM files served as if it were a PACS (``"uri": "file:///..."``).
 
 The folder is indexed by Study/Series/SOP Instance UID from the files' headers,
-whatever their names or layout (pacs/folder_index.py). The first request indexes the
-folder; after that no request waits for a scan: a request that finds the index older
+whatever their names or layout (pacs/folder_index.py). The first index starts in the
+background at start-up and the first request waits for it; after that no request
+waits for a scan: a request that finds the index older
 than ``min_rescan_interval`` (``--folder-rescan``) starts an incremental rescan in the
 background and answers from the index it has. Files copied in while the proxy runs
 are found once that rescan ends; a cache hit or a 404 never waits for one.
@@ -110,6 +111,12 @@ class LocalFolderSource:
         self._folder = IndexedFolder.shared(server.local_path)
         self._index = self._folder.index
         self._min_rescan_interval = min_rescan_interval
+
+    def start_indexing(self) -> None:
+        """Index the folder in the background now (at start-up), so that the first
+        request does not wait for all of it; a no-op once it is indexed."""
+        if self._folder.scanned_at is None:
+            self._folder.start_scan()
 
     async def _indexed(self) -> FolderIndex:
         await self._folder.ready()

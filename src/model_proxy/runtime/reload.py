@@ -176,6 +176,7 @@ class Reloader:
                 return False
             running = await self.live.replace(state)
             self.on_state(state)
+            state.start_indexing()  # a file:// folder new in this config
             logger.info(
                 "config reloaded: %d servers, %d models; %d requests finish on the previous one",
                 len(config.servers),

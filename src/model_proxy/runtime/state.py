@@ -102,6 +102,12 @@ class ProxyState:
             server = found
         return server, self.sources[server.id]
 
+    def start_indexing(self) -> None:
+        """Start indexing the file:// folders that have no index yet (needs the loop)."""
+        for source in self.sources.values():
+            if isinstance(source, LocalFolderSource):
+                source.start_indexing()
+
     def breaker_of_server(self, server_id: str) -> CircuitBreaker | None:
         """The circuit breaker of a DICOMweb server (a local folder has none)."""
         source = self.sources[server_id]
