@@ -1,5 +1,5 @@
 """A proxy with client authentication on: API keys, bearer JWTs from a real JWKS
-endpoint, per-model rules, a CORS allow-list and the status page. Used through the
+endpoint, per-model and per-server rules, a CORS allow-list and the status page. Used through the
 ``guarded`` fixture (conftest.py) of the access and audit tests."""
 
 from __future__ import annotations
@@ -68,7 +68,11 @@ class Guarded:
 
 
 def access_json(
-    idp: IdentityProvider, keys: dict[str, str], models: dict[str, str], **jwt: Any
+    idp: IdentityProvider,
+    keys: dict[str, str],
+    models: dict[str, str],
+    servers: dict[str, str],
+    **jwt: Any,
 ) -> dict[str, Any]:
     return {
         "apiKeys": {
@@ -90,6 +94,8 @@ def access_json(
             models["pred"]: {"keys": ["batch"], "subjects": ["alice"]},
         },
         "unlistedModels": "deny",
+        # The "restricted" PACS (the same Orthanc) for the batch key and alice only.
+        "servers": {servers["restricted"]: {"keys": ["batch"], "subjects": ["alice"]}},
     }
 
 
@@ -106,12 +112,18 @@ def deploy_guarded(
         idp.publish(rsa, ec)
         keys = {"viewer": new_api_key(), "batch": new_api_key()}
         models = {name: new_uid() for name in ("seg", "pred", "two-series", "ann")}
-        servers = {"basic": new_uid(), "wrong-password": new_uid(), "down": new_uid()}
+        servers = {
+            "basic": new_uid(),
+            "wrong-password": new_uid(),
+            "down": new_uid(),
+            "restricted": new_uid(),
+        }
         servers_json = {
             servers["basic"]: server_entry(orthanc_basic_auth),
             servers["wrong-password"]: server_entry(
                 orthanc_basic_auth, isDefault=False, password=PACS_PASSWORD
             ),
+            servers["restricted"]: server_entry(orthanc_basic_auth, isDefault=False),
             servers["down"]: {
                 "uri": f"{closed_port_url()}/dicom-web",
                 "authType": "basicAuth",
@@ -136,7 +148,7 @@ def deploy_guarded(
             ),
         }
         config_dir = tmp_path_factory.mktemp("guarded")
-        (config_dir / "access.json").write_text(json.dumps(access_json(idp, keys, models)))
+        (config_dir / "access.json").write_text(json.dumps(access_json(idp, keys, models, servers)))
         (config_dir / "access.json").chmod(0o644)  # start-up must warn about it
         proxy = start_proxy(
             config_dir,

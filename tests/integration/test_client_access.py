@@ -186,6 +186,27 @@ def test_callers_outside_a_models_rule_get_the_originals_403(guarded: Guarded) -
         assert response.json() == NO_ACCESS
 
 
+def test_a_server_rule_limits_who_may_query_that_pacs(guarded: Guarded) -> None:
+    restricted = f"?server={guarded.servers['restricted']}"
+    pred = guarded.instance_path("pred", "predictions") + restricted
+    alice = guarded.with_token(guarded.idp.mint(guarded.rsa, subject="alice"))
+    bob = guarded.with_token(guarded.idp.mint(guarded.rsa, subject="bob", roles=["radiologist"]))
+    # Listed by the rule: the real Orthanc behind it answers.
+    assert guarded.get(pred, headers=guarded.with_key("batch")).status_code == 200
+    assert guarded.get(pred, headers=alice).status_code == 200
+    # Allowed on the model, not on that server.
+    seg = guarded.instance_path("seg") + restricted
+    for headers in (guarded.with_key("viewer"), bob):
+        response = guarded.get(seg, headers=headers)
+        assert response.status_code == 403, response.text
+        assert response.json() == {
+            "message": f"You have no access to server {guarded.servers['restricted']}",
+            "code": "no_server_access",
+        }
+        # The same caller on the default server, which has no rule.
+        assert guarded.get(guarded.instance_path("seg"), headers=headers).status_code == 200
+
+
 def test_403_comes_before_any_check_of_the_request(guarded: Guarded) -> None:
     # A caller without access learns nothing about the model's task or levels.
     path = f"/segmentations/{guarded.models['pred']}/studies/not-a-uid"
