@@ -189,15 +189,14 @@ async def run_load(
 
     cpu_at_start = cpu_seconds(pid)
 
-    # Idle connections are dropped well before uvicorn's 5 s keep-alive timeout closes
-    # them: a request sent on a connection the server is closing fails in transit (a
-    # reset, httpx's ReadError). The client's idle clock starts when it has read the
-    # answer, the server's when it sent it; on a loaded machine this process reads
-    # seconds late (it parses 200 clients' results), so 2 s of margin was seen to be
-    # too little once in four runs. Browsers retry such a request; this client must not.
-    limits = httpx.Limits(
-        max_connections=clients, max_keepalive_connections=clients, keepalive_expiry=0.5
-    )
+    # A new connection for every request. On a kept-alive connection a request can
+    # cross the server's idle close (uvicorn's 5 s keep-alive timeout) in transit and
+    # come back as a reset (httpx's ReadError). The client's idle clock starts when it
+    # has read the answer, the server's when it sent it, and on a loaded machine this
+    # process reads seconds late (it parses 200 clients' results): dropping idle
+    # connections after 0.5 s still lost one request in a run at load average 10.
+    # Browsers retry such a request; this client must not, and must not need to.
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=0)
     timeout = httpx.Timeout(60.0)
     async with httpx.AsyncClient(
         base_url=url, limits=limits, timeout=timeout, trust_env=False
