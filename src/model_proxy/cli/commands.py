@@ -21,6 +21,7 @@ from model_proxy.cli.options import (
     load_checked_access,
     load_checked_config,
     optional_path,
+    parse_count,
     parse_port,
     parse_seconds,
     secret_file_warnings,
@@ -41,6 +42,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen_cert = commands.add_parser("gen-cert", help="write a self-signed zhiva.crt and zhiva.key")
     add_option(gen_cert, "out-dir", ".", "where to write the files")
+    add_option(
+        gen_cert,
+        "hostname",
+        None,
+        "the name (or IP address) viewers use to reach the proxy: the CN and first SAN"
+        " (default: localhost, 127.0.0.1 and ::1)",
+    )
+    gen_cert.add_argument(
+        "--san",
+        action="append",
+        default=[],
+        metavar="DNS:NAME,IP:ADDRESS",
+        help="more subject alternative names, comma-separated; may be repeated",
+    )
+    add_option(gen_cert, "days", "365", "days the certificate is valid")
 
     check = commands.add_parser(
         "check-config", help="validate servers.json, models.json and access.json"
@@ -86,7 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return serve(args)
         if args.command == "gen-cert":
-            return gen_cert(Path(args.out_dir))
+            return gen_cert(
+                Path(args.out_dir),
+                hostname=args.hostname,
+                sans=args.san,
+                days=parse_count(args.days, "days", 1, 3650),
+            )
         if args.command == "check-config":
             return check_config(Path(args.config_dir), optional_path(args.access_config))
         if args.command == "gen-api-key":
@@ -115,14 +136,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise AssertionError(f"unhandled command {args.command}")
 
 
-def gen_cert(out_dir: Path) -> int:
-    from model_proxy.cli.certificates import generate_self_signed
+def gen_cert(
+    out_dir: Path, *, hostname: str | None = None, sans: Sequence[str] = (), days: int = 365
+) -> int:
+    from model_proxy.cli.certificates import (
+        BadName,
+        describe,
+        generate_self_signed,
+        subject_names,
+    )
 
     try:
-        cert, key = generate_self_signed(out_dir)
+        common_name, names = subject_names(hostname, sans)
+        cert, key = generate_self_signed(out_dir, days=days, hostname=hostname, sans=sans)
+    except BadName as exc:
+        raise CommandError(f"gen-cert: {exc}") from None
     except OSError as exc:
         raise CommandError(f"cannot write into {out_dir}: {exc.strerror or exc}") from None
-    print(f"wrote {cert} and {key} (self-signed, CN=localhost, valid 365 days)")
+    print(
+        f"wrote {cert} and {key} (self-signed, CN={common_name}, valid {days} days;"
+        f" names: {describe(names)})"
+    )
     return 0
 
 
