@@ -6,6 +6,7 @@ configuration files the way a command reports them (one clear line, exit code 2)
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import os
 import re
@@ -77,6 +78,22 @@ def parse_memory_budget(value: str) -> int:
     if budget < MiB:
         raise CommandError(f"--memory-budget must be at least 1MiB, got {value!r}")
     return budget
+
+
+def parse_forwarded_allow_ips(value: str) -> list[str]:
+    """Addresses and networks (``127.0.0.1``, ``10.0.0.0/8``, ``::1``) or ``*``; "" for none."""
+    entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+    if entries == ["*"]:
+        return entries
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise CommandError(
+                "--forwarded-allow-ips must list IP addresses or networks (like"
+                f" 127.0.0.1,10.0.0.0/8) or be *, got {entry!r}"
+            ) from None
+    return entries
 
 
 def optional_path(value: str | None) -> Path | None:

@@ -16,6 +16,7 @@ from model_proxy.cli.options import (
     load_checked_config,
     optional_path,
     parse_count,
+    parse_forwarded_allow_ips,
     parse_memory_budget,
     parse_port,
     parse_seconds,
@@ -124,6 +125,14 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         " config dir if present; without it any caller may run every model)",
     )
     add_option(
+        serve,
+        "forwarded-allow-ips",
+        "",
+        "comma-separated addresses or networks of reverse proxies (nginx) whose"
+        " X-Forwarded-For and X-Forwarded-Proto are believed; from anyone else they are"
+        " ignored (default: nobody's)",
+    )
+    add_option(
         serve, "cors-origins", "*", "comma-separated browser origins allowed to call the proxy"
     )
     add_option(
@@ -181,6 +190,7 @@ def serve(args: argparse.Namespace) -> int:
         pacs_concurrency=parse_count(args.pacs_concurrency, "pacs-concurrency", 1, 64),
     )
     port = parse_port(args.port)
+    forwarded_allow_ips = parse_forwarded_allow_ips(args.forwarded_allow_ips)
     tls_files = None if args.no_tls else _tls_files(Path(args.cert), Path(args.key))
     try:
         setup_logging(settings.log_dir)
@@ -200,6 +210,7 @@ def serve(args: argparse.Namespace) -> int:
         tls_files=tls_files,
         shutdown_grace=shutdown_grace,
         access=access,
+        forwarded_allow_ips=forwarded_allow_ips,
     )
     return 0
 
@@ -224,7 +235,15 @@ def run_server(
     tls_files: tuple[Path, Path] | None,
     shutdown_grace: int = 30,
     access: AccessPolicy | None = None,
+    forwarded_allow_ips: list[str] | None = None,
 ) -> None:
+    """Run uvicorn until SIGTERM or SIGINT.
+
+    Only connections from ``forwarded_allow_ips`` may set the client address and the
+    scheme with X-Forwarded-For / X-Forwarded-Proto (what the audit log and the access
+    line show); with none, uvicorn's proxy-header middleware is off altogether, so its
+    own default (trust 127.0.0.1, or $FORWARDED_ALLOW_IPS) never applies unasked.
+    """
     import uvicorn
 
     from model_proxy.app import create_app
@@ -242,6 +261,8 @@ def run_server(
         server_header=False,
         http=BoundedHttpToolsProtocol,
         timeout_graceful_shutdown=shutdown_grace,
+        proxy_headers=bool(forwarded_allow_ips),
+        forwarded_allow_ips=forwarded_allow_ips or None,
     )
     server = uvicorn.Server(uvicorn_config)
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the
