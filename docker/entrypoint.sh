@@ -13,7 +13,7 @@ set -- model-proxy serve --config-dir /app --data-dir /app/data --log-dir /app/l
 if [ "$(id -u)" = 0 ]; then
   chown -R model-proxy:model-proxy /app/log /app/data 2>/dev/null || true
   unreadable=""
-  for file in /app/zhiva.crt /app/zhiva.key /app/servers.json /app/models.json; do
+  for file in /app/zhiva.crt /app/zhiva.key /app/servers.json /app/models.json /app/access.json; do
     if [ -e "$file" ] && ! setpriv --reuid=model-proxy --regid=model-proxy --clear-groups test -r "$file"; then
       unreadable="$unreadable $file"
     fi
