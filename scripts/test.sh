@@ -20,6 +20,10 @@ orthanc_present() {
     [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]
 }
 
+nginx_present() {
+  { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1
+}
+
 find_python() {
   local candidate
   for candidate in python3 python3.13 python3.12 python3.11; do
@@ -35,6 +39,8 @@ find_python() {
 section "system packages"
 missing=()
 $fast || orthanc_present || missing+=(orthanc orthanc-dicomweb)
+# The reverse-proxy recipe of docs/deployment.md runs against the real nginx.
+$fast || nginx_present || missing+=(nginx)
 python=$(find_python || true)
 if [ -z "$python" ]; then
   missing+=(python3 python3-venv)
@@ -54,6 +60,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 python=${python:-$(find_python)}
 orthanc_present && echo "Orthanc and its DICOMweb plugin: present"
+nginx_present && echo "nginx: present"
 
 section "virtualenv (.venv)"
 if [ ! -x .venv/bin/python ]; then
