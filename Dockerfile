@@ -1,5 +1,15 @@
 # model-proxy: the image mirrors the original's deployment (port 8002, configs and the
 # TLS pair mounted into /app, logs in /app/log, tokens and cache in /app/data).
+# The compiled wire-format encoder (models/_compact.c) is built in a stage of its own,
+# so the image carries the wheel but not the compiler.
+FROM python:3.11-slim AS build
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /build
+COPY pyproject.toml setup.py README.md ./
+COPY src ./src
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -10,10 +20,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # A fixed uid so that host files mounted into /app can be made readable for it.
 RUN useradd --system --uid 10001 --user-group --home-dir /app --shell /usr/sbin/nologin model-proxy
 
-WORKDIR /build
-COPY pyproject.toml README.md ./
-COPY src ./src
-RUN pip install . && rm -rf /build
+COPY --from=build /wheels /wheels
+RUN pip install /wheels/*.whl && rm -rf /wheels
 
 WORKDIR /app
 RUN mkdir -p /app/log /app/data && chown model-proxy:model-proxy /app/log /app/data

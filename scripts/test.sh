@@ -66,10 +66,12 @@ section "virtualenv (.venv)"
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-# Reinstall only when pyproject.toml changed, so that a second run works offline.
+# Reinstall only when pyproject.toml or the compiled encoder changed, so that a second
+# run works offline.
 stamp=.venv/.model-proxy-installed
 extras="test,bench"
-wanted=$({ cat pyproject.toml; echo "extras: $extras"; } | sha256sum | cut -d' ' -f1)
+wanted=$({ cat pyproject.toml setup.py src/model_proxy/models/_compact.c; echo "extras: $extras"; } |
+  sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ]; then
   .venv/bin/python -m pip install --upgrade pip
   # The bench extra too: the benchmarks are type-checked below.

@@ -74,11 +74,15 @@ def multipart_entries(body: bytes, content_type: str) -> list[Entry]:
 async def receive(request: Request) -> Response:
     body = await request.body()
     content_type = request.headers.get("content-type", "")
+    whitespace: int | None = None
     if content_type.startswith("multipart/related"):
         entries = multipart_entries(body, content_type)
     else:
         entries = json_entries(json.loads(body))
-    return JSONResponse({"entries": entries, "content_type": content_type})
+        whitespace = sum(body.count(space) for space in (b" ", b"\t", b"\r", b"\n"))
+    return JSONResponse(
+        {"entries": entries, "content_type": content_type, "whitespace": whitespace}
+    )
 
 
 @contextmanager

@@ -211,6 +211,43 @@ def test_series_data_filters_name_instances(setup: Setup) -> None:
     ]
 
 
+@pytest.mark.parametrize("level", ["study", "series", "instance", "study-keys", "series-keys"])
+def test_json_bodies_are_compact(setup: Setup, level: str) -> None:
+    # The wire format carries no padding (docs/performance.md, "The encoder"): the body
+    # is what json.dumps(..., separators=(",", ":")) would write, byte for byte.
+    study = setup.study
+    series = study.series[1]
+    path = f"/studies/{study.study_uid}"
+    params: dict[str, str] = {}
+    model = "json"
+    if level in ("series", "instance", "series-keys"):
+        path += f"/series/{series.series_uid}"
+    if level == "instance":
+        path += f"/instances/{series.sop_uids[0]}"
+    if level == "series-keys":
+        model = "series-keys"
+        filters = [{"dataKey": key, "uuid": series.sop_uids[n]} for n, key in enumerate("ab")]
+        params = {"data-filters": json.dumps(filters)}
+    if level == "study-keys":
+        model = "study-keys"
+        one, two, three = study.series
+        filters_: list[dict[str, Any]] = [
+            {"dataKey": "first", "uuid": one.series_uid},
+            {"dataKey": "second", "uuid": two.series_uid},
+            {
+                "dataKey": "third",
+                "uuid": three.series_uid,
+                "dataFilter": [
+                    {"dataKey": key, "uuid": three.sop_uids[n]} for n, key in enumerate("ab")
+                ],
+            },
+        ]
+        params = {"data-filters": json.dumps(filters_)}
+    response = setup.get(model, path, params=params)
+    assert entries(response)
+    assert response.json()["whitespace"] == 0
+
+
 @pytest.mark.parametrize("level", ["series", "instance"])
 def test_example_model_answers_the_same_for_both_input_formats(setup: Setup, level: str) -> None:
     study = setup.study

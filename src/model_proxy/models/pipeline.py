@@ -31,7 +31,7 @@ from typing import cast
 
 from model_proxy.errors import ErrorCode, NotFound, PacsError
 from model_proxy.models.body import Retrieval, Token
-from model_proxy.models.encoder import encode_range_into, slice_ranges, slice_text_size
+from model_proxy.models.encoder import encode_range_into, max_slice_text_size, slice_ranges
 from model_proxy.models.formats import BodyFormat
 from model_proxy.models.slice_buffers import SliceBuffers
 from model_proxy.pacs.source import DicomSource
@@ -235,7 +235,7 @@ class BodyPipeline:
         loop = asyncio.get_running_loop()
         ranges = slice_ranges(len(part10))
         for number, (start, stop) in enumerate(ranges):
-            buffer = self._buffers.take(slice_text_size(len(part10), start, stop))
+            buffer = self._buffers.take(max_slice_text_size(len(part10), start, stop))
             encoded = loop.run_in_executor(
                 self._executor, _encode_slice, part10, start, stop, buffer
             )

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from model_proxy.models.encoder import slice_ranges, slice_text_size
+from model_proxy.models.encoder import max_slice_text_size, slice_ranges
 
 __all__ = ["GRANULE", "SliceBuffers", "buffer_bytes"]
 
@@ -43,7 +43,9 @@ def buffer_bytes(size: int) -> int:
     >>> buffer_bytes(SLICE_BYTES + 1) == 4 * SLICE_BYTES + GRANULE
     True
     """
-    return sum(_rounded(slice_text_size(size, start, stop)) for start, stop in slice_ranges(size))
+    return sum(
+        _rounded(max_slice_text_size(size, start, stop)) for start, stop in slice_ranges(size)
+    )
 
 
 class SliceBuffers:

@@ -7,12 +7,14 @@ config reload (runtime/reload.py) keeps the budget and the running inferences' w
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from model_proxy.config import InputFormat
+from model_proxy.models import encoder
 from model_proxy.models.body import Token
 from model_proxy.models.formats import body_format
 from model_proxy.models.pipeline import BodyPipeline
@@ -20,6 +22,8 @@ from model_proxy.models.slice_buffers import SliceBuffers
 from model_proxy.pacs.source import DicomSource
 from model_proxy.runtime.admission import Admission, MemoryBudget, RequestMemory
 from model_proxy.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,6 +37,11 @@ class Capacity:
     @classmethod
     def create(cls, settings: Settings) -> Capacity:
         threads = settings.encoder_threads or os.cpu_count() or 1
+        if encoder.IMPLEMENTATION != "compiled":
+            logger.warning(
+                "the compiled wire-format encoder was not built (no C compiler when"
+                " model-proxy was installed): JSON bodies are encoded several times slower"
+            )
         return cls(
             Admission(
                 MemoryBudget(settings.memory_budget),
