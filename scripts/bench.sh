@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Runs the streaming benchmark (benchmarks/run.py, docs/performance.md): sets up .venv
 # with the bench extra when needed (Orthanc must be installed: scripts/test.sh does it),
-# then starts Orthanc, a sink model and the proxy on loopback and prints the report.
-# Extra arguments go to the benchmark: scripts/bench.sh --runs 5 --skip-naive
+# then starts Orthanc, a sink model and the proxy on loopback and prints the report;
+# then the link-limited benchmark (benchmarks/link.py: the model behind a 1 and a
+# 10 Gbit/s link in a network namespace of its own; it needs root and says so when it
+# cannot make one). Extra arguments go to the streaming benchmark:
+#   scripts/bench.sh --runs 5 --skip-naive
+#   scripts/bench.sh --link-only --runs 3     # only the link-limited one, with its options
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -12,4 +16,9 @@ fi
 if ! .venv/bin/python -c 'import model_proxy, dicomweb_client, requests' 2>/dev/null; then
   .venv/bin/python -m pip install -e '.[test,bench]'
 fi
-exec .venv/bin/python -m benchmarks.run "$@"
+if [ "${1:-}" = "--link-only" ]; then
+  shift
+  exec .venv/bin/python -m benchmarks.link "$@"
+fi
+.venv/bin/python -m benchmarks.run "$@"
+exec .venv/bin/python -m benchmarks.link
