@@ -17,8 +17,9 @@ a link on this machine without touching anything outside the benchmark:
 
 For each rate, in alternation, ``--runs`` times: the **link floor** (the compact JSON
 body the proxy sends, written by a raw socket to the sink over the same shaped link),
-the proxy end to end (``GET`` of the series through the proxy, JSON input), and the
-same two for ``"input": "dicom-multipart"``. Medians are printed with their ratio, the
+the series' WADO-RS download by curl (the PACS side, unshaped), the proxy end to end
+(``GET`` of the series through the proxy, JSON input) with the proxy's CPU time, and
+the same for ``"input": "dicom-multipart"``. Medians are printed with their ratio, the
 bytes the sink received and the model's decode time for the JSON body (reference
 decoder ``bytes(json.loads(s))`` per instance, and orjson; measured on a sample of
 instances, scaled to the series). The padded body of the previous encoder is sent
@@ -47,7 +48,18 @@ from harness import LOOPBACK, new_uid, server_entry, start_orthanc, start_proxy
 
 from benchmarks import ROOT
 from benchmarks.encoder import orjson_decode, padded_instance, reference_decode
-from benchmarks.run import LEVELS, get_ok, load, log, peak_rss, start_sink, upload
+from benchmarks.run import (
+    ACCEPT,
+    LEVELS,
+    cpu_seconds,
+    curl,
+    get_ok,
+    load,
+    log,
+    peak_rss,
+    start_sink,
+    upload,
+)
 from model_proxy.config import InputFormat
 from model_proxy.models.body import Retrieval
 from model_proxy.models.encoder import encode_instance
@@ -56,7 +68,11 @@ from model_proxy.pacs.source import Target
 from model_proxy.sample_data import make_study
 
 MB = 1_000_000
-RATES = {"1 Gbit/s": 1_000_000_000, "10 Gbit/s": 10_000_000_000}
+LINKS: dict[str, int | None] = {
+    "loopback (unshaped)": None,
+    "1 Gbit/s": 1_000_000_000,
+    "10 Gbit/s": 10_000_000_000,
+}
 GOALS = {"1 Gbit/s": 1.10, "10 Gbit/s": 1.5}
 DECODE_SAMPLE = 12  # instances decoded to measure the model's decode rate
 
@@ -199,12 +215,16 @@ def measure(args: argparse.Namespace) -> None:
         rows: list[str] = []
         with proxy.client(timeout=600) as client:
             get_ok(client, f"/predictions/{models['json']}{series}")  # warm
-            for label, rate in [("loopback (unshaped)", None), *RATES.items()]:
+            for label, rate in LINKS.items():
+                if label.split()[0] not in args.links.split(","):
+                    continue
                 shape(sink_port, rate)
                 log(f"link: {label}")
                 for mode, (body, content_type) in bodies.items():
                     floors: list[float] = []
                     ends: list[float] = []
+                    downloads: list[float] = []
+                    cpu: list[float] = []
                     received = 0
                     for _ in range(args.runs):
                         started = time.perf_counter()
@@ -212,15 +232,22 @@ def measure(args: argparse.Namespace) -> None:
                         floors.append(time.perf_counter() - started)
                         assert sent == len(body), (sent, len(body))
                         started = time.perf_counter()
+                        curl("-H", f"Accept: {ACCEPT}", f"{orthanc.dicomweb_url}{series}")
+                        downloads.append(time.perf_counter() - started)
+                        cpu_before = cpu_seconds(proxy.process.pid)
+                        started = time.perf_counter()
                         answer = get_ok(client, f"/predictions/{models[mode]}{series}")
                         ends.append(time.perf_counter() - started)
+                        cpu.append(cpu_seconds(proxy.process.pid) - cpu_before)
                         received = int(answer.json()["received"])
                     ratio = statistics.median(ends) / statistics.median(floors)
                     goal = GOALS.get(label)
                     rows.append(
                         f"| {label} | {mode} | {median_of(ends)} | {median_of(floors)}"
                         f" | {ratio:.2f}x{f' (goal {goal:.2f}x)' if goal else ''}"
-                        f" | {received / MB:,.1f} MB{'' if received == len(body) else ' (!)'} |"
+                        f" | {received / MB:,.1f} MB{'' if received == len(body) else ' (!)'}"
+                        f" | {statistics.median(downloads):.2f} s"
+                        f" | {statistics.median(cpu):.2f} s |"
                     )
                     print(rows[-1], flush=True)
                 if rate is not None:
@@ -229,12 +256,15 @@ def measure(args: argparse.Namespace) -> None:
                     padded_floor = time.perf_counter() - started
                     rows.append(
                         f"| {label} | json, padded body (before) | | {padded_floor:.2f} s"
-                        f" | | {len(padded) / MB:,.1f} MB |"
+                        f" | | {len(padded) / MB:,.1f} MB | | |"
                     )
                     print(rows[-1], flush=True)
             shape(sink_port, None)
-        print("\n| link | input | proxy end to end, median (runs) | link floor | ratio | sent |")
-        print("| --- | --- | --- | --- | --- | --- |")
+        print(
+            "\n| link | input | proxy end to end, median (runs) | link floor | ratio | sent"
+            " | PACS download (curl) | proxy CPU |"
+        )
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         print("\n".join(rows))
         print(f"\nproxy peak RSS: {peak_rss(proxy.process.pid) / (1 << 20):,.0f} MiB")
         print(f"load average at the end: {load()}")
@@ -267,6 +297,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--links", default="loopback,1,10", help="which links: loopback, 1, 10 (Gbit/s)"
+    )
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args, _ = parser.parse_known_args()
     if not args.inside:
