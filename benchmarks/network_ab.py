@@ -6,7 +6,8 @@ Made to check that a change below the request path (the network layer, the
 encoder) costs nothing: one Orthanc, one sink model and the stored series are
 shared; two proxies run, one from each tree (``PYTHONPATH``), and are asked for
 the series in alternation, so that both see the same machine conditions. Prints
-the median wall time and proxy CPU time per series of each and the ratio B/A.
+the median wall time and proxy CPU time per series of each, each proxy's peak RSS
+and the ratio B/A.
 A tree is a ``src`` folder, e.g. of a ``git worktree`` of the commit to compare.
 """
 
@@ -20,9 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from harness import new_uid, server_entry, start_orthanc, start_proxy
+from harness import ProxyProcess, new_uid, server_entry, start_orthanc, start_proxy
 
-from benchmarks.run import LEVELS, cpu_seconds, get_ok, log, start_sink, timed, upload
+from benchmarks.run import (
+    LEVELS,
+    cpu_seconds,
+    get_ok,
+    log,
+    peak_rss,
+    start_sink,
+    timed,
+    upload,
+)
 from model_proxy.sample_data import make_study
 
 
@@ -30,6 +40,11 @@ def page_faults(pid: int) -> int:
     """Minor page faults of the whole process so far (/proc/PID/stat, field 10)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[7])
+
+
+def pid_of(proxy: ProxyProcess) -> int:
+    assert proxy.process.pid is not None
+    return proxy.process.pid
 
 
 def main() -> None:
@@ -90,14 +105,18 @@ def main() -> None:
         finally:
             for client in clients.values():
                 client.close()
-        print("| proxy | wall s (median) | CPU s (median) | page faults (median) | runs (wall) |")
-        print("| --- | --- | --- | --- | --- |")
+        print(
+            "| proxy | wall s (median) | CPU s (median) | page faults (median) | peak RSS"
+            " | runs (wall) |"
+        )
+        print("| --- | --- | --- | --- | --- | --- |")
         for name, tree in (("A", args.a), ("B", args.b)):
             runs = ", ".join(f"{t:.2f}" for t in wall[name])
             print(
                 f"| {name} `{tree}` | {statistics.median(wall[name]):.2f}"
                 f" | {statistics.median(cpu[name]):.2f}"
-                f" | {statistics.median(faults[name]):,.0f} | {runs} |"
+                f" | {statistics.median(faults[name]):,.0f}"
+                f" | {peak_rss(pid_of(proxies[name])) / (1 << 20):,.0f} MiB | {runs} |"
             )
         wall_ratio = statistics.median(wall["B"]) / statistics.median(wall["A"])
         cpu_ratio = statistics.median(cpu["B"]) / statistics.median(cpu["A"])
