@@ -195,7 +195,7 @@ def measure(args: argparse.Namespace) -> None:
                 models["dicom-multipart"]: {**entry, "input": "dicom-multipart"},
             },
             cert=None,
-            extra_args=["--cache-size", "0"],
+            extra_args=["--cache-size", "0", *args.proxy_arg],
         )
         processes.append(proxy)
         assert proxy.process.pid is not None
@@ -299,6 +299,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
         "--links", default="loopback,1,10", help="which links: loopback, 1, 10 (Gbit/s)"
+    )
+    parser.add_argument(
+        "--proxy-arg",
+        action="append",
+        default=[],
+        help="an extra option for model-proxy serve (repeat it: --proxy-arg=--memory-budget"
+        " --proxy-arg=1GiB)",
     )
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args, _ = parser.parse_known_args()
