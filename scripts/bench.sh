@@ -13,7 +13,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c 'import model_proxy, dicomweb_client, requests' 2>/dev/null; then
+install=false
+.venv/bin/python -c 'import model_proxy, dicomweb_client, requests' 2>/dev/null || install=true
+# The compiled encoder (setup.py, models/_compact.c): built when a C compiler can build it.
+if command -v cc >/dev/null 2>&1 &&
+  ! .venv/bin/python -c 'import model_proxy.models._compact' 2>/dev/null; then
+  install=true
+fi
+if $install; then
   .venv/bin/python -m pip install -e '.[test,bench]'
 fi
 if [ "${1:-}" = "--link-only" ]; then
