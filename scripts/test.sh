@@ -47,6 +47,21 @@ if [ -z "$python" ]; then
 elif [ ! -x .venv/bin/python ] && ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
   missing+=(python3-venv)
 fi
+# The compiled wire-format encoder (setup.py) wants a C compiler and the Python headers;
+# without them the install still works, with a slower encoder (docs/performance.md).
+for_encoder=()
+command -v cc >/dev/null 2>&1 || for_encoder+=(gcc libc6-dev)
+if [ -n "$python" ] && ! "$python" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+  for_encoder+=(python3-dev)
+fi
+if [ ${#for_encoder[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    missing+=("${for_encoder[@]}")
+  else
+    echo "note: without ${for_encoder[*]} the compiled encoder is not built (slower JSON bodies)"
+  fi
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing: ${missing[*]}"
