@@ -23,7 +23,8 @@ from model_proxy.access.posture import log_posture
 from model_proxy.audit import REQUEST_ID_HEADER, AuditMiddleware, AuditWriter, audit_record
 from model_proxy.config import ProxyConfig
 from model_proxy.errors import ErrorCode, ProxyError
-from model_proxy.routes import inference, openapi, status
+from model_proxy.jobs import JobManager, JobPolicy, JobStore
+from model_proxy.routes import inference, jobs, openapi, status
 from model_proxy.runtime.capacity import Capacity
 from model_proxy.runtime.reload import LeaseMiddleware, LiveState, Reloader
 from model_proxy.runtime.state import ProxyState
@@ -63,6 +64,8 @@ def create_app(
         app.state.audit = audit  # audit.reopen() after an external log rotation
         if audit is not None:
             audit.start()
+        app.state.jobs = await _start_jobs(settings, state, live)
+        app.state.job_progress_interval = settings.job_progress_interval
         log_posture(
             cors_origins=settings.cors_origins,
             auth_source=access.source if access else None,
@@ -78,6 +81,8 @@ def create_app(
         try:
             yield
         finally:
+            if app.state.jobs is not None:
+                await app.state.jobs.aclose()  # running jobs stay queued for the next start
             await reloader.stop()
             await live.aclose()
             capacity.close()
@@ -91,6 +96,7 @@ def create_app(
             Route("/health", health, methods=["GET"]),
             *status.routes,
             *openapi.routes,
+            *jobs.routes,
             *inference.routes,
         ],
         middleware=[
@@ -98,9 +104,16 @@ def create_app(
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),
-                allow_methods=["GET", "OPTIONS"],
+                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                 allow_headers=["*"],
-                expose_headers=["Content-Length", "Content-Type", "ETag", REQUEST_ID_HEADER],
+                expose_headers=[
+                    "Content-Length",
+                    "Content-Type",
+                    "ETag",
+                    "Location",
+                    "Preference-Applied",
+                    REQUEST_ID_HEADER,
+                ],
                 max_age=600,
             ),
             Middleware(AuditMiddleware, writer=audit, prefixes=inference.prefixes),
@@ -113,6 +126,27 @@ def create_app(
         lifespan=lifespan,
     )
     return app
+
+
+async def _start_jobs(settings: Settings, state: ProxyState, live: LiveState) -> JobManager | None:
+    """The job manager on <data-dir>/jobs.sqlite; None without the result cache,
+    which holds job results (the jobs routes then answer 404 jobs_unavailable)."""
+    if not state.result_cache.enabled:
+        logger.info("jobs are off: the result cache is off (--cache-size 0)")
+        return None
+    store = await anyio.to_thread.run_sync(JobStore, settings.data_dir / "jobs.sqlite")
+    manager = JobManager(
+        store,
+        live,
+        jobs.request_of,
+        JobPolicy(
+            max_running=settings.max_running_jobs,
+            retention=settings.job_retention,
+            retry_interval=settings.job_retry_interval,
+        ),
+    )
+    await manager.start()
+    return manager
 
 
 async def health(request: Request) -> Response:
@@ -139,7 +173,8 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         message, code = "Not found", ErrorCode.NOT_FOUND
     elif exc.status_code == 405:
-        message = f"{request.method} is not allowed here; use GET"
+        allowed = exc.headers.get("Allow", "GET") if exc.headers else "GET"
+        message = f"{request.method} is not allowed here; use {allowed}"
         code = ErrorCode.METHOD_NOT_ALLOWED
     else:
         message, code = str(exc.detail), ErrorCode.HTTP_ERROR

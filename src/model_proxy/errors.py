@@ -7,7 +7,9 @@ Exception tree::
     +-- BadRequest                  400  the caller's request is malformed
     +-- Unauthorized                401  client auth is on; credentials missing or wrong
     +-- Forbidden                   403  the original's "You have no access to this model"
-    +-- NotFound                    404  unknown model, server, study, series, instance
+    +-- NotFound                    404  unknown model, server, study, series, instance, job
+    +-- Conflict                    409  a job's result asked for before it succeeded
+    +-- Gone                        410  a job's result no longer in the result cache
     +-- UpstreamError               502  the PACS or the model failed
     |   +-- PacsError               502  names the PACS server
     |   +-- ModelError              502  names the model
@@ -53,6 +55,15 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     HTTP_ERROR = "http_error"
     NOT_ON_PACS = "not_on_pacs"
+
+    # jobs (docs/jobs.md: 400, 404, 409, 410)
+    INVALID_JOB = "invalid_job"
+    UNKNOWN_JOB = "unknown_job"
+    JOB_NOT_FINISHED = "job_not_finished"
+    JOB_FAILED = "job_failed"
+    RESULT_GONE = "result_gone"
+    JOBS_UNAVAILABLE = "jobs_unavailable"
+    RESULT_NOT_KEPT = "result_not_kept"
 
     # client authentication (401, 403; docs/security.md)
     UNAUTHENTICATED = "unauthenticated"
@@ -141,6 +152,16 @@ class Forbidden(ProxyError):
 class NotFound(ProxyError):
     status_code = 404
     default_code = ErrorCode.NOT_FOUND
+
+
+class Conflict(ProxyError):
+    status_code = 409
+    default_code = ErrorCode.JOB_NOT_FINISHED
+
+
+class Gone(ProxyError):
+    status_code = 410
+    default_code = ErrorCode.RESULT_GONE
 
 
 class UpstreamError(ProxyError):

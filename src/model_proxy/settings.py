@@ -63,3 +63,11 @@ class Settings:
     audit_log: Path | None = None
     # --access-config; None: access.json in config_dir when it exists.
     access_file: Path | None = None
+    # Jobs (docs/jobs.md): how many run at once; the rest queue.
+    max_running_jobs: int = 4
+    # Finished jobs are deleted from <data-dir>/jobs.sqlite after this many seconds.
+    job_retention: float = 7 * 24 * 3600.0
+    # How often a job's events stream looks at its progress.
+    job_progress_interval: float = 0.5
+    # A job that found admission full (the GET routes' 503) tries again after this.
+    job_retry_interval: float = 1.0

@@ -63,6 +63,11 @@ class Flight:
         while self.written <= position and not self.done:
             await self._changed.wait()
 
+    async def finished(self) -> None:
+        """Until the flight ended (see ``error`` and ``committed``)."""
+        while not self.done:
+            await self._changed.wait()
+
     def reader(self) -> AsyncGenerator[bytes, None]:
         """The result from its first byte, as it is written; raises the flight's error.
 

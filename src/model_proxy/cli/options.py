@@ -53,6 +53,21 @@ def parse_seconds(value: str, flag: str, *, allow_zero: bool = False) -> float:
     return seconds
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str, flag: str) -> float:
+    """Seconds from "90", "90s", "30m", "12h", "7d"; positive."""
+    found = _DURATION.fullmatch(value.strip().lower())
+    seconds = float(found.group(1)) * _DURATION_UNITS[found.group(2)] if found else 0.0
+    if seconds <= 0:
+        raise CommandError(
+            f"--{flag} must be a positive duration like 3600, 30m, 12h or 7d, got {value!r}"
+        )
+    return seconds
+
+
 def parse_count(value: str, flag: str, low: int, high: int) -> int:
     if not value.isdigit() or not low <= int(value) <= high:
         raise CommandError(f"--{flag} must be a whole number from {low} to {high}, got {value!r}")

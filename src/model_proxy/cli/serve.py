@@ -16,6 +16,7 @@ from model_proxy.cli.options import (
     load_checked_config,
     optional_path,
     parse_count,
+    parse_duration,
     parse_forwarded_allow_ips,
     parse_memory_budget,
     parse_port,
@@ -117,6 +118,13 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         "inferences that may run at once; more are answered 503 with Retry-After",
     )
     add_option(serve, "pacs-concurrency", "4", "retrievals one inference runs at once on its PACS")
+    add_option(serve, "max-running-jobs", "4", "jobs (POST /jobs) that run at once; the rest queue")
+    add_option(
+        serve,
+        "job-retention",
+        "7d",
+        "how long finished jobs are kept (seconds, or like 30m, 12h, 7d)",
+    )
     add_option(
         serve,
         "access-config",
@@ -188,6 +196,8 @@ def serve(args: argparse.Namespace) -> int:
             args.max_concurrent_inferences, "max-concurrent-inferences", 1, 100_000
         ),
         pacs_concurrency=parse_count(args.pacs_concurrency, "pacs-concurrency", 1, 64),
+        max_running_jobs=parse_count(args.max_running_jobs, "max-running-jobs", 1, 10_000),
+        job_retention=parse_duration(args.job_retention, "job-retention"),
     )
     port = parse_port(args.port)
     forwarded_allow_ips = parse_forwarded_allow_ips(args.forwarded_allow_ips)

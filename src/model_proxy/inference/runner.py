@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 from model_proxy.cache import data_fingerprint, entry_key, request_key
 from model_proxy.cache.flights import Flight
-from model_proxy.errors import UpstreamError
+from model_proxy.errors import ErrorCode, ProxyError, UpstreamError
+from model_proxy.inference.progress import Phase, Progress, instances_hint
 from model_proxy.inference.request import InferenceRequest
 from model_proxy.models.result_stream import ResultStream
 from model_proxy.runtime.reload import LiveState
@@ -77,9 +78,18 @@ def result_headers(encoding: str | None, etag: str | None = None) -> dict[str, s
 class InferenceRunner:
     """One ``InferenceRequest`` on the config state the request leased."""
 
-    def __init__(self, request: InferenceRequest, state: ProxyState, live: LiveState) -> None:
+    def __init__(
+        self,
+        request: InferenceRequest,
+        state: ProxyState,
+        live: LiveState,
+        *,
+        progress: Progress | None = None,
+    ) -> None:
         self.request = request
         self.figures = Figures()
+        # A job watches it (jobs/); a viewer's GET has nobody to tell.
+        self.progress = progress or Progress()
         self._state = state
         self._live = live
         self._source = state.source_for(request.server.id)[1]
@@ -88,10 +98,19 @@ class InferenceRunner:
         self._started = time.perf_counter()
 
     async def run(self) -> Outcome:
-        encoding = self.request.encoding
         key = await self._cache_key()
         if key is None:
-            return await self._direct(result_headers(encoding))
+            return await self._direct(result_headers(self.request.encoding))
+        outcome = await self.from_cache(key)
+        if outcome is not None:
+            return outcome
+        return await self._flight(key, result_headers(self.request.encoding, f'W/"{key}"'))
+
+    async def from_cache(self, key: str) -> Outcome | None:
+        """What the GET route serves for the result stored under ``key``: 304, the
+        entry in the accepted coding, or the identity entry compressed now; None
+        when the cache does not hold it (``GET /jobs/{id}/result`` serves this)."""
+        encoding = self.request.encoding
         etag = f'W/"{key}"'
         headers = result_headers(encoding, etag)
         if _matches(self.request.if_none_match, key):
@@ -116,12 +135,41 @@ class InferenceRunner:
                     compress_stream(identity, encoding), key, encoding, commit_if=lambda: True
                 )
                 return Outcome(200, headers, body, self._log("cache, compressed"))
-        return await self._flight(key, headers)
+        return None
+
+    async def produce(self, fallback_key: str) -> str:
+        """For a job: make sure the identity result is in the cache and say its key.
+
+        The key is the GET route's (so a viewer's later GET is a cache hit), or
+        ``fallback_key`` when the data has no fingerprint. Joins an identical model
+        call under way; cancelling this cancels the call unless others read it."""
+        cache = self._cache
+        key = await self._cache_key() or fallback_key
+        if cache.store.lookup(key, "identity") is not None:
+            self.progress.phase = Phase.DONE
+            return key
+        flight = cache.flights.join(key, self._produce)
+        try:
+            await flight.finished()
+        finally:
+            cache.flights.leave(flight)
+        if flight.error is not None:
+            if not isinstance(flight.error, Exception):
+                raise UpstreamError("the model call was cancelled") from flight.error
+            raise flight.error
+        if not flight.committed:
+            raise ProxyError(
+                f"the result ({flight.written} bytes) does not fit in the result cache"
+                " (--cache-size); run the GET route instead",
+                code=ErrorCode.RESULT_NOT_KEPT,
+            )
+        return key
 
     async def _cache_key(self) -> str | None:
         if not self._cache.enabled:
             return None
         fingerprint = await data_fingerprint(self._source, self.request.plan)
+        self.progress.instances_total = instances_hint(fingerprint)
         if fingerprint is None:
             return None
         request = self.request
@@ -130,7 +178,7 @@ class InferenceRunner:
     @asynccontextmanager
     async def _model_result(self) -> AsyncIterator[ResultStream]:
         """The model's answer to the body plan, streamed from the PACS into it."""
-        state, request, figures = self._state, self.request, self.figures
+        state, request, figures, progress = self._state, self.request, self.figures, self.progress
         figures.model_called = True
         # Admitted only when the model is really called: a slot and a memory window.
         # The call holds its own lease on the state whose clients it uses: coalesced,
@@ -139,28 +187,34 @@ class InferenceRunner:
             pipeline = state.capacity.body_pipeline(
                 request.plan, self._source, request.model.input, memory
             )
+            progress.phase = Phase.RETRIEVING
+            progress.follow(pipeline)
             try:
-                async with (
-                    pipeline,
-                    self._client.open_result(pipeline.chunks(), pipeline.content_type) as result,
-                ):
-                    yield result
+                async with pipeline:
+                    progress.phase = Phase.SENDING
+                    async with self._client.open_result(
+                        _then(pipeline.chunks(), progress, Phase.WAITING_FOR_MODEL),
+                        pipeline.content_type,
+                    ) as result:
+                        progress.phase = Phase.RECEIVING
+                        yield result
             finally:
+                progress.unfollow()
                 figures.instances_in = pipeline.instances_sent
                 figures.dicom_bytes_in = pipeline.bytes_in
 
+    async def _produce(self, append: Callable[[bytes], Awaitable[None]]) -> None:
+        """A flight's work: the model's result, appended to the cache spool."""
+        async with self._model_result() as result:
+            await append(await result.start())
+            async with aclosing(result.chunks()) as chunks:
+                async for chunk in chunks:
+                    await append(chunk)
+
     async def _flight(self, key: str, headers: dict[str, str]) -> Outcome:
         cache = self._cache
-
-        async def produce(append: Callable[[bytes], Awaitable[None]]) -> None:
-            async with self._model_result() as result:
-                await append(await result.start())
-                async with aclosing(result.chunks()) as chunks:
-                    async for chunk in chunks:
-                        await append(chunk)
-
         try:
-            flight = cache.flights.join(key, produce)
+            flight = cache.flights.join(key, self._produce)
         except OSError as exc:
             # A full or unwritable disk must not stop inferences: no cache for this one.
             logger.warning("result cache: cannot spool a result (%s); streaming it directly", exc)
@@ -248,6 +302,15 @@ async def _first(reader: AsyncGenerator[bytes, None], flight: Flight) -> bytes:
         if flight.error is exc and not isinstance(exc, Exception):
             raise UpstreamError("the model call was cancelled") from exc
         raise
+
+
+async def _then(
+    chunks: AsyncIterator[bytes], progress: Progress, phase: Phase
+) -> AsyncIterator[bytes]:
+    """``chunks``, then ``progress`` moved to ``phase`` once they are all sent."""
+    async for chunk in chunks:
+        yield chunk
+    progress.phase = phase
 
 
 async def _prepend(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:

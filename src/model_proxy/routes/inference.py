@@ -9,6 +9,7 @@ the request into an ``InferenceRequest``, hand it to an ``InferenceRunner``
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -21,9 +22,16 @@ from model_proxy.audit import audit_record
 from model_proxy.config import Level, ModelConfig, Task
 from model_proxy.errors import BadRequest, ErrorCode, NotFound, shorten
 from model_proxy.inference import InferenceRequest, InferenceRunner
+from model_proxy.jobs import JobManager, JobSpec
 from model_proxy.models.body import plan_body
 from model_proxy.pacs.source import Target
-from model_proxy.routes.params import parse_data_filters, resolve_inputs, validate_uid
+from model_proxy.routes.job_answers import accepted, require_jobs
+from model_proxy.routes.params import (
+    filters_json,
+    parse_data_filters,
+    resolve_inputs,
+    validate_uid,
+)
 from model_proxy.routes.streaming import ResultResponse
 from model_proxy.runtime.state import ProxyState
 from model_proxy.web.compression import negotiate
@@ -46,13 +54,18 @@ def _check_route_fits_model(family: str, model: ModelConfig, level: Level) -> No
         task = Task.from_route_family(family)
     except ValueError:
         raise NotFound("Not found") from None
-    supported = ", ".join(level.value for level in model.supports)
     if task is not model.task:
+        supported = ", ".join(level.value for level in model.supports)
         raise BadRequest(
             f"model {model.id} performs {model.task.value}; call it under"
             f" /{model.task.route_family}/ (it supports {supported})",
             code=ErrorCode.WRONG_TASK,
         )
+    check_level(model, level)
+
+
+def check_level(model: ModelConfig, level: Level) -> None:
+    supported = ", ".join(level.value for level in model.supports)
     if level not in model.supports:
         raise BadRequest(
             f"model {model.id} does not support {level.value} requests; it supports {supported}",
@@ -76,6 +89,8 @@ async def infer(request: Request) -> Response:
         guard.authorize(caller, model.id)
         inference = _parse(request, state, caller, model)
         guard.authorize_server(caller, inference.server.id, chosen="server" in request.query_params)
+        if _prefers_async(request):
+            return await _respond_async(request, inference)
         runner = InferenceRunner(inference, state, request.state.live)
         outcome = await runner.run()
     finally:
@@ -110,27 +125,82 @@ def _parse(
     params: dict[str, str] = dict(request.path_params)
     level = _level_of(params)
     _check_route_fits_model(params["family"], model, level)
-    target = Target(
-        validate_uid(params["study"], "study UID"),
-        validate_uid(params["series"], "series UID") if "series" in params else None,
-        validate_uid(params["instance"], "SOP instance UID") if "instance" in params else None,
-    )
     server_param = request.query_params.getlist("server")
     if len(server_param) > 1:
         raise BadRequest("?server= is given more than once", code=ErrorCode.BAD_REQUEST)
-    inputs = resolve_inputs(model, level, parse_data_filters(request.query_params.multi_items()))
-    server, _ = state.source_for(server_param[0] if server_param else None)
-    return InferenceRequest(
+    return build_request(
+        state,
+        model,
+        level,
+        (params["study"], params.get("series"), params.get("instance")),
+        server_id=server_param[0] if server_param else None,
+        filter_items=request.query_params.multi_items(),
         caller=caller.identity,
+        encoding=negotiate(request.headers.get("accept-encoding")),
+        if_none_match=request.headers.get("if-none-match"),
+    )
+
+
+def build_request(
+    state: ProxyState,
+    model: ModelConfig,
+    level: Level,
+    uids: tuple[str, str | None, str | None],
+    *,
+    server_id: str | None,
+    filter_items: Sequence[tuple[str, str]],
+    caller: str | None,
+    encoding: str | None = None,
+    if_none_match: str | None = None,
+) -> InferenceRequest:
+    """The request's UIDs, server and inputs checked (a GET route's or a job's)."""
+    study, series, instance = uids
+    target = Target(
+        validate_uid(study, "study UID"),
+        validate_uid(series, "series UID") if series is not None else None,
+        validate_uid(instance, "SOP instance UID") if instance is not None else None,
+    )
+    inputs = resolve_inputs(model, level, parse_data_filters(filter_items))
+    server, _ = state.source_for(server_id)
+    return InferenceRequest(
+        caller=caller,
         model=model,
         server=server,
         level=level,
         target=target,
         inputs=inputs,
         plan=tuple(plan_body(level, target, inputs)),
-        encoding=negotiate(request.headers.get("accept-encoding")),
-        if_none_match=request.headers.get("if-none-match"),
+        encoding=encoding,
+        if_none_match=if_none_match,
     )
+
+
+def _prefers_async(request: Request) -> bool:
+    """RFC 7240: ``Prefer: respond-async`` (among other preferences, any case)."""
+    for header in request.headers.getlist("prefer"):
+        for preference in header.split(","):
+            if preference.split(";", 1)[0].strip().lower() == "respond-async":
+                return True
+    return False
+
+
+async def _respond_async(request: Request, inference: InferenceRequest) -> Response:
+    """202 and a job instead of the result: the request was checked like any other."""
+    manager: JobManager = require_jobs(request)
+    target = inference.target
+    filters = parse_data_filters(request.query_params.multi_items())
+    job = await manager.submit(
+        JobSpec(
+            model=inference.model.id,
+            study=target.study,
+            series=target.series,
+            instance=target.instance,
+            server=request.query_params.get("server"),
+            data_filters=None if filters is None else filters_json(filters),
+            caller=inference.caller,
+        )
+    )
+    return accepted(job, preference_applied=True)
 
 
 # Every inference route starts with one of these (the audit log covers them all).

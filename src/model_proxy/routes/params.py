@@ -49,6 +49,17 @@ class RequestedFilter:
     children: tuple[RequestedFilter, ...] = field(default=())
 
 
+def filters_json(filters: Sequence[RequestedFilter]) -> list[dict[str, object]]:
+    """``filters`` back as the JSON ``?data-filters=`` takes (a job keeps them so)."""
+    out: list[dict[str, object]] = []
+    for found in filters:
+        entry: dict[str, object] = {"dataKey": found.data_key, "uuid": found.uid}
+        if found.children:
+            entry["dataFilter"] = filters_json(found.children)
+        out.append(entry)
+    return out
+
+
 def parse_data_filters(items: Sequence[tuple[str, str]]) -> list[RequestedFilter] | None:
     """The ``data-filters`` of a query string, in bracket notation or as JSON.
 

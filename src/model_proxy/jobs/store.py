@@ -1,0 +1,149 @@
+"""The job store: one SQLite file, ``<data-dir>/jobs.sqlite`` (no server to run).
+
+Every change of a job's state is written through, so queued and running jobs
+survive a restart (``JobStore.recover``). Calls are short and synchronous; the
+manager runs them in a thread. One connection, guarded by a lock: SQLite
+serialises writers anyway, and a job store sees a few writes per job.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from model_proxy.jobs.job import Job, JobStatus
+from model_proxy.jobs.spec import JobSpec
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id          TEXT PRIMARY KEY,
+    spec        TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    created     REAL NOT NULL,
+    started     REAL,
+    finished    REAL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    progress    TEXT,
+    error       TEXT,
+    result_key  TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created);
+CREATE INDEX IF NOT EXISTS jobs_by_finished ON jobs (finished);
+"""
+
+# Constant SQL only: every value is bound as a parameter.
+_SELECT = (
+    "SELECT id, spec, status, created, started, finished, attempts, progress, error, result_key"
+    " FROM jobs"
+)
+_SAVE = (
+    "INSERT OR REPLACE INTO jobs (id, spec, status, created, started, finished, attempts,"
+    " progress, error, result_key, model) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_RECENT = (
+    _SELECT + " WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR model = ?2)"
+    " ORDER BY created DESC LIMIT ?3"
+)
+_UNFINISHED = _SELECT + " WHERE status IN (?, ?) ORDER BY created"
+_BY_ID = _SELECT + " WHERE id = ?"
+
+
+class JobStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        with self._lock:
+            # WAL: readers (the list, /status) never wait for a writer.
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+
+    def save(self, job: Job) -> None:
+        """Insert or update ``job`` whole."""
+        progress = job.progress_json()
+        with self._lock:
+            self._db.execute(
+                _SAVE,
+                (
+                    job.id,
+                    job.spec.dumps(),
+                    job.status.value,
+                    job.created,
+                    job.started,
+                    job.finished,
+                    job.attempts,
+                    orjson.dumps(progress).decode(),
+                    orjson.dumps(job.error).decode() if job.error else None,
+                    job.result_key,
+                    job.spec.model,
+                ),
+            )
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            row = self._db.execute(_BY_ID, (job_id,)).fetchone()
+        return None if row is None else _job(row)
+
+    def recent(
+        self, *, status: JobStatus | None = None, model: str | None = None, limit: int = 100
+    ) -> list[Job]:
+        """Newest first."""
+        with self._lock:
+            rows = self._db.execute(
+                _RECENT, (status.value if status else None, model, limit)
+            ).fetchall()
+        return [_job(row) for row in rows]
+
+    def unfinished(self) -> list[Job]:
+        """Queued and running jobs, oldest first: what a restart takes up again."""
+        with self._lock:
+            rows = self._db.execute(
+                _UNFINISHED,
+                (JobStatus.QUEUED.value, JobStatus.RUNNING.value),
+            ).fetchall()
+        return [_job(row) for row in rows]
+
+    def count(self, status: JobStatus, *, finished_since: float | None = None) -> int:
+        sql, params = "SELECT COUNT(*) FROM jobs WHERE status = ?", [status.value]
+        params_any: list[object] = list(params)
+        if finished_since is not None:
+            sql += " AND finished >= ?"
+            params_any.append(finished_since)
+        with self._lock:
+            found: int = self._db.execute(sql, params_any).fetchone()[0]
+        return found
+
+    def purge(self, older_than: float) -> int:
+        """Delete finished jobs that ended before ``older_than`` (a time.time())."""
+        with self._lock:
+            cursor = self._db.execute(
+                "DELETE FROM jobs WHERE finished IS NOT NULL AND finished < ?", (older_than,)
+            )
+        return cursor.rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _job(row: tuple[Any, ...]) -> Job:
+    job_id, spec, status, created, started, finished, attempts, progress, error, key = row
+    return Job(
+        id=job_id,
+        spec=JobSpec.loads(spec),
+        status=JobStatus(status),
+        created=created,
+        started=started,
+        finished=finished,
+        attempts=attempts,
+        error=orjson.loads(error) if error else None,
+        result_key=key,
+        stored_progress=orjson.loads(progress) if progress else None,
+    )
