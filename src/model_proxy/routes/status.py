@@ -2,7 +2,8 @@
 
 Present only when ZHIVA_SHOW_STATUS_PAGE=true. HTML for a browser, JSON for
 ``Accept: application/json``:
-``{"servers": {uuid: {"ok": bool, ...}}, "models": {uuid: {"ok": bool, ...}}}``.
+``{"servers": {uuid: {"ok": bool, ...}}, "models": {uuid: {"ok": bool, ...}},
+"jobs": {"queued", "running", "failedLastHour", "maxRunning"}}`` (jobs: docs/jobs.md).
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ async def status(request: Request) -> Response:
     caller = await state.access.authenticate(request.headers)
     state.access.authorize_monitoring(caller)
     report = await collect_status(state)
+    if request.app.state.jobs is not None:
+        report["jobs"] = await request.app.state.jobs.counts()
     accept = request.headers.get("accept", "")
     if "application/json" in accept and "text/html" not in accept:
         return JSONResponse(report, headers={"Cache-Control": "no-store"})
@@ -129,7 +132,22 @@ def render_html(report: dict[str, dict[str, Any]]) -> str:
     )
     probed = report["process"]["probedSecondsAgo"]
     footer = "just now" if probed < 1 else f"{probed:.0f} s ago"
-    return _PAGE.replace("{sections}", summary + "".join(sections)).replace("{probed}", footer)
+    page = _PAGE.replace("{sections}", summary + "".join(sections) + _jobs_html(report))
+    return page.replace("{probed}", footer)
+
+
+def _jobs_html(report: dict[str, dict[str, Any]]) -> str:
+    jobs = report.get("jobs")
+    if jobs is None:
+        return "<h2>Jobs</h2><p>Off: the result cache is off (--cache-size 0).</p>"
+    return (
+        '<h2>Jobs</h2><table id="jobs"><tbody>'
+        f'<tr><th>queued</th><td class="num">{jobs["queued"]}</td></tr>'
+        f'<tr><th>running</th><td class="num">{jobs["running"]} of at most'
+        f" {jobs['maxRunning']}</td></tr>"
+        f'<tr><th>failed in the last hour</th><td class="num">{jobs["failedLastHour"]}</td></tr>'
+        '</tbody></table><p><a href="/jobs">Recent jobs</a></p>'
+    )
 
 
 def _breaker_html(entry: dict[str, Any]) -> str:
