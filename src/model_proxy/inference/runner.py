@@ -311,6 +311,8 @@ async def _then(
     async for chunk in chunks:
         yield chunk
     progress.phase = phase
+    if progress.instances_total is None:  # no count from the PACS: now it is known
+        progress.instances_total = progress.instances_sent
 
 
 async def _prepend(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:

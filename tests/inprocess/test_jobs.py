@@ -1,0 +1,133 @@
+"""The jobs API in process: a job from the local folder to the GET route's result, its
+events, ``Prefer: respond-async``, the access rules of the GET routes, and the jobs
+off without the result cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+from app_proxy import Deployment, Proxy
+from test_access_and_audit import access_json
+
+from model_proxy.access import new_api_key
+
+pytestmark = pytest.mark.anyio
+
+IDENTITY = {"Accept-Encoding": "identity"}
+
+
+def series_job(deployment: Deployment, model: str = "seg") -> dict[str, Any]:
+    return {
+        "model": deployment.models[model],
+        "study": deployment.study.study_uid,
+        "series": deployment.study.series[0].series_uid,
+    }
+
+
+async def finished_job(proxy: Proxy, job_id: str, headers: dict[str, str] | None = None) -> Any:
+    with anyio.fail_after(60):
+        while True:
+            job = (await proxy.client.get(f"/jobs/{job_id}", headers=headers)).json()
+            if job["status"] in {"succeeded", "failed", "cancelled"}:
+                return job
+            await anyio.sleep(0.02)
+
+
+async def test_a_job_from_a_folder_gives_the_get_routes_result(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    slices = len(deployment.study.series[0].sop_uids)
+    async with deployment.proxy(tmp_path) as proxy:
+        posted = await proxy.client.post("/jobs", json=series_job(deployment))
+        assert posted.status_code == 202, posted.text
+        job_id = posted.json()["id"]
+        # The events stream ends by itself with the final status.
+        events = await proxy.client.get(f"/jobs/{job_id}/events")
+        job = await finished_job(proxy, job_id)
+        result = await proxy.client.get(f"/jobs/{job_id}/result", headers=IDENTITY)
+        direct = await proxy.client.get(deployment.path("seg", "series"), headers=IDENTITY)
+        listed = await proxy.client.get("/jobs")
+        status = await proxy.client.get("/status", headers={"Accept": "application/json"})
+    assert job["status"] == "succeeded", job
+    # A folder has no instance count up front: the total is known once all were sent.
+    assert job["progress"]["instancesSent"] == job["progress"]["instancesTotal"] == slices
+    assert result.status_code == direct.status_code == 200
+    assert result.content == direct.content
+    assert result.headers["etag"] == direct.headers["etag"]
+    blocks = [block for block in events.text.split("\n\n") if block]
+    assert blocks[-1].startswith("event: status\ndata: ")
+    assert orjson.loads(blocks[-1].split("data: ", 1)[1])["status"] == "succeeded"
+    assert [entry["id"] for entry in listed.json()["jobs"]] == [job_id]
+    assert status.json()["jobs"] == {
+        "queued": 0,
+        "running": 0,
+        "failedLastHour": 0,
+        "maxRunning": 4,
+    }
+
+
+async def test_a_failed_job_says_why_and_has_no_result(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    missing = series_job(deployment) | {"series": "1.2.3.4.5"}
+    async with deployment.proxy(tmp_path) as proxy:
+        posted = await proxy.client.post("/jobs", json=missing)
+        job = await finished_job(proxy, posted.json()["id"])
+        result = await proxy.client.get(f"/jobs/{job['id']}/result")
+        status = await proxy.client.get("/status", headers={"Accept": "application/json"})
+        failed = await proxy.client.get("/jobs", params={"status": "failed"})
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "not_on_pacs"
+    assert "1.2.3.4.5" in job["error"]["message"]
+    assert result.status_code == 409 and result.json()["code"] == "job_failed"
+    assert status.json()["jobs"]["failedLastHour"] == 1
+    assert [entry["id"] for entry in failed.json()["jobs"]] == [job["id"]]
+
+
+async def test_jobs_follow_the_access_rules_of_the_get_routes(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    keys = {"viewer": new_api_key(), "batch": new_api_key()}
+    viewer, batch = {"X-API-Key": keys["viewer"]}, {"X-API-Key": keys["batch"]}
+    async with deployment.proxy(tmp_path, access=access_json(deployment, keys)) as proxy:
+        client = proxy.client
+        anonymous = await client.post("/jobs", json=series_job(deployment))
+        not_allowed = await client.post("/jobs", json=series_job(deployment), headers=batch)
+        posted = await client.post("/jobs", json=series_job(deployment), headers=viewer)
+        job_id = posted.json()["id"]
+        await finished_job(proxy, job_id, viewer)
+        others_view = await client.get(f"/jobs/{job_id}", headers=batch)
+        others_cancel = await client.delete(f"/jobs/{job_id}", headers=batch)
+        others_list = await client.get("/jobs", headers=batch)
+        own_list = await client.get("/jobs", headers=viewer)
+        anonymous_list = await client.get("/jobs")
+    assert anonymous.status_code == anonymous_list.status_code == 401
+    assert not_allowed.status_code == others_view.status_code == others_cancel.status_code == 403
+    assert posted.status_code == 202
+    assert others_list.json()["jobs"] == []
+    assert [entry["id"] for entry in own_list.json()["jobs"]] == [job_id]
+
+
+async def test_prefer_respond_async_and_jobs_off_without_the_cache(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    prefer = {"Prefer": "respond-async"}
+    for name in ("on", "off"):
+        (tmp_path / name).mkdir()
+    async with deployment.proxy(tmp_path / "on") as proxy:
+        accepted = await proxy.client.get(deployment.path("seg", "series"), headers=prefer)
+        job = await finished_job(proxy, accepted.json()["id"])
+    async with deployment.proxy(tmp_path / "off", cache_max_bytes=0) as proxy:
+        off = await proxy.client.get(deployment.path("seg", "series"), headers=prefer)
+        listing = await proxy.client.get("/jobs")
+        status = await proxy.client.get("/status")
+    assert accepted.status_code == 202
+    assert accepted.headers["location"] == f"/jobs/{job['id']}"
+    assert job["status"] == "succeeded"
+    assert off.status_code == listing.status_code == 404
+    assert off.json()["code"] == "jobs_unavailable"
+    assert "Off: the result cache is off" in status.text
