@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import jsonschema_rs
 import orjson
 import pytest
 from app_proxy import Deployment, Proxy
 from test_access_and_audit import access_json
 
 from model_proxy.access import new_api_key
+from model_proxy.routes.openapi import DOCUMENT
 
 pytestmark = pytest.mark.anyio
 
@@ -26,6 +28,13 @@ def series_job(deployment: Deployment, model: str = "seg") -> dict[str, Any]:
         "study": deployment.study.study_uid,
         "series": deployment.study.series[0].series_uid,
     }
+
+
+def assert_documented(instance: object, schema: str) -> None:
+    """``instance`` fits the schema /openapi.json publishes for it (jsonschema_rs comes
+    with schemathesis, which fuzzes the routes against the same document)."""
+    root = {"$ref": f"#/components/schemas/{schema}", "components": DOCUMENT["components"]}
+    jsonschema_rs.validate(root, instance)
 
 
 async def finished_job(proxy: Proxy, job_id: str, headers: dict[str, str] | None = None) -> Any:
@@ -53,6 +62,8 @@ async def test_a_job_from_a_folder_gives_the_get_routes_result(
         listed = await proxy.client.get("/jobs")
         status = await proxy.client.get("/status", headers={"Accept": "application/json"})
     assert job["status"] == "succeeded", job
+    assert_documented(job, "Job")
+    assert_documented(posted.json(), "JobAccepted")
     # A folder has no instance count up front: the total is known once all were sent.
     assert job["progress"]["instancesSent"] == job["progress"]["instancesTotal"] == slices
     assert result.status_code == direct.status_code == 200
@@ -81,6 +92,7 @@ async def test_a_failed_job_says_why_and_has_no_result(
         status = await proxy.client.get("/status", headers={"Accept": "application/json"})
         failed = await proxy.client.get("/jobs", params={"status": "failed"})
     assert job["status"] == "failed"
+    assert_documented(job, "Job")
     assert job["error"]["code"] == "not_on_pacs"
     assert "1.2.3.4.5" in job["error"]["message"]
     assert result.status_code == 409 and result.json()["code"] == "job_failed"

@@ -17,6 +17,7 @@ from starlette.routing import Route
 from model_proxy import __version__
 from model_proxy.config import Task
 from model_proxy.errors import ErrorCode
+from model_proxy.routes import openapi_jobs
 from model_proxy.routes.params import MAX_FILTERS, UID_MAX_LENGTH, UID_PATTERN
 from model_proxy.web.http_limits import MAX_URL_BYTES
 
@@ -98,6 +99,15 @@ _IF_NONE_MATCH = {
 }
 
 
+_PREFER = {
+    "name": "Prefer",
+    "in": "header",
+    "required": False,
+    "description": "`respond-async` (RFC 7240): answer 202 with a job instead of waiting",
+    "schema": {"type": "string"},
+}
+
+
 def _inference(level: str, path_params: list[dict[str, Any]], filters: bool) -> dict[str, Any]:
     query = [_SERVER, _DATA_FILTERS] if filters else [_SERVER]
     return {
@@ -106,7 +116,7 @@ def _inference(level: str, path_params: list[dict[str, Any]], filters: bool) -> 
             "operationId": f"infer_{level}",
             "description": "Fetches the DICOM data from the PACS, streams it to the model and"
             " returns the model's JSON result, nested by study, series and instance UID.",
-            "parameters": [_FAMILY, _MODEL, *path_params, *query, _IF_NONE_MATCH],
+            "parameters": [_FAMILY, _MODEL, *path_params, *query, _IF_NONE_MATCH, _PREFER],
             "responses": {
                 "200": {
                     "description": "The model's result, compressed as Accept-Encoding allows",
@@ -118,6 +128,7 @@ def _inference(level: str, path_params: list[dict[str, Any]], filters: bool) -> 
                     },
                     "content": {"application/json": {"schema": {"type": "object"}}},
                 },
+                "202": openapi_jobs.ACCEPTED,
                 "304": {"description": "The result named by If-None-Match is still valid"},
                 **{status: _error(text) for status, text in _ERRORS.items()},
             },
@@ -209,6 +220,7 @@ DOCUMENT: dict[str, Any] = {
                 },
             }
         },
+        **openapi_jobs.PATHS,
         "/openapi.json": {
             "get": {
                 "summary": "This document",
@@ -237,6 +249,7 @@ DOCUMENT: dict[str, Any] = {
                     },
                 },
             },
+            **openapi_jobs.SCHEMAS,
             "DataFilters": {
                 "type": "array",
                 "maxItems": MAX_FILTERS,
