@@ -116,7 +116,7 @@ def create_app(
                 ],
                 max_age=600,
             ),
-            Middleware(AuditMiddleware, writer=audit, prefixes=inference.prefixes),
+            Middleware(AuditMiddleware, writer=audit, prefixes=(*inference.prefixes, "/jobs")),
         ],
         exception_handlers={
             ProxyError: handle_proxy_error,

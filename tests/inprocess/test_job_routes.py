@@ -109,7 +109,9 @@ async def test_jobs_follow_the_access_rules_of_the_get_routes(
         client = proxy.client
         anonymous = await client.post("/jobs", json=series_job(deployment))
         not_allowed = await client.post("/jobs", json=series_job(deployment), headers=batch)
-        posted = await client.post("/jobs", json=series_job(deployment), headers=viewer)
+        posted = await client.post(
+            "/jobs", json=series_job(deployment), headers=viewer | {"X-Request-ID": "job-1"}
+        )
         job_id = posted.json()["id"]
         await finished_job(proxy, job_id, viewer)
         others_view = await client.get(f"/jobs/{job_id}", headers=batch)
@@ -122,6 +124,16 @@ async def test_jobs_follow_the_access_rules_of_the_get_routes(
     assert posted.status_code == 202
     assert others_list.json()["jobs"] == []
     assert [entry["id"] for entry in own_list.json()["jobs"]] == [job_id]
+    # Submitting a job is audited like a GET: who, which model, which study, the answer.
+    records = proxy.audit_records()
+    submitted = next(record for record in records if record["requestId"] == "job-1")
+    assert (submitted["method"], submitted["path"], submitted["status"]) == ("POST", "/jobs", 202)
+    assert submitted["caller"] == "api-key:viewer"
+    assert submitted["model"] == deployment.models["seg"]
+    assert submitted["series"] == deployment.study.series[0].series_uid
+    refused = [r for r in records if r["path"] == f"/jobs/{job_id}" and r["status"] == 403]
+    assert {r["method"] for r in refused} == {"GET", "DELETE"}
+    assert all(r["caller"] == "api-key:batch" for r in refused)
 
 
 async def test_prefer_respond_async_and_jobs_off_without_the_cache(

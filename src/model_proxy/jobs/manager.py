@@ -14,6 +14,7 @@ left ``running`` in the store: the next start runs them again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import secrets
@@ -142,7 +143,14 @@ class JobManager:
             if job.status is not JobStatus.QUEUED:
                 self._slots.release()
                 continue
-            self._tasks[job.id] = asyncio.create_task(self._run(job))
+            task = asyncio.create_task(self._run(job))
+            self._tasks[job.id] = task
+            # Not a finally in _run: a task cancelled before its first step never runs it.
+            task.add_done_callback(functools.partial(self._ended, job.id))
+
+    def _ended(self, job_id: str, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(job_id, None)
+        self._slots.release()
 
     async def _run(self, job: Job) -> None:
         try:
@@ -169,9 +177,6 @@ class JobManager:
         else:
             logger.info("job %s succeeded", job.id)
             await self._finish(job, JobStatus.SUCCEEDED)
-        finally:
-            self._tasks.pop(job.id, None)
-            self._slots.release()
 
     async def _produce(self, job: Job) -> str:
         """Run the inference of ``job`` into the result cache; its key."""

@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from model_proxy.access import AccessGuard
 from model_proxy.access.guard import Caller
+from model_proxy.audit import audit_record
 from model_proxy.config import Level
 from model_proxy.errors import (
     BadRequest,
@@ -29,6 +30,7 @@ from model_proxy.errors import (
 )
 from model_proxy.inference import InferenceRequest, InferenceRunner
 from model_proxy.jobs import Job, JobManager, JobSpec, JobStatus
+from model_proxy.jobs.spec import MAX_BODY_BYTES
 from model_proxy.routes.inference import build_request, check_level
 from model_proxy.routes.job_answers import accepted, require_jobs
 from model_proxy.routes.jobs_page import JOBS_PAGE
@@ -84,26 +86,43 @@ async def _job_for(request: Request) -> tuple[JobManager, Job]:
     manager = require_jobs(request)
     caller = await _caller(request)
     job = await manager.get(request.path_params["job_id"])
+    # The audit log (audit/record.py) records who looked at or cancelled which job's model.
+    audit_record(request).fill(
+        caller=caller.identity, model=job.spec.model, request=None, figures=None
+    )
     request.app.state.access.authorize(caller, job.spec.model)
     return manager, job
 
 
 async def create_job(request: Request) -> Response:
     manager = require_jobs(request)
-    caller = await _caller(request)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > 64 * 1024:
-            break
-    spec = JobSpec.from_body(bytes(body), caller.identity)
-    state: ProxyState = request.state.proxy
-    if spec.model not in state.config.models:
-        raise NotFound(
-            f"model {shorten(spec.model)!r} is not in models.json", code=ErrorCode.UNKNOWN_MODEL
+    caller: Caller | None = None
+    spec: JobSpec | None = None
+    inference: InferenceRequest | None = None
+    try:
+        caller = await _caller(request)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                break
+        spec = JobSpec.from_body(bytes(body), caller.identity)
+        state: ProxyState = request.state.proxy
+        if spec.model not in state.config.models:
+            raise NotFound(
+                f"model {shorten(spec.model)!r} is not in models.json",
+                code=ErrorCode.UNKNOWN_MODEL,
+            )
+        request.app.state.access.authorize(caller, spec.model)
+        inference = request_of(spec, state)  # a 4xx now, not a failed job later
+    finally:
+        # Who asked for which model on which study, as for a GET (its figures are the job's).
+        audit_record(request).fill(
+            caller=caller.identity if caller else None,
+            model=spec.model if spec else None,
+            request=inference,
+            figures=None,
         )
-    request.app.state.access.authorize(caller, spec.model)
-    request_of(spec, state)  # a 4xx now, not a failed job later
     job = await manager.submit(spec)
     return accepted(job)
 
