@@ -109,3 +109,45 @@ def test_the_jobs_page_draws_progress_bars_in_headless_chromium(
     assert re.search(rf'<progress max="{total}" value="{total}">', dom.stdout), dom.stdout[-3000:]
     assert f"{total} / {total} done" in dom.stdout
     assert "1 recent jobs: 0 running, 0 queued." in dom.stdout
+
+
+def test_jobs_share_admission_with_the_get_routes_and_a_queued_job_cancels(
+    start_proxy: ProxyFactory,
+    orthanc: OrthancServer,
+    example_model: ExampleModel,
+    sample_study: SampleStudy,
+) -> None:
+    stall = Stall(_series_bytes(sample_study, 0) // 3)
+    with stalling_relay(orthanc.url, stall) as relay:
+        setup = start_jobs_proxy(
+            start_proxy,
+            example_model,
+            sample_study,
+            f"{relay.url}/dicom-web",
+            extra_args=["--max-running-jobs", "2", "--max-concurrent-inferences", "1"],
+        )
+        with setup.proxy.client() as client:
+            holder = setup.submit(client, series_index=0)
+            wait_for_job(client, holder, lambda job: stall.holding.is_set())
+            # The job holds the one inference slot: a viewer's GET is refused as usual...
+            refused = client.get(setup.series_path(1))
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["code"] == "too_many_inferences"
+            # ...while a second job waits for the slot instead of failing.
+            waiting = setup.submit(client, series_index=1)
+            wait_for_job(client, waiting, lambda job: job["status"] == "running")
+            assert client.get(f"/jobs/{waiting}").json()["progress"]["phase"] == "queued"
+            # A third job is queued behind --max-running-jobs; cancelled there, it never runs.
+            third = client.post("/jobs", json=setup.series_job(1))
+            queued = third.json()["id"]
+            assert client.get(f"/jobs/{queued}").json()["status"] == "queued"
+            assert client.delete(f"/jobs/{queued}").json()["status"] == "cancelled"
+            stall.release()
+            done = {job_id: wait_for_job(client, job_id, finished) for job_id in (holder, waiting)}
+            assert {job["status"] for job in done.values()} == {"succeeded"}, done
+            cancelled = client.get(f"/jobs/{queued}").json()
+            assert (cancelled["status"], cancelled["attempts"], cancelled["started"]) == (
+                "cancelled",
+                0,
+                None,
+            )
