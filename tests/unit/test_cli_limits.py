@@ -32,6 +32,8 @@ def test_memory_budget_takes_a_size(value: str, expected: int) -> None:
         (["--memory-budget", "512"], "--memory-budget must be at least 1MiB"),
         (["--max-concurrent-inferences", "0"], "--max-concurrent-inferences must be a whole"),
         (["--pacs-concurrency", "two"], "--pacs-concurrency must be a whole number"),
+        (["--max-running-jobs", "0"], "--max-running-jobs must be a whole number from 1"),
+        (["--job-retention", "forever"], "--job-retention must be a positive duration"),
     ],
 )
 def test_bad_limits_are_one_clear_line_and_exit_2(
