@@ -173,7 +173,9 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         message, code = "Not found", ErrorCode.NOT_FOUND
     elif exc.status_code == 405:
-        allowed = exc.headers.get("Allow", "GET") if exc.headers else "GET"
+        # Starlette lists HEAD with GET; the inference routes refuse HEAD (a whole inference).
+        allow = (exc.headers or {}).get("Allow", "GET").split(", ")
+        allowed = " or ".join(sorted(method for method in allow if method != "HEAD"))
         message = f"{request.method} is not allowed here; use {allowed}"
         code = ErrorCode.METHOD_NOT_ALLOWED
     else:

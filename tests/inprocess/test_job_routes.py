@@ -91,6 +91,8 @@ async def test_a_failed_job_says_why_and_has_no_result(
         result = await proxy.client.get(f"/jobs/{job['id']}/result")
         status = await proxy.client.get("/status", headers={"Accept": "application/json"})
         failed = await proxy.client.get("/jobs", params={"status": "failed"})
+        put = await proxy.client.put("/jobs")
+        patch = await proxy.client.patch(f"/jobs/{job['id']}")
     assert job["status"] == "failed"
     assert_documented(job, "Job")
     assert job["error"]["code"] == "not_on_pacs"
@@ -98,6 +100,9 @@ async def test_a_failed_job_says_why_and_has_no_result(
     assert result.status_code == 409 and result.json()["code"] == "job_failed"
     assert status.json()["jobs"]["failedLastHour"] == 1
     assert [entry["id"] for entry in failed.json()["jobs"]] == [job["id"]]
+    assert put.status_code == patch.status_code == 405
+    assert put.json()["message"] == "PUT is not allowed here; use GET or POST"
+    assert patch.json()["message"] == "PATCH is not allowed here; use DELETE or GET"
 
 
 async def test_jobs_follow_the_access_rules_of_the_get_routes(

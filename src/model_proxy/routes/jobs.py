@@ -226,11 +226,18 @@ async def _events(job: Job, interval: float) -> AsyncIterator[bytes]:
     yield b"event: status\ndata: " + orjson.dumps(job.to_json()) + b"\n\n"
 
 
+async def jobs_collection(request: Request) -> Response:
+    return await (create_job if request.method == "POST" else list_jobs)(request)
+
+
+async def job_resource(request: Request) -> Response:
+    return await (cancel_job if request.method == "DELETE" else get_job)(request)
+
+
+# One route per path: a 405 then names every method the path takes (its Allow header).
 routes = [
-    Route("/jobs", create_job, methods=["POST"]),
-    Route("/jobs", list_jobs, methods=["GET"]),
-    Route("/jobs/{job_id:str}", get_job, methods=["GET"]),
-    Route("/jobs/{job_id:str}", cancel_job, methods=["DELETE"]),
+    Route("/jobs", jobs_collection, methods=["GET", "POST"]),
+    Route("/jobs/{job_id:str}", job_resource, methods=["GET", "DELETE"]),
     Route("/jobs/{job_id:str}/result", job_result, methods=["GET"]),
     Route("/jobs/{job_id:str}/events", job_events, methods=["GET"]),
 ]
