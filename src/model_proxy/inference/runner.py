@@ -20,6 +20,7 @@ client, and holds its own lease on the config state it runs on.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
@@ -151,8 +152,14 @@ class InferenceRunner:
         flight = cache.flights.join(key, self._produce)
         try:
             await flight.finished()
-        finally:
+        except asyncio.CancelledError:
             cache.flights.leave(flight)
+            if flight.readers == 0 and flight.task is not None:
+                # Cancelled (DELETE /jobs/{id}): return once the PACS retrieval and the
+                # model upload have stopped, unless a viewer still reads the result.
+                await asyncio.gather(flight.task, return_exceptions=True)
+            raise
+        cache.flights.leave(flight)
         if flight.error is not None:
             if not isinstance(flight.error, Exception):
                 raise UpstreamError("the model call was cancelled") from flight.error
