@@ -24,6 +24,7 @@ from model_proxy.audit import REQUEST_ID_HEADER, AuditMiddleware, AuditWriter, a
 from model_proxy.config import ProxyConfig
 from model_proxy.errors import ErrorCode, ProxyError
 from model_proxy.jobs import JobManager, JobPolicy, JobStore
+from model_proxy.jobs.store import JOB_STORE_FILE
 from model_proxy.routes import inference, jobs, openapi, status
 from model_proxy.runtime.capacity import Capacity
 from model_proxy.runtime.reload import LeaseMiddleware, LiveState, Reloader
@@ -134,7 +135,7 @@ async def _start_jobs(settings: Settings, state: ProxyState, live: LiveState) ->
     if not state.result_cache.enabled:
         logger.info("jobs are off: the result cache is off (--cache-size 0)")
         return None
-    store = await anyio.to_thread.run_sync(JobStore, settings.data_dir / "jobs.sqlite")
+    store = await anyio.to_thread.run_sync(JobStore, settings.data_dir / JOB_STORE_FILE)
     manager = JobManager(
         store,
         live,

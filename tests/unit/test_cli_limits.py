@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from model_proxy.cli import commands as cli
@@ -52,3 +54,16 @@ def test_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     args = cli.build_parser().parse_args(["serve"])
     assert parse_memory_budget(args.memory_budget) == 1024 * MiB
     assert (args.max_concurrent_inferences, args.pacs_concurrency) == ("7", "3")
+
+
+def test_a_damaged_job_store_is_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # serve would hand the process's logging to its own handlers; not in pytest's process.
+    monkeypatch.setattr("model_proxy.cli.logs.setup_logging", lambda log_dir: None)
+    (tmp_path / "jobs.sqlite").write_bytes(b"not a database, " * 512)
+    args = ["serve", "--no-tls", "--data-dir", str(tmp_path), "--log-dir", str(tmp_path / "log")]
+    assert cli.main(args) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"cannot open the job store {tmp_path / 'jobs.sqlite'}" in err
+    assert "move it aside" in err and "Traceback" not in err

@@ -6,6 +6,7 @@ import argparse
 import logging
 import math
 import signal
+import sqlite3
 from pathlib import Path
 
 from model_proxy.access import AccessPolicy
@@ -25,6 +26,7 @@ from model_proxy.cli.options import (
     secret_file_warnings,
 )
 from model_proxy.config import ProxyConfig
+from model_proxy.jobs.store import JOB_STORE_FILE, JobStore
 from model_proxy.pacs.auth.session import FailureMemory
 from model_proxy.settings import Settings, env_flag
 from model_proxy.upstream.breaker import BreakerPolicy
@@ -207,6 +209,7 @@ def serve(args: argparse.Namespace) -> int:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CommandError(f"cannot create {exc.filename}: {exc.strerror}") from None
+    _check_job_store(settings)
     config = load_checked_config(settings.config_dir)
     access = load_checked_access(settings.config_dir, settings.access_file, config)
     tls_key = tls_files[1] if tls_files else None
@@ -223,6 +226,20 @@ def serve(args: argparse.Namespace) -> int:
         forwarded_allow_ips=forwarded_allow_ips,
     )
     return 0
+
+
+def _check_job_store(settings: Settings) -> None:
+    """One clear line for a job store that cannot be opened (damaged, not SQLite, not
+    writable) instead of a failed start-up; none is opened with jobs off (no cache)."""
+    if settings.cache_max_bytes == 0:
+        return
+    path = settings.data_dir / JOB_STORE_FILE
+    try:
+        JobStore(path).close()
+    except (sqlite3.Error, OSError) as exc:
+        raise CommandError(
+            f"cannot open the job store {path} ({exc}); move it aside to start without its jobs"
+        ) from None
 
 
 def _tls_files(cert: Path, key: Path) -> tuple[Path, Path]:

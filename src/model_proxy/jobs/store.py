@@ -18,6 +18,9 @@ import orjson
 from model_proxy.jobs.job import Job, JobStatus
 from model_proxy.jobs.spec import JobSpec
 
+# Under --data-dir.
+JOB_STORE_FILE = "jobs.sqlite"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id          TEXT PRIMARY KEY,
