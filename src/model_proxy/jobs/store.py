@@ -62,11 +62,14 @@ class JobStore:
         self.path = path
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        with self._lock:
+        try:
             # WAL: readers (the list, /status) never wait for a writer.
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+        except sqlite3.Error:
+            self._db.close()  # not a job store: leave no handle behind
+            raise
 
     def save(self, job: Job) -> None:
         """Insert or update ``job`` whole."""
