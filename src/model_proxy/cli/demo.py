@@ -153,3 +153,10 @@ def _print_curl_lines(
     print("\nmodel-proxy demo is starting. Try, from another terminal:\n")
     for title, url in lines:
         print(f"  # {title}\n  curl --cacert {cert} '{url}'\n")
+    # The same segmentation as a background job (docs/jobs.md).
+    print(
+        "  # the same segmentation as a background job: 202 and Location: /jobs/<id>\n"
+        f"  curl -i --cacert {cert} -H 'Prefer: respond-async'"
+        f" '{base}/segmentations/{seg}/{series}'\n"
+        f"  # recent jobs with progress bars: open {base}/jobs in a browser\n"
+    )
