@@ -160,3 +160,25 @@ async def test_prefer_respond_async_and_jobs_off_without_the_cache(
     assert off.status_code == listing.status_code == 404
     assert off.json()["code"] == "jobs_unavailable"
     assert "Off: the result cache is off" in status.text
+
+
+async def test_finished_jobs_outlive_a_restart_until_their_retention(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    async with deployment.proxy(tmp_path) as proxy:
+        posted = await proxy.client.post("/jobs", json=series_job(deployment))
+        job = await finished_job(proxy, posted.json()["id"])
+    async with deployment.proxy(tmp_path) as proxy:
+        kept = await proxy.client.get(f"/jobs/{job['id']}")
+        result = await proxy.client.get(f"/jobs/{job['id']}/result", headers=IDENTITY)
+    # Started again with a retention shorter than the job's age: purged at start-up.
+    async with deployment.proxy(tmp_path, job_retention=0.001) as proxy:
+        purged = await proxy.client.get(f"/jobs/{job['id']}")
+        # The result stays in the result cache, under its own limits.
+        cached = await proxy.client.get(deployment.path("seg", "series"), headers=IDENTITY)
+    assert job["status"] == "succeeded"
+    assert kept.json() == job
+    assert result.status_code == 200
+    assert purged.status_code == 404 and purged.json()["code"] == "unknown_job"
+    assert cached.content == result.content
+    assert cached.headers["etag"] == result.headers["etag"]
