@@ -14,7 +14,7 @@ import pytest
 from app_proxy import Deployment, Proxy
 from test_access_and_audit import access_json
 
-from model_proxy.access import new_api_key
+from model_proxy.access import digest_of, new_api_key
 from model_proxy.routes.openapi import DOCUMENT
 
 pytestmark = pytest.mark.anyio
@@ -182,3 +182,37 @@ async def test_finished_jobs_outlive_a_restart_until_their_retention(
     assert purged.status_code == 404 and purged.json()["code"] == "unknown_job"
     assert cached.content == result.content
     assert cached.headers["etag"] == result.headers["etag"]
+
+
+async def test_jobs_follow_the_server_rules_of_the_get_routes(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    keys = {name: new_api_key() for name in ("viewer", "batch")}
+    folder, pacs = deployment.servers["folder"], deployment.servers["pacs"]
+    access = {
+        "apiKeys": {
+            "viewer": {"sha256": digest_of(keys["viewer"]).hex(), "roles": ["radiologist"]},
+            "batch": {"sha256": digest_of(keys["batch"]).hex()},
+        },
+        # The folder (the default server) for radiologists only; the PACS has no rule.
+        "servers": {folder: {"roles": ["radiologist"]}},
+    }
+    viewer, batch = {"X-API-Key": keys["viewer"]}, {"X-API-Key": keys["batch"]}
+    job = series_job(deployment, "pred")
+    async with deployment.proxy(tmp_path, access=access) as proxy:
+        client = proxy.client
+        refused = await client.post("/jobs", json=job, headers=batch)
+        refused_async = await client.get(
+            deployment.path("pred", "series"), headers=batch | {"Prefer": "respond-async"}
+        )
+        on_pacs = await client.post("/jobs", json=job | {"server": pacs}, headers=batch)
+        on_folder = await client.post("/jobs", json=job, headers=viewer)
+        folder_job = on_folder.json()["id"]
+        await finished_job(proxy, folder_job, viewer)
+        await finished_job(proxy, on_pacs.json()["id"], batch)
+        others_view = await client.get(f"/jobs/{folder_job}", headers=batch)
+        batch_list = await client.get("/jobs", headers=batch)
+    assert refused.status_code == refused_async.status_code == others_view.status_code == 403
+    assert refused.json()["code"] == "no_server_access"
+    assert on_pacs.status_code == on_folder.status_code == 202
+    assert [entry["id"] for entry in batch_list.json()["jobs"]] == [on_pacs.json()["id"]]

@@ -77,9 +77,25 @@ def request_of(
     )
 
 
+def _guard(request: Request) -> AccessGuard:
+    guard: AccessGuard = request.state.proxy.access  # the rules of the leased state
+    return guard
+
+
 async def _caller(request: Request) -> Caller:
-    guard: AccessGuard = request.app.state.access
-    return await guard.authenticate(request.headers)
+    return await _guard(request).authenticate(request.headers)
+
+
+def _authorize(request: Request, caller: Caller, spec: JobSpec) -> None:
+    """The GET routes' rules for the job's model and server (docs/security.md)."""
+    guard = _guard(request)
+    guard.authorize(caller, spec.model)
+    server = spec.server
+    if server is None:
+        default = request.state.proxy.config.default_server()
+        server = default.id if default is not None else None
+    if server is not None:
+        guard.authorize_server(caller, server, chosen=spec.server is not None)
 
 
 async def _job_for(request: Request) -> tuple[JobManager, Job]:
@@ -90,7 +106,7 @@ async def _job_for(request: Request) -> tuple[JobManager, Job]:
     audit_record(request).fill(
         caller=caller.identity, model=job.spec.model, request=None, figures=None
     )
-    request.app.state.access.authorize(caller, job.spec.model)
+    _authorize(request, caller, job.spec)
     return manager, job
 
 
@@ -113,8 +129,11 @@ async def create_job(request: Request) -> Response:
                 f"model {shorten(spec.model)!r} is not in models.json",
                 code=ErrorCode.UNKNOWN_MODEL,
             )
-        request.app.state.access.authorize(caller, spec.model)
+        _guard(request).authorize(caller, spec.model)
         inference = request_of(spec, state)  # a 4xx now, not a failed job later
+        _guard(request).authorize_server(
+            caller, inference.server.id, chosen=spec.server is not None
+        )
     finally:
         # Who asked for which model on which study, as for a GET (its figures are the job's).
         audit_record(request).fill(
@@ -154,7 +173,7 @@ async def list_jobs(request: Request) -> Response:
 
 def _may_see(request: Request, caller: Caller, job: Job) -> bool:
     try:
-        request.app.state.access.authorize(caller, job.spec.model)
+        _authorize(request, caller, job.spec)
     except Forbidden:
         return False
     return True
