@@ -5,6 +5,7 @@ Exception tree::
     ProxyError                      (status, code, message): rendered as
     |                               {"message": ..., "code": ...} by app.py
     +-- BadRequest                  400  the caller's request is malformed
+    +-- NotAcceptable               406  the result cannot be given in the media type asked for
     +-- Unauthorized                401  client auth is on; credentials missing or wrong
     +-- Forbidden                   403  the original's "You have no access to this model"
     +-- NotFound                    404  unknown model, server, study, series, instance, job
@@ -55,6 +56,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     HTTP_ERROR = "http_error"
     NOT_ON_PACS = "not_on_pacs"
+    NOT_ACCEPTABLE = "not_acceptable"
 
     # jobs (docs/jobs.md: 400, 404, 409, 410)
     INVALID_JOB = "invalid_job"
@@ -83,6 +85,7 @@ class ErrorCode(StrEnum):
     PACS_BAD_RESPONSE = "pacs_bad_response"
     PACS_AUTH_FAILED = "pacs_auth_failed"
     PACS_AUTH_UNAVAILABLE = "pacs_auth_unavailable"
+    PACS_STORE_FAILED = "pacs_store_failed"
 
     # the model (502)
     MODEL_ERROR = "model_error"
@@ -128,6 +131,11 @@ class ProxyError(Exception):
 class BadRequest(ProxyError):
     status_code = 400
     default_code = ErrorCode.BAD_REQUEST
+
+
+class NotAcceptable(ProxyError):
+    status_code = 406
+    default_code = ErrorCode.NOT_ACCEPTABLE
 
 
 class Unauthorized(ProxyError):

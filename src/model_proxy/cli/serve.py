@@ -147,6 +147,12 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     )
     add_option(
         serve,
+        "uid-root",
+        "2.25.",
+        "root of the UIDs of DICOM results (default 2.25.: UUID-derived, needs no registration)",
+    )
+    add_option(
+        serve,
         "audit-log",
         None,
         "JSON-lines audit file, or off (default: audit.jsonl in the log dir, else the data dir)",
@@ -193,6 +199,7 @@ def serve(args: argparse.Namespace) -> int:
         folder_rescan_seconds=parse_seconds(args.folder_rescan, "folder-rescan", allow_zero=True),
         watch_config=parse_seconds(args.watch_config, "watch-config", allow_zero=True),
         cache_max_bytes=parse_size(args.cache_size, "cache-size"),
+        uid_root=_uid_root(args.uid_root),
         memory_budget=parse_memory_budget(args.memory_budget),
         max_concurrent_inferences=parse_count(
             args.max_concurrent_inferences, "max-concurrent-inferences", 1, 100_000
@@ -304,6 +311,16 @@ def run_server(
         signal.signal(signal.SIGTERM, previous)
     if not server.started:
         raise CommandError(f"the server did not start on {host}:{port}; see the log above")
+
+
+def _uid_root(value: str) -> str:
+    # Imported here: the package loads highdicom, which only serve needs.
+    from model_proxy.dicom_results import check_uid_root
+
+    try:
+        return check_uid_root(value)
+    except ValueError as exc:
+        raise CommandError(f"--uid-root: {exc}") from None
 
 
 def _audit_log(value: str | None, log_dir: Path | None, data_dir: Path) -> Path | None:

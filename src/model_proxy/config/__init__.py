@@ -17,6 +17,7 @@ from .schema import (
     Level,
     ModelConfig,
     ServerConfig,
+    StoreConfig,
     Task,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "ModelConfig",
     "ProxyConfig",
     "ServerConfig",
+    "StoreConfig",
     "Task",
     "load_config",
     "parse_models",

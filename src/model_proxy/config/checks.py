@@ -75,6 +75,9 @@ MODEL_FIELDS: dict[str, str] = {
     "tlsVerify": SERVER_FIELDS["tlsVerify"],
     "retries": "an integer from 0 to 5",
     "input": 'one of "json", "dicom-multipart"',
+    "name": "a string (the algorithm name in DICOM results)",
+    "version": "a string (the algorithm version in DICOM results)",
+    "store": 'an object {"server": "<servers.json uuid>", "required": true|false}',
 }
 
 

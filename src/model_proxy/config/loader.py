@@ -120,9 +120,25 @@ def load_config(config_dir: Path) -> ProxyConfig:
             errors += exc.messages
             warnings += exc.warnings
 
+    errors += _unknown_store_servers(models, servers, str(models_path))
     if errors:
         raise ConfigError(errors, warnings)
     return ProxyConfig(servers=servers, models=models, warnings=tuple(warnings))
+
+
+def _unknown_store_servers(
+    models: Mapping[str, ModelConfig], servers: Mapping[str, ServerConfig], source: str
+) -> list[str]:
+    """A model's "store" must name a server of servers.json (checked across the files)."""
+    return [
+        f'{source}: model "{model_id}", field "store.server": {model.store.server!r}'
+        " is not a server of servers.json"
+        for model_id, model in models.items()
+        if model.store is not None
+        and model.store.server is not None
+        and servers
+        and model.store.server not in servers
+    ]
 
 
 def parse_servers(

@@ -58,6 +58,7 @@ __all__ = [
     "Level",
     "ModelConfig",
     "ServerConfig",
+    "StoreConfig",
     "Task",
 ]
 
@@ -261,6 +262,17 @@ class ServerConfig(_Schema):
         return self
 
 
+class StoreConfig(_Schema):
+    """Where a model's DICOM results are stored: ``{"server": uuid, "required": bool}``.
+
+    No server: the server the request read from. ``required`` false: a failed
+    store is logged and shown on /status, and the JSON answer still comes back.
+    """
+
+    server: StrictStr | None = None
+    required: StrictBool = True
+
+
 class ModelConfig(_Schema):
     """A Model API of models.json."""
 
@@ -276,6 +288,19 @@ class ModelConfig(_Schema):
     retries: StrictInt = Field(0, ge=0, le=5)
     # Ours: "dicom-multipart" sends Part-10 files instead of the original's JSON.
     input: InputFormat = InputFormat.JSON
+    # Ours (docs/dicom-outputs.md): the algorithm identification of DICOM results
+    # (defaults: the model's id and "1"), and storing them in a PACS on every call.
+    name: StrictStr | None = None
+    version: StrictStr | None = None
+    store: StoreConfig | None = None
+
+    @property
+    def algorithm_name(self) -> str:
+        return self.name or self.id
+
+    @property
+    def algorithm_version(self) -> str:
+        return self.version or "1"
 
     @field_validator("uri")
     @classmethod

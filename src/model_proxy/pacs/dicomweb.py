@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import aclosing, asynccontextmanager, contextmanager
 
 import httpx
@@ -20,6 +20,7 @@ from model_proxy.pacs.multipart import (
     boundary_from_content_type,
 )
 from model_proxy.pacs.source import Target
+from model_proxy.pacs.stow import stow
 from model_proxy.upstream.clients import Timeouts, is_transient, make_client, translated
 from model_proxy.upstream.probe import ProbeResult, probe_get
 from model_proxy.upstream.retry import (
@@ -226,6 +227,10 @@ class DicomWebSource:
             error_type=PacsError,
             limits=self._timeouts.for_probe(),
         )
+
+    async def store(self, objects: Sequence[bytes]) -> None:
+        """STOW-RS through the same client, so the same auth, as the reads."""
+        await stow(self._client, self._server.uri, self.label, objects)
 
     async def aclose(self) -> None:
         await self._client.aclose()

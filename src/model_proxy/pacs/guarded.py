@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from model_proxy.pacs.source import DicomSource, Target
@@ -38,6 +38,10 @@ class GuardedSource:
         if self.breaker.state is BreakerState.OPEN:
             return None
         return await self._inner.fingerprint(target)
+
+    async def store(self, objects: Sequence[bytes]) -> None:
+        # Not through the breaker: a refused store says nothing about reads.
+        await self._inner.store(objects)
 
     async def aclose(self) -> None:
         await self._inner.aclose()

@@ -18,7 +18,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import ClassVar
@@ -27,6 +27,7 @@ from model_proxy.config import ServerConfig
 from model_proxy.errors import ErrorCode, NotFound, PacsError, short_id
 from model_proxy.pacs.folder_index import FolderIndex
 from model_proxy.pacs.source import Target
+from model_proxy.pacs.stow import store_in_folder
 from model_proxy.upstream.probe import ProbeResult, elapsed_ms
 
 logger = logging.getLogger(__name__)
@@ -174,6 +175,11 @@ class LocalFolderSource:
             f" in {studies} stud{'ies' if studies != 1 else 'y'}"
         )
         return ProbeResult(True, elapsed_ms(started), detail)
+
+    async def store(self, objects: Sequence[bytes]) -> None:
+        await store_in_folder(self._index.root, self.label, objects)
+        # Found once this rescan ends (or the next, if one was already under way).
+        self._folder.start_scan()
 
     async def aclose(self) -> None:
         return None  # the shared index outlives this state

@@ -1,4 +1,4 @@
-"""Incremental decoder for `multipart/related` WADO-RS responses.
+"""Incremental decoder for `multipart/related` WADO-RS responses, and its encoder.
 
 Fed with chunks as they arrive from the network, it yields each part's body as
 soon as its closing delimiter has been seen. Every byte is scanned once: the
@@ -13,6 +13,8 @@ no CRLF before the first delimiter. None of that matters to a delimiter scanner.
 from __future__ import annotations
 
 import enum
+import secrets
+from collections.abc import Sequence
 from email.message import Message
 
 
@@ -177,3 +179,25 @@ def _parse_headers(raw: bytes) -> dict[str, str]:
             continue
         headers[name.strip().lower()] = value.strip()
     return headers
+
+
+DICOM_TYPE = "application/dicom"
+
+
+def encode_dicom_multipart(objects: Sequence[bytes]) -> tuple[str, bytes]:
+    """``(Content-Type, body)`` of a ``multipart/related; type="application/dicom"``
+    message holding the Part-10 files ``objects``, framed as WADO-RS answers and
+    STOW-RS requests are.
+
+    >>> content_type, body = encode_dicom_multipart([b"DICM"])
+    >>> content_type.startswith('multipart/related; type="application/dicom"; boundary=')
+    True
+    """
+    boundary = f"model-proxy-{secrets.token_hex(16)}"
+    chunks: list[bytes] = []
+    for data in objects:
+        chunks.append(f"--{boundary}\r\nContent-Type: {DICOM_TYPE}\r\n\r\n".encode())
+        chunks.append(data)
+        chunks.append(b"\r\n")
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return f'multipart/related; type="{DICOM_TYPE}"; boundary={boundary}', b"".join(chunks)

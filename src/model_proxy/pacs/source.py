@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -46,6 +46,10 @@ class DicomSource(Protocol):
         """A short string that changes when the instances behind ``target`` change,
         for the result cache to know a result is still valid; None when it cannot
         tell (the result is then not cached). Cheap: a query, never a retrieval."""
+        ...
+
+    async def store(self, objects: Sequence[bytes]) -> None:
+        """Store Part-10 files (STOW-RS, or into the folder); PacsError if any was not."""
         ...
 
     async def aclose(self) -> None: ...

@@ -4,12 +4,15 @@
 [/series/{series}[/instances/{instance}]]``: authenticate, parse and authorise
 the request into an ``InferenceRequest``, hand it to an ``InferenceRunner``
 (inference/) and serve the ``Outcome`` it returns; fill the audit record once.
+A request for DICOM results (an ``Accept`` naming DICOM, ``?store=true``, a model
+that always stores) goes through inference/dicom_outputs.py instead.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -22,6 +25,11 @@ from model_proxy.audit import audit_record
 from model_proxy.config import Level, ModelConfig, Task
 from model_proxy.errors import BadRequest, ErrorCode, NotFound, shorten
 from model_proxy.inference import InferenceRequest, InferenceRunner
+from model_proxy.inference.dicom_outputs import (
+    DicomOutputs,
+    dicom_media,
+    run_with_dicom_outputs,
+)
 from model_proxy.jobs import JobManager, JobSpec
 from model_proxy.models.body import plan_body
 from model_proxy.pacs.source import Target
@@ -91,8 +99,15 @@ async def infer(request: Request) -> Response:
         guard.authorize_server(caller, inference.server.id, chosen="server" in request.query_params)
         if _prefers_async(request):
             return await _respond_async(request, inference)
+        outputs = _dicom_outputs(request, state, model, inference)
+        if outputs.wanted:
+            # The JSON is converted whole: read it uncompressed, never a 304.
+            inference = replace(inference, encoding=None, if_none_match=None)
         runner = InferenceRunner(inference, state, request.state.live)
-        outcome = await runner.run()
+        if outputs.wanted:
+            outcome = await run_with_dicom_outputs(runner, inference, state, outputs)
+        else:
+            outcome = await runner.run()
     finally:
         # The audit record, once: whatever the request established before it ended.
         audit_record(request).fill(
@@ -201,6 +216,29 @@ async def _respond_async(request: Request, inference: InferenceRequest) -> Respo
         )
     )
     return accepted(job, preference_applied=True)
+
+
+def _dicom_outputs(
+    request: Request, state: ProxyState, model: ModelConfig, inference: InferenceRequest
+) -> DicomOutputs:
+    """What the request wants as DICOM: ``Accept``, ``?store=``, the model's ``"store"``."""
+    media = dicom_media(request.headers.get("accept"))
+    store = request.query_params.getlist("store")
+    if len(store) > 1 or (store and store[0] not in ("true", "false")):
+        raise BadRequest(
+            "?store= takes true or false, once (true stores the result in the PACS as DICOM)",
+            code=ErrorCode.BAD_REQUEST,
+        )
+    asked = store == ["true"]
+    configured = model.store
+    if configured is None and not asked:
+        return DicomOutputs(media)
+    server = inference.server
+    if configured is not None and configured.server is not None:
+        server, _ = state.source_for(configured.server)
+    # Asked for in the request, a failed store is the answer; by config, as configured.
+    required = asked or configured is None or configured.required
+    return DicomOutputs(media, server, required)
 
 
 # Every inference route starts with one of these (the audit log covers them all).

@@ -44,6 +44,7 @@ async def collect_status(state: ProxyState) -> dict[str, dict[str, Any]]:
             "isDefault": _is_default(state, server_id),
         }
         | _breaker_entry(state.breaker_of_server(server_id))
+        | _store_entry(state, server_id)
         for server_id, result in zip(server_ids, results[: len(server_ids)], strict=True)
     }
     models = {
@@ -62,6 +63,11 @@ async def collect_status(state: ProxyState) -> dict[str, dict[str, Any]]:
 
 def _breaker_entry(breaker: CircuitBreaker | None) -> dict[str, Any]:
     return {} if breaker is None else {"breaker": breaker.snapshot()}
+
+
+def _store_entry(state: ProxyState, server_id: str) -> dict[str, Any]:
+    failure = state.store_failures.get(server_id)
+    return {} if failure is None else {"lastStoreFailure": failure}
 
 
 def _is_default(state: ProxyState, server_id: str) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from model_proxy.access import AccessGuard, AccessPolicy
 from model_proxy.access.guard import JWKS_TIMEOUTS
@@ -38,6 +38,9 @@ class ProxyState:
     jwks_caches: JwksCaches
     # /status probes of this state's upstreams, cached briefly (routes/status.py).
     probe_rounds: ProbeRounds
+    # Server id -> the last failed store of DICOM results that was not required
+    # ({"at": ISO time, "message": ...}), shown on /status (docs/dicom-outputs.md).
+    store_failures: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
     def build(

@@ -1,0 +1,42 @@
+"""The headers of the source instances a result describes, read through the source API."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Iterable
+
+import pydicom
+from pydicom import Dataset
+from pydicom.errors import InvalidDicomError
+
+from model_proxy.errors import ErrorCode, PacsError
+from model_proxy.pacs.source import DicomSource, Target
+
+
+async def source_headers(source: DicomSource, targets: Iterable[Target]) -> dict[str, Dataset]:
+    """SOPInstanceUID -> header (pixel data left out) of every instance of ``targets``.
+
+    The instances come from the same retrieval the model's input came from; each
+    is parsed in a thread and its bytes dropped at once, so only headers are held.
+    """
+    headers: dict[str, Dataset] = {}
+    for target in targets:
+        async with source.retrieve(target) as instances:
+            async for data in instances:
+                header = await asyncio.to_thread(_header, data, source.label)
+                headers[str(header.SOPInstanceUID)] = header
+    return headers
+
+
+def _header(data: bytes, label: str) -> Dataset:
+    try:
+        header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        header.SOPInstanceUID  # noqa: B018  (a file without it cannot be referenced)
+    except (InvalidDicomError, AttributeError, ValueError, EOFError) as exc:
+        raise PacsError(
+            f"{label}: sent an instance that is not a DICOM file ({str(exc)[:100]})",
+            code=ErrorCode.PACS_BAD_RESPONSE,
+            upstream=label,
+        ) from exc
+    return header

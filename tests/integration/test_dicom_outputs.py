@@ -1,0 +1,246 @@
+"""DICOM results end to end (docs/dicom-outputs.md): a SEG returned over DICOMweb
+framing and stored with STOW-RS in a real Orthanc (basic auth, as the reads), or in
+a local folder; validated with dciodvfy, read back with highdicom, masks compared
+bit for bit with the JSON result of the bundled example model."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import httpx
+import numpy as np
+import pydicom
+import pytest
+from deployment import expect_error
+from dicom_checks import dciodvfy_errors
+from faults import closed_port_url
+from harness import (
+    ExampleModel,
+    OrthancServer,
+    ProxyProcess,
+    TlsCert,
+    model_entry,
+    new_uid,
+    server_entry,
+    start_proxy,
+)
+
+from model_proxy.pacs.multipart import MultipartDecoder, boundary_from_content_type
+from model_proxy.sample_data import SampleStudy, make_study, write_study
+
+MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
+SERIES_LEVELS = ["/studies", "/studies/series"]
+
+
+@dataclass
+class Setup:
+    proxy: ProxyProcess
+    study: SampleStudy
+    pacs: OrthancServer
+    folder: Path
+    servers: dict[str, str]
+    models: dict[str, str]
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        with self.proxy.client() as client:
+            return client.get(path, **kwargs)
+
+    def series_path(self, model: str = "seg", index: int = 0) -> str:
+        return (
+            f"/segmentations/{self.models[model]}/studies/{self.study.study_uid}"
+            f"/series/{self.study.series[index].series_uid}"
+        )
+
+
+@pytest.fixture(scope="module")
+def setup(
+    tmp_path_factory: pytest.TempPathFactory,
+    orthanc_basic_auth: OrthancServer,
+    example_model: ExampleModel,
+    tls_cert: TlsCert,
+) -> Iterator[Setup]:
+    # A study of its own: the SEGs stored here must not reach other tests' studies.
+    study = make_study(series_slices=(5, 3), rows=64, columns=64, seed=41)
+    orthanc_basic_auth.upload_many(data for _, _, data in study.iter_instances())
+    folder = tmp_path_factory.mktemp("dicom-results-folder")
+    write_study(study, folder)
+    servers = {"pacs": new_uid(), "folder": new_uid(), "down": new_uid()}
+    models = {"seg": new_uid(), "seg-optional": new_uid(), "seg-required": new_uid()}
+    seg = ("/segmentation", "segmentation", SERIES_LEVELS)
+    proxy = start_proxy(
+        tmp_path_factory.mktemp("dicom-results-proxy"),
+        {
+            servers["pacs"]: server_entry(orthanc_basic_auth),
+            servers["folder"]: {"uri": folder.as_uri(), "isDefault": False},
+            servers["down"]: {"uri": f"{closed_port_url()}/dicom-web", "isDefault": False},
+        },
+        {
+            models["seg"]: model_entry(
+                example_model, *seg, name="Phantom segmenter", version="2.1"
+            ),
+            models["seg-optional"]: model_entry(
+                example_model, *seg, store={"server": servers["down"], "required": False}
+            ),
+            models["seg-required"]: model_entry(
+                example_model, *seg, store={"server": servers["down"]}
+            ),
+        },
+        cert=tls_cert,
+        env={"ZHIVA_SHOW_STATUS_PAGE": "true"},
+    )
+    try:
+        yield Setup(proxy, study, orthanc_basic_auth, folder, servers, models)
+    finally:
+        proxy.stop()
+
+
+def _parts(response: httpx.Response) -> list[bytes]:
+    boundary = boundary_from_content_type(response.headers["content-type"])
+    assert boundary is not None
+    decoder = MultipartDecoder(boundary)
+    parts = decoder.feed(response.content)
+    decoder.close()
+    return parts
+
+
+def _checked_seg(data: bytes, tmp_path: Path) -> hd.seg.Segmentation:
+    path = tmp_path / f"{len(list(tmp_path.iterdir()))}.dcm"
+    path.write_bytes(data)
+    assert dciodvfy_errors(path) == []
+    return hd.seg.segread(path)
+
+
+def _assert_masks_equal(seg: hd.seg.Segmentation, series_node: dict[str, Any]) -> None:
+    """Every JSON mask equals the SEG's frames of its instance and className, bit for bit."""
+    labels = {d.SegmentLabel: d.SegmentNumber for d in seg.SegmentSequence}
+    uids = [uid for uid in series_node if uid != "metadata"]
+    for uid in uids:
+        for segment in series_node[uid]["segments"]:
+            number = labels[segment["className"]]
+            pixels = seg.get_pixels_by_source_instance(
+                source_sop_instance_uids=[uid], segment_numbers=[number], combine_segments=False
+            )
+            expected = np.asarray(segment["points"], dtype=np.uint8)
+            assert np.array_equal(pixels[0, :, :, 0], expected), (uid, segment["className"])
+
+
+def test_series_segmentation_as_dicomweb_seg_round_trips(setup: Setup, tmp_path: Path) -> None:
+    study, series = setup.study, setup.study.series[0]
+    json_result = setup.get(setup.series_path()).json()
+    response = setup.get(setup.series_path(), headers={"Accept": MULTIPART_DICOM})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith(MULTIPART_DICOM)
+    parts = _parts(response)
+    assert len(parts) == 1
+    seg = _checked_seg(parts[0], tmp_path)
+    assert seg.Modality == "SEG"
+    assert seg.SegmentationType == "BINARY"
+    assert seg.StudyInstanceUID == study.study_uid
+    assert seg.PatientID == study.patient_id
+    assert seg.SOPInstanceUID.startswith("2.25.")
+    assert {d.SegmentLabel for d in seg.SegmentSequence} == {"Body", "Lungs"}
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("Phantom segmenter", "2.1")
+    referenced = {
+        ref.ReferencedSOPInstanceUID
+        for item in seg.ReferencedSeriesSequence
+        for ref in item.ReferencedInstanceSequence
+    }
+    assert referenced == set(series.sop_uids)
+    _assert_masks_equal(seg, json_result[study.study_uid][series.series_uid])
+
+
+def test_other_accept_values_get_the_json_byte_for_byte(setup: Setup) -> None:
+    plain = setup.get(setup.series_path())
+    assert plain.status_code == 200
+    for accept in ("application/json", "*/*", "text/html, application/xhtml+xml"):
+        response = setup.get(setup.series_path(), headers={"Accept": accept})
+        assert response.content == plain.content, accept
+        assert response.headers["content-type"] == "application/json"
+        assert "dicom-stored" not in response.headers
+
+
+def test_single_object_as_application_dicom(setup: Setup, tmp_path: Path) -> None:
+    response = setup.get(setup.series_path(index=1), headers={"Accept": "application/dicom"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/dicom"
+    seg = _checked_seg(response.content, tmp_path)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == setup.study.series[1].series_uid
+
+    study_path = f"/segmentations/{setup.models['seg']}/studies/{setup.study.study_uid}"
+    refused = setup.get(study_path, headers={"Accept": "application/dicom"})
+    assert "2 DICOM objects" in expect_error(refused, 406, "not_acceptable")
+
+
+def test_store_true_stows_the_seg_into_the_study(setup: Setup, tmp_path: Path) -> None:
+    study = setup.study
+    plain = setup.get(setup.series_path())
+    response = setup.get(setup.series_path(), params={"store": "true"})
+    assert response.status_code == 200, response.text
+    assert response.content == plain.content
+    sop_uid = response.headers["dicom-stored"]
+    with setup.pacs.client() as pacs:
+        found = pacs.get(
+            f"/dicom-web/studies/{study.study_uid}/series", params={"Modality": "SEG"}
+        ).json()
+        series_uids = [entry["0020000E"]["Value"][0] for entry in found]
+        assert series_uids
+        stored = None
+        for series_uid in series_uids:
+            instances = pacs.get(
+                f"/dicom-web/studies/{study.study_uid}/series/{series_uid}/instances"
+            ).json()
+            if sop_uid in [entry["00080018"]["Value"][0] for entry in instances]:
+                stored = series_uid
+        assert stored is not None
+        wado = pacs.get(
+            f"/dicom-web/studies/{study.study_uid}/series/{stored}/instances/{sop_uid}",
+            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+        )
+    assert wado.status_code == 200
+    (data,) = _parts(wado)
+    seg = _checked_seg(data, tmp_path)
+    assert seg.SOPInstanceUID == sop_uid
+    _assert_masks_equal(seg, plain.json()[study.study_uid][study.series[0].series_uid])
+
+
+def test_store_into_a_local_folder(setup: Setup) -> None:
+    study = setup.study
+    path = (
+        f"/segmentations/{setup.models['seg']}/studies/{study.study_uid}"
+        f"/series/{study.series[1].series_uid}"
+    )
+    response = setup.get(path, params={"store": "true", "server": setup.servers["folder"]})
+    assert response.status_code == 200, response.text
+    sop_uid = response.headers["dicom-stored"]
+    (stored,) = setup.folder.glob(f"*/{sop_uid}.dcm")
+    assert pydicom.dcmread(io.BytesIO(stored.read_bytes())).StudyInstanceUID == study.study_uid
+    assert dciodvfy_errors(stored) == []
+
+
+def test_a_required_store_that_fails_is_a_502_naming_the_pacs(setup: Setup) -> None:
+    response = setup.get(setup.series_path("seg-required"))
+    message = expect_error(response, 502, "bad_gateway")
+    assert "PACS" in message and "storing" in message
+
+
+def test_an_optional_store_that_fails_still_answers_and_shows_on_status(setup: Setup) -> None:
+    plain = setup.get(setup.series_path())
+    response = setup.get(setup.series_path("seg-optional"))
+    assert response.status_code == 200, response.text
+    assert response.content == plain.content
+    assert "dicom-stored" not in response.headers
+    status = setup.get("/status", headers={"Accept": "application/json"}).json()
+    failure = status["servers"][setup.servers["down"]]["lastStoreFailure"]
+    assert "storing" in failure["message"]
+    assert "DICOM results not stored" in setup.proxy.log_text()
+
+
+def test_store_takes_true_or_false(setup: Setup) -> None:
+    response = setup.get(setup.series_path(), params={"store": "yes"})
+    assert "?store=" in expect_error(response, 400, "bad_request")
