@@ -225,7 +225,7 @@ def test_store_into_a_local_folder(setup: Setup) -> None:
 
 def test_a_required_store_that_fails_is_a_502_naming_the_pacs(setup: Setup) -> None:
     response = setup.get(setup.series_path("seg-required"))
-    message = expect_error(response, 502, "bad_gateway")
+    message = expect_error(response, 502, "pacs_error")
     assert "PACS" in message and "storing" in message
 
 
