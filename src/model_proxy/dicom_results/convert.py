@@ -11,6 +11,7 @@ from pydicom import Dataset
 from model_proxy.config import Task
 from model_proxy.dicom_results.framing import part10
 from model_proxy.dicom_results.seg import Algorithm, build_segmentation
+from model_proxy.dicom_results.sr import build_annotation_sr, build_prediction_sr
 from model_proxy.errors import ErrorCode, ModelError
 from model_proxy.pacs.source import Target
 
@@ -41,13 +42,18 @@ def result_series(result: Any, model_id: str) -> list[Target]:
             f"model {model_id}: the result is not a JSON object keyed by study UID",
             code=ErrorCode.MODEL_BAD_RESPONSE,
         )
-    return [
-        Target(study, series)
-        for study, study_node in result.items()
-        if isinstance(study_node, dict)
-        for series, series_node in study_node.items()
-        if series != "metadata" and isinstance(series_node, dict)
-    ]
+    targets: list[Target] = []
+    for study, study_node in result.items():
+        if not isinstance(study_node, dict):
+            continue
+        series = [
+            Target(study, uid)
+            for uid, node in study_node.items()
+            if uid != "metadata" and isinstance(node, dict)
+        ]
+        # Study-level metadata alone still needs the study's patient and study attributes.
+        targets += series or [Target(study)]
+    return targets
 
 
 def convert_result(
@@ -57,14 +63,19 @@ def convert_result(
     algorithm: Algorithm,
     uid_root: str,
 ) -> list[DicomObject]:
-    """The objects for ``result``: one SEG per series with segments (CPU-bound: run
-    it in a thread)."""
-    objects: list[DicomObject] = []
-    if task is Task.SEGMENTATION:
-        for target in result_series(result, algorithm.model_id):
-            seg = build_segmentation(
-                result[target.study][target.series], headers, algorithm, uid_root
-            )
-            if seg is not None:
-                objects.append(DicomObject.of(seg))
-    return objects
+    """The objects for ``result`` (CPU-bound: run it in a thread): a SEG per series
+    with segments, an SR per series with rois, an SR per study with metadata."""
+    built: list[Dataset | None] = []
+    if task is Task.PREDICTION:
+        built = [
+            build_prediction_sr(study, node, headers, algorithm, uid_root)
+            for study, node in result.items()
+            if isinstance(node, dict)
+        ]
+    else:
+        build = build_segmentation if task is Task.SEGMENTATION else build_annotation_sr
+        built = [
+            build(result[target.study][target.series], headers, algorithm, uid_root)
+            for target in result_series(result, algorithm.model_id)
+        ]
+    return [DicomObject.of(dataset) for dataset in built if dataset is not None]
