@@ -35,6 +35,7 @@ from model_proxy.sample_data import SampleStudy, make_study, write_study
 
 MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
 SERIES_LEVELS = ["/studies", "/studies/series"]
+ALL_LEVELS = [*SERIES_LEVELS, "/studies/series/instances"]
 
 
 @dataclass
@@ -50,9 +51,9 @@ class Setup:
         with self.proxy.client() as client:
             return client.get(path, **kwargs)
 
-    def series_path(self, model: str = "seg", index: int = 0) -> str:
+    def series_path(self, model: str = "seg", index: int = 0, family: str = "segmentations") -> str:
         return (
-            f"/segmentations/{self.models[model]}/studies/{self.study.study_uid}"
+            f"/{family}/{self.models[model]}/studies/{self.study.study_uid}"
             f"/series/{self.study.series[index].series_uid}"
         )
 
@@ -70,7 +71,13 @@ def setup(
     folder = tmp_path_factory.mktemp("dicom-results-folder")
     write_study(study, folder)
     servers = {"pacs": new_uid(), "folder": new_uid(), "down": new_uid()}
-    models = {"seg": new_uid(), "seg-optional": new_uid(), "seg-required": new_uid()}
+    models = {
+        "seg": new_uid(),
+        "seg-optional": new_uid(),
+        "seg-required": new_uid(),
+        "ann": new_uid(),
+        "pred": new_uid(),
+    }
     seg = ("/segmentation", "segmentation", SERIES_LEVELS)
     proxy = start_proxy(
         tmp_path_factory.mktemp("dicom-results-proxy"),
@@ -89,6 +96,8 @@ def setup(
             models["seg-required"]: model_entry(
                 example_model, *seg, store={"server": servers["down"]}
             ),
+            models["ann"]: model_entry(example_model, "/annotation", "annotation", ALL_LEVELS),
+            models["pred"]: model_entry(example_model, "/prediction", "prediction", ALL_LEVELS),
         },
         cert=tls_cert,
         env={"ZHIVA_SHOW_STATUS_PAGE": "true"},
@@ -244,3 +253,100 @@ def test_an_optional_store_that_fails_still_answers_and_shows_on_status(setup: S
 def test_store_takes_true_or_false(setup: Setup) -> None:
     response = setup.get(setup.series_path(), params={"store": "yes"})
     assert "?store=" in expect_error(response, 400, "bad_request")
+
+
+def _checked_sr(data: bytes, tmp_path: Path) -> hd.sr.ComprehensiveSR:
+    path = tmp_path / f"{len(list(tmp_path.iterdir()))}.dcm"
+    path.write_bytes(data)
+    assert dciodvfy_errors(path) == []
+    sr = hd.sr.srread(path)
+    assert isinstance(sr, hd.sr.ComprehensiveSR)
+    return sr
+
+
+def test_annotation_as_tid1500_sr_with_a_polyline_per_roi(setup: Setup, tmp_path: Path) -> None:
+    study, series = setup.study, setup.study.series[0]
+    path = setup.series_path("ann", family="annotations")
+    rois = {
+        uid: node["rois"]
+        for uid, node in setup.get(path).json()[study.study_uid][series.series_uid].items()
+    }
+    response = setup.get(path, headers={"Accept": MULTIPART_DICOM})
+    assert response.status_code == 200, response.text
+    (data,) = _parts(response)
+    sr = _checked_sr(data, tmp_path)
+    assert (sr.StudyInstanceUID, sr.PatientID) == (study.study_uid, study.patient_id)
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    found = [
+        (
+            group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID,
+            group.finding_type.meaning,
+            group.roi.graphic_type,
+            group.roi.value.tolist(),
+        )
+        for group in sr.content.get_planar_roi_measurement_groups()
+    ]
+    expected = [
+        (uid, roi["className"], hd.sr.GraphicTypeValues.POLYLINE, roi["points"])
+        for uid, instance_rois in rois.items()
+        for roi in instance_rois
+    ]
+    assert expected and found == expected
+
+
+def _sr_items(container: Any) -> tuple[str, dict[str, Any]]:
+    """(what the container references, {title: value or (value, unit, comment)})."""
+    reference = ""
+    values: dict[str, Any] = {}
+    for item in container.ContentSequence:
+        meaning = item.ConceptNameCodeSequence[0].CodeMeaning
+        if item.ValueType == "UIDREF":
+            reference = item.UID
+        elif item.ValueType == "IMAGE":
+            reference = item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        elif item.ValueType == "TEXT":
+            values[meaning] = item.TextValue
+        elif item.ValueType == "NUM":
+            measured = item.MeasuredValueSequence[0]
+            unit = measured.MeasurementUnitsCodeSequence[0].CodeValue
+            comments = [child.TextValue for child in getattr(item, "ContentSequence", [])]
+            values[meaning] = (float(measured.NumericValue), unit, comments)
+    return reference, values
+
+
+def _json_items(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for entry in entries:
+        if isinstance(entry["value"], str):
+            values[entry["title"]] = entry["value"]
+            continue
+        description = entry.get("description")
+        unit = "%" if entry["dataType"] == "percentage" else "1"
+        if entry["dataType"] != "percentage" and description in ("cm2", "cm3"):
+            unit, description = description, None
+        values[entry["title"]] = (float(entry["value"]), unit, [description] if description else [])
+    return values
+
+
+def test_prediction_as_sr_with_num_and_text_items_stored_in_the_pacs(
+    setup: Setup, tmp_path: Path
+) -> None:
+    study = setup.study
+    path = f"/predictions/{setup.models['pred']}/studies/{study.study_uid}"
+    result = setup.get(path).json()[study.study_uid]
+    expected = {study.study_uid: _json_items(result["metadata"])}
+    for series_uid, node in result.items():
+        if series_uid != "metadata":
+            expected[series_uid] = _json_items(node["metadata"])
+    response = setup.get(path, params={"store": "true"}, headers={"Accept": MULTIPART_DICOM})
+    assert response.status_code == 200, response.text
+    (data,) = _parts(response)
+    sr = _checked_sr(data, tmp_path)
+    assert response.headers["dicom-stored"] == sr.SOPInstanceUID
+    found = dict(_sr_items(item) for item in sr.ContentSequence if item.ValueType == "CONTAINER")
+    assert found == expected
+    with setup.pacs.client() as pacs:
+        series = pacs.get(
+            f"/dicom-web/studies/{study.study_uid}/series", params={"Modality": "SR"}
+        ).json()
+    assert sr.SeriesInstanceUID in [entry["0020000E"]["Value"][0] for entry in series]
