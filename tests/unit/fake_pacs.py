@@ -8,7 +8,7 @@ the test lets it go on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 from model_proxy.errors import ErrorCode, NotFound, PacsError
@@ -97,6 +97,9 @@ class FakeSource:
 
     async def fingerprint(self, target: Target) -> str | None:
         return None
+
+    async def store(self, objects: Sequence[bytes]) -> None:
+        raise NotImplementedError("the body pipeline and the breaker never store")
 
     async def aclose(self) -> None:
         return None

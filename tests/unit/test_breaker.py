@@ -4,7 +4,7 @@ DICOM source behind one."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import pytest
@@ -209,6 +209,9 @@ class FakeSource:
     async def fingerprint(self, target: Target) -> str | None:
         self.fingerprints += 1
         return "count:1"
+
+    async def store(self, objects: Sequence[bytes]) -> None:
+        raise NotImplementedError("the body pipeline and the breaker never store")
 
     async def aclose(self) -> None:
         pass

@@ -77,6 +77,8 @@ def build_segmentation(
             if name not in colors:
                 class_names.append(name)
                 colors[name] = str(segment.get("color") or "")
+    if not class_names:
+        return None
     images: list[Dataset] = []
     for uid, _ in instances:
         header = sources.get(uid)

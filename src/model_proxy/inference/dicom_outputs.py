@@ -58,8 +58,16 @@ def dicom_media(accept: str | None) -> DicomMedia | None:
         kind = kind.strip().lower()
         if kind == DICOM_TYPE:
             return DicomMedia.SINGLE
-        if kind == "multipart/related" and DICOM_TYPE in params.lower().replace('"', ""):
+        if kind == "multipart/related" and _type_param(params) == DICOM_TYPE:
             return DicomMedia.MULTIPART
+    return None
+
+
+def _type_param(params: str) -> str | None:
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "type":
+            return value.strip().strip('"').lower()
     return None
 
 
