@@ -71,5 +71,8 @@ class Settings:
     job_progress_interval: float = 0.5
     # A job that found admission full (the GET routes' 503) tries again after this.
     job_retry_interval: float = 1.0
+    # The largest JSON result converted to DICOM: it is held and parsed whole
+    # (docs/dicom-outputs.md, "Not done yet").
+    dicom_max_result_bytes: int = 256 * MiB
     # Root of the UIDs of DICOM results (dicom_results/uids.py); "2.25.": UUID-derived.
     uid_root: str = "2.25."

@@ -22,6 +22,7 @@ from faults import closed_port_url
 from harness import (
     ExampleModel,
     OrthancServer,
+    ProxyFactory,
     ProxyProcess,
     TlsCert,
     model_entry,
@@ -277,6 +278,8 @@ def test_annotation_as_tid1500_sr_with_a_polyline_per_roi(setup: Setup, tmp_path
     sr = _checked_sr(data, tmp_path)
     assert (sr.StudyInstanceUID, sr.PatientID) == (study.study_uid, study.patient_id)
     assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    # srread gives the content as highdicom's MeasurementReport, typed as its base class.
+    report: Any = sr.content
     found = [
         (
             group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID,
@@ -284,7 +287,7 @@ def test_annotation_as_tid1500_sr_with_a_polyline_per_roi(setup: Setup, tmp_path
             group.roi.graphic_type,
             group.roi.value.tolist(),
         )
-        for group in sr.content.get_planar_roi_measurement_groups()
+        for group in report.get_planar_roi_measurement_groups()
     ]
     expected = [
         (uid, roi["className"], hd.sr.GraphicTypeValues.POLYLINE, roi["points"])
@@ -350,3 +353,16 @@ def test_prediction_as_sr_with_num_and_text_items_stored_in_the_pacs(
             f"/dicom-web/studies/{study.study_uid}/series", params={"Modality": "SR"}
         ).json()
     assert sr.SeriesInstanceUID in [entry["0020000E"]["Value"][0] for entry in series]
+
+
+def test_a_result_over_dicom_max_result_is_a_502_and_json_still_works(
+    setup: Setup, start_proxy: ProxyFactory
+) -> None:
+    proxy = start_proxy(
+        None, None, config_dir=setup.proxy.config_dir, extra_args=["--dicom-max-result", "1KiB"]
+    )
+    with proxy.client() as client:
+        refused = client.get(setup.series_path(), headers={"Accept": MULTIPART_DICOM})
+        plain = client.get(setup.series_path())
+    assert "--dicom-max-result" in expect_error(refused, 502, "model_result_too_large")
+    assert plain.status_code == 200

@@ -56,8 +56,11 @@ def _pinned_to(deployment: Deployment, family: str) -> dict[str, Any]:
     }
     for path in document["paths"].values():
         operation = path["get"]
-        # Filters get fuzzed by the other runs; here they would mostly make a 400.
-        parameters = [p for p in operation.get("parameters", []) if p["name"] != "data-filters"]
+        # Filters get fuzzed by the other runs; here they would mostly make a 400. Storing
+        # would add SEG/SR series to the study other tests count the series of.
+        parameters = [
+            p for p in operation.get("parameters", []) if p["name"] not in ("data-filters", "store")
+        ]
         operation["parameters"] = parameters
         for parameter in parameters:
             if parameter["name"] in real:

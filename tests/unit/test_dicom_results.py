@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from model_proxy.dicom_results import Algorithm, check_uid_root, convert_result
 from model_proxy.dicom_results.seg import build_segmentation
 from model_proxy.dicom_results.uids import new_uid
 from model_proxy.errors import ModelError
-from model_proxy.inference.dicom_outputs import DicomMedia, dicom_media
+from model_proxy.inference.dicom_outputs import DicomMedia, dicom_media, read_whole
+from model_proxy.inference.runner import Outcome
 from model_proxy.sample_data import make_study
 
 ALGORITHM = Algorithm("model-1", "Example", "1.0")
@@ -168,3 +170,28 @@ def test_a_roi_that_is_not_a_polyline_is_refused() -> None:
     result = {study: {series: {uids[0]: {"rois": [{"points": [[1, 2]], "className": "x"}]}}}}
     with pytest.raises(ModelError, match="at least two"):
         convert_result(Task.ANNOTATION, result, headers, ALGORITHM, "2.25.")
+
+
+async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+@pytest.mark.anyio
+async def test_a_result_is_read_whole_up_to_the_limit_and_always_finalized() -> None:
+    endings: list[BaseException | None] = []
+
+    async def finalize(error: BaseException | None) -> None:
+        endings.append(error)
+
+    outcome = Outcome(200, {}, _chunks(b"[1", b",2]"), finalize)
+    assert await read_whole(outcome, 5, "model-1") == b"[1,2]"
+    assert endings == [None]
+
+    outcome = Outcome(200, {}, _chunks(b"[1", b",2", b",3]"), finalize)
+    with pytest.raises(ModelError, match="larger than 5 bytes") as raised:
+        await read_whole(outcome, 5, "model-1")
+    assert raised.value.code == "model_result_too_large"
+    assert endings[1] is raised.value
+    with pytest.raises(ModelError, match="--dicom-max-result"):
+        await read_whole(Outcome(200, {}, b"[1,2,3]"), 5, "model-1")

@@ -142,6 +142,10 @@ def _print_curl_lines(
     )
     lines = [
         ("segment a series (body and lung masks)", f"{base}/segmentations/{seg}/{series}"),
+        (
+            f"the same, also stored as a DICOM SEG in {folder / 'dicom'} (docs/dicom-outputs.md)",
+            f"{base}/segmentations/{seg}/{series}?store=true",
+        ),
         ("outline the body on one slice", f"{base}/annotations/{ann}/{series}/instances/{sop_uid}"),
         ("volumes for the whole study", f"{base}/predictions/{pred}/studies/{study_uid}"),
         (

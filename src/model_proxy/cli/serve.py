@@ -147,6 +147,12 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     )
     add_option(
         serve,
+        "dicom-max-result",
+        "256MiB",
+        "largest JSON result converted to DICOM SEG/SR (it is held whole while converting)",
+    )
+    add_option(
+        serve,
         "uid-root",
         "2.25.",
         "root of the UIDs of DICOM results (default 2.25.: UUID-derived, needs no registration)",
@@ -200,6 +206,7 @@ def serve(args: argparse.Namespace) -> int:
         watch_config=parse_seconds(args.watch_config, "watch-config", allow_zero=True),
         cache_max_bytes=parse_size(args.cache_size, "cache-size"),
         uid_root=_uid_root(args.uid_root),
+        dicom_max_result_bytes=parse_size(args.dicom_max_result, "dicom-max-result"),
         memory_budget=parse_memory_budget(args.memory_budget),
         max_concurrent_inferences=parse_count(
             args.max_concurrent_inferences, "max-concurrent-inferences", 1, 100_000

@@ -88,9 +88,9 @@ async def run_with_dicom_outputs(
     runner: InferenceRunner, request: InferenceRequest, state: ProxyState, outputs: DicomOutputs
 ) -> Outcome:
     """Run the inference, convert its result, store and/or return the objects."""
-    outcome = await runner.run()
-    body = await _read_whole(outcome)
     model = request.model
+    outcome = await runner.run()
+    body = await read_whole(outcome, state.settings.dicom_max_result_bytes, model.id)
     try:
         result = await asyncio.to_thread(orjson.loads, body)
     except orjson.JSONDecodeError:
@@ -156,14 +156,26 @@ def _dicom_answer(
     return Outcome(200, {**headers, "Content-Type": content_type}, body)
 
 
-async def _read_whole(outcome: Outcome) -> bytes:
-    """The whole body of an outcome, its finalizer run however the reading ended."""
+async def read_whole(outcome: Outcome, limit: int, model_id: str) -> bytes:
+    """The whole body of an outcome, up to ``limit`` bytes (ModelError past it), its
+    finalizer run however the reading ended."""
+    too_large = ModelError(
+        f"model {model_id}: the result is larger than {limit} bytes, the most converted"
+        " to DICOM (--dicom-max-result); ask for JSON, or raise the limit",
+        code=ErrorCode.MODEL_RESULT_TOO_LARGE,
+    )
     if isinstance(outcome.body, bytes):
+        if len(outcome.body) > limit:
+            raise too_large
         return outcome.body
     chunks: list[bytes] = []
+    size = 0
     error: BaseException | None = None
     try:
         async for chunk in outcome.body:
+            size += len(chunk)
+            if size > limit:
+                raise too_large
             chunks.append(chunk)
     except BaseException as exc:
         error = exc

@@ -31,6 +31,7 @@ _ERRORS = {
     " server it names or defaults to (`no_server_access`)",
     "404": "Unknown route, model or server, or a study/series/instance the PACS does not have",
     "405": "Another method than GET",
+    "406": "`Accept: application/dicom` for a result that makes several DICOM objects",
     "414": f"The URL is longer than {MAX_URL_BYTES} bytes",
     "431": "Request headers over the limits",
     "502": "The PACS or the model failed; the message names which (`PACS 1a2b3c4d…`)",
@@ -88,6 +89,15 @@ _DATA_FILTERS = {
     " model that declares inputs, refused by one that does not.",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DataFilters"}}},
 }
+_STORE = {
+    "name": "store",
+    "in": "query",
+    "required": False,
+    "description": "true: also store the result in the PACS as DICOM (SEG or SR) with STOW-RS,"
+    " or into a local folder; the stored SOP Instance UIDs come back in `DICOM-Stored`"
+    " (docs/dicom-outputs.md)",
+    "schema": {"type": "string", "enum": ["true", "false"]},
+}
 
 
 _IF_NONE_MATCH = {
@@ -109,13 +119,16 @@ _PREFER = {
 
 
 def _inference(level: str, path_params: list[dict[str, Any]], filters: bool) -> dict[str, Any]:
-    query = [_SERVER, _DATA_FILTERS] if filters else [_SERVER]
+    query = [_SERVER, _DATA_FILTERS, _STORE] if filters else [_SERVER, _STORE]
     return {
         "get": {
             "summary": f"Run a model on a {level}",
             "operationId": f"infer_{level}",
             "description": "Fetches the DICOM data from the PACS, streams it to the model and"
-            " returns the model's JSON result, nested by study, series and instance UID.",
+            " returns the model's JSON result, nested by study, series and instance UID."
+            ' With `Accept: multipart/related; type="application/dicom"` (or'
+            " `application/dicom` for a single object) the result comes as DICOM SEG or SR"
+            " objects instead.",
             "parameters": [_FAMILY, _MODEL, *path_params, *query, _IF_NONE_MATCH, _PREFER],
             "responses": {
                 "200": {
@@ -124,11 +137,21 @@ def _inference(level: str, path_params: list[dict[str, Any]], filters: bool) -> 
                         "ETag": {
                             "description": "With the result cache on",
                             "schema": {"type": "string"},
-                        }
+                        },
+                        "DICOM-Stored": {
+                            "description": "With ?store=true or a model that stores: the"
+                            " SOP Instance UIDs stored, comma-separated",
+                            "schema": {"type": "string"},
+                        },
                     },
-                    "content": {"application/json": {"schema": {"type": "object"}}},
+                    "content": {
+                        "application/json": {"schema": {"type": "object"}},
+                        "multipart/related": {"schema": {"type": "string", "format": "binary"}},
+                        "application/dicom": {"schema": {"type": "string", "format": "binary"}},
+                    },
                 },
                 "202": openapi_jobs.ACCEPTED,
+                "204": {"description": "DICOM asked for, and the result holds nothing to convert"},
                 "304": {"description": "The result named by If-None-Match is still valid"},
                 **{status: _error(text) for status, text in _ERRORS.items()},
             },
