@@ -41,6 +41,8 @@ missing=()
 $fast || orthanc_present || missing+=(orthanc orthanc-dicomweb)
 # The reverse-proxy recipe of docs/deployment.md runs against the real nginx.
 $fast || nginx_present || missing+=(nginx)
+# dciodvfy validates the DICOM results in tests/integration/test_dicom_outputs.py.
+$fast || command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
 python=$(find_python || true)
 if [ -z "$python" ]; then
   missing+=(python3 python3-venv)
