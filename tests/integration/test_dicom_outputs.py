@@ -43,6 +43,8 @@ ALL_LEVELS = [*SERIES_LEVELS, "/studies/series/instances"]
 class Setup:
     proxy: ProxyProcess
     study: SampleStudy
+    seg_store_study: SampleStudy
+    sr_store_study: SampleStudy
     pacs: OrthancServer
     folder: Path
     servers: dict[str, str]
@@ -52,10 +54,17 @@ class Setup:
         with self.proxy.client() as client:
             return client.get(path, **kwargs)
 
-    def series_path(self, model: str = "seg", index: int = 0, family: str = "segmentations") -> str:
+    def series_path(
+        self,
+        model: str = "seg",
+        index: int = 0,
+        family: str = "segmentations",
+        study: SampleStudy | None = None,
+    ) -> str:
+        study = study or self.study
         return (
-            f"/{family}/{self.models[model]}/studies/{self.study.study_uid}"
-            f"/series/{self.study.series[index].series_uid}"
+            f"/{family}/{self.models[model]}/studies/{study.study_uid}"
+            f"/series/{study.series[index].series_uid}"
         )
 
 
@@ -66,9 +75,14 @@ def setup(
     example_model: ExampleModel,
     tls_cert: TlsCert,
 ) -> Iterator[Setup]:
-    # A study of its own: the SEGs stored here must not reach other tests' studies.
-    study = make_study(series_slices=(5, 3), rows=64, columns=64, seed=41)
-    orthanc_basic_auth.upload_many(data for _, _, data in study.iter_instances())
+    # Studies of their own: the SEGs and SRs stored here must not reach other tests'
+    # studies, nor the study-level requests of this module (a stored SEG series would
+    # be sent to the model with the CT series): each store test stores into its own.
+    study, seg_store, sr_store = (
+        make_study(series_slices=(5, 3), rows=64, columns=64, seed=seed) for seed in (41, 42, 43)
+    )
+    for each in (study, seg_store, sr_store):
+        orthanc_basic_auth.upload_many(data for _, _, data in each.iter_instances())
     folder = tmp_path_factory.mktemp("dicom-results-folder")
     write_study(study, folder)
     servers = {"pacs": new_uid(), "folder": new_uid(), "down": new_uid()}
@@ -104,7 +118,7 @@ def setup(
         env={"ZHIVA_SHOW_STATUS_PAGE": "true"},
     )
     try:
-        yield Setup(proxy, study, orthanc_basic_auth, folder, servers, models)
+        yield Setup(proxy, study, seg_store, sr_store, orthanc_basic_auth, folder, servers, models)
     finally:
         proxy.stop()
 
@@ -188,9 +202,9 @@ def test_single_object_as_application_dicom(setup: Setup, tmp_path: Path) -> Non
 
 
 def test_store_true_stows_the_seg_into_the_study(setup: Setup, tmp_path: Path) -> None:
-    study = setup.study
-    plain = setup.get(setup.series_path())
-    response = setup.get(setup.series_path(), params={"store": "true"})
+    study = setup.seg_store_study
+    plain = setup.get(setup.series_path(study=study))
+    response = setup.get(setup.series_path(study=study), params={"store": "true"})
     assert response.status_code == 200, response.text
     assert response.content == plain.content
     sop_uid = response.headers["dicom-stored"]
@@ -334,7 +348,7 @@ def _json_items(entries: list[dict[str, Any]]) -> dict[str, Any]:
 def test_prediction_as_sr_with_num_and_text_items_stored_in_the_pacs(
     setup: Setup, tmp_path: Path
 ) -> None:
-    study = setup.study
+    study = setup.sr_store_study
     path = f"/predictions/{setup.models['pred']}/studies/{study.study_uid}"
     result = setup.get(path).json()[study.study_uid]
     expected = {study.study_uid: _json_items(result["metadata"])}
@@ -366,3 +380,14 @@ def test_a_result_over_dicom_max_result_is_a_502_and_json_still_works(
         plain = client.get(setup.series_path())
     assert "--dicom-max-result" in expect_error(refused, 502, "model_result_too_large")
     assert plain.status_code == 200
+
+
+def test_an_instance_annotation_as_one_application_dicom_sr(setup: Setup, tmp_path: Path) -> None:
+    series = setup.study.series[0]
+    sop_uid = series.sop_uids[2]
+    path = setup.series_path("ann", family="annotations") + f"/instances/{sop_uid}"
+    response = setup.get(path, headers={"Accept": "application/dicom"})
+    assert response.status_code == 200, response.text
+    sr = _checked_sr(response.content, tmp_path)
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert [ref.ReferencedSOPInstanceUID for ref in evidence.ReferencedSOPSequence] == [sop_uid]

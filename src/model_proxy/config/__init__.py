@@ -17,7 +17,6 @@ from .schema import (
     Level,
     ModelConfig,
     ServerConfig,
-    StoreConfig,
     Task,
 )
 
@@ -31,7 +30,6 @@ __all__ = [
     "ModelConfig",
     "ProxyConfig",
     "ServerConfig",
-    "StoreConfig",
     "Task",
     "load_config",
     "parse_models",

@@ -99,7 +99,11 @@ async def run_with_dicom_outputs(
             code=ErrorCode.MODEL_BAD_RESPONSE,
         ) from None
     source = state.source_for(request.server.id)[1]
-    headers = await source_headers(source, result_series(result, model.id))
+    targets = result_series(result, model.id)
+    if request.target.instance is not None:
+        # An instance request: its headers only, not those of its whole series.
+        targets = [request.target]
+    headers = await source_headers(source, targets)
     algorithm = Algorithm(model.id, model.algorithm_name, model.algorithm_version)
     objects = await asyncio.to_thread(
         convert_result, model.task, result, headers, algorithm, state.settings.uid_root
