@@ -110,18 +110,19 @@ async def run_with_dicom_outputs(
     )
     del result, headers
     extra: dict[str, str] = {}
-    if outputs.store_in is not None and objects and await _store(state, outputs, objects):
+    store_in = outputs.store_in
+    if store_in is not None and objects and await _store(state, store_in, outputs, objects):
         extra["DICOM-Stored"] = ", ".join(o.sop_instance_uid for o in objects)
     if outputs.media is None:
         return Outcome(outcome.status, {**outcome.headers, **extra}, body)
     return _dicom_answer(outputs.media, objects, extra, model.id)
 
 
-async def _store(state: ProxyState, outputs: DicomOutputs, objects: list[DicomObject]) -> bool:
+async def _store(
+    state: ProxyState, server: ServerConfig, outputs: DicomOutputs, objects: list[DicomObject]
+) -> bool:
     """True when stored; a failure raises, or (store not required) is logged and kept
     for /status."""
-    server = outputs.store_in
-    assert server is not None
     target = state.source_for(server.id)[1]
     try:
         await target.store([o.data for o in objects])
