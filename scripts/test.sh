@@ -43,6 +43,10 @@ $fast || orthanc_present || missing+=(orthanc orthanc-dicomweb)
 $fast || nginx_present || missing+=(nginx)
 # dciodvfy validates the DICOM results in tests/integration/test_dicom_outputs.py.
 $fast || command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
+# The /jobs page is tested in headless Chromium (tests/integration/test_jobs_durable.py).
+$fast || command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# systemd-analyze checks the shipped unit (tests/integration/test_deployment_files.py).
+$fast || command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 python=$(find_python || true)
 if [ -z "$python" ]; then
   missing+=(python3 python3-venv)
