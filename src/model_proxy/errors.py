@@ -38,7 +38,7 @@ class ErrorCode(StrEnum):
     Programs match on it (the ``message`` is for people); the audit log records it.
     """
 
-    # the caller's request (400, 404, 405, 414, 431)
+    # the caller's request (400, 404, 405, 408, 414, 431)
     BAD_REQUEST = "bad_request"
     INVALID_UID = "invalid_uid"
     WRONG_TASK = "wrong_task"
@@ -52,6 +52,7 @@ class ErrorCode(StrEnum):
     INVALID_HTTP = "invalid_http"
     URI_TOO_LONG = "uri_too_long"
     HEADERS_TOO_LARGE = "headers_too_large"
+    REQUEST_HEAD_TIMEOUT = "request_head_timeout"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     NOT_FOUND = "not_found"
     HTTP_ERROR = "http_error"

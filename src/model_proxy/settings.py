@@ -76,3 +76,7 @@ class Settings:
     dicom_max_result_bytes: int = 256 * MiB
     # Root of the UIDs of DICOM results (dicom_results/uids.py); "2.25.": UUID-derived.
     uid_root: str = "2.25."
+    # Seconds a client has to send a whole request head (web/connection_guard.py).
+    request_head_timeout: float = 15.0
+    # Open client connections at once; None: as many as the open-file limit allows.
+    max_connections: int | None = None

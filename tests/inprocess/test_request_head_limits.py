@@ -15,20 +15,21 @@ import pytest
 import uvicorn
 from app_proxy import Deployment, Proxy
 
-from model_proxy.web.http_limits import BoundedHttpToolsProtocol
+from model_proxy.web.connection_guard import ConnectionGuard
+from model_proxy.web.http_limits import BoundedHttpToolsProtocol, guarded_protocol
 
 pytestmark = pytest.mark.anyio
 
 
 @asynccontextmanager
-async def served(proxy: Proxy) -> AsyncIterator[int]:
+async def served(
+    proxy: Proxy, protocol: type[BoundedHttpToolsProtocol] = BoundedHttpToolsProtocol
+) -> AsyncIterator[int]:
     """uvicorn on this event loop with the proxy's protocol; the lifespan is already
     running (app_proxy.py), so uvicorn leaves it alone. Yields the port."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        proxy.app, lifespan="off", log_config=None, http=BoundedHttpToolsProtocol
-    )
+    config = uvicorn.Config(proxy.app, lifespan="off", log_config=None, http=protocol)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
@@ -84,3 +85,25 @@ async def test_oversized_heads_and_non_http_bytes(deployment: Deployment, tmp_pa
         (400, "invalid_http"),
     ]
     assert all(set(body) == {"message", "code"} for _, body in refused)
+
+
+async def test_a_head_not_complete_in_time_is_answered_408_and_closed(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    protocol = guarded_protocol(ConnectionGuard(head_timeout=0.5))
+    async with deployment.proxy(tmp_path) as proxy, served(proxy, protocol) as port:
+        # Part of a head, then nothing: the 408 names what happened, then the close.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: pro")
+        answer = await asyncio.wait_for(reader.read(), 30)
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 ")
+        assert json.loads(body)["code"] == "request_head_timeout"
+        # Not a byte: closed without an answer.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(reader.read(), 30) == b""
+        writer.close()
+        # A whole head in time is served.
+        status, body = await exchange(port, get("/health"))
+        assert (status, body["status"]) == (200, "ok")

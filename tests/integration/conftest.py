@@ -135,6 +135,7 @@ def start_proxy(
         config_dir: Path | None = None,
         data_dir: Path | None = None,
         extra_args: Sequence[str] = (),
+        open_files: int | None = None,
     ) -> ProxyProcess:
         proxy = _or_fail(
             lambda: start_proxy_process(
@@ -145,6 +146,7 @@ def start_proxy(
                 env=env,
                 data_dir=data_dir,
                 extra_args=extra_args,
+                open_files=open_files,
             )
         )
         started.append(proxy)

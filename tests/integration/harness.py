@@ -334,6 +334,7 @@ class ProxyFactory(Protocol):
         config_dir: Path | None = None,
         data_dir: Path | None = None,
         extra_args: Sequence[str] = (),
+        open_files: int | None = None,
     ) -> ProxyProcess: ...
 
 
@@ -347,10 +348,12 @@ def start_proxy(
     data_dir: Path | None = None,
     log_dir: Path | None = None,
     extra_args: Sequence[str] = (),
+    open_files: int | None = None,
 ) -> ProxyProcess:
     """Write servers.json / models.json into ``config_dir`` (None: leave the file as it
     is) and run ``model-proxy serve`` there; raise HarnessError with its output if it
-    does not come up."""
+    does not come up. ``open_files`` sets both RLIMIT_NOFILE limits of the proxy (with
+    util-linux's ``prlimit``, so the proxy cannot raise it)."""
     config_dir.mkdir(parents=True, exist_ok=True)
     data_dir = data_dir or config_dir / "data"
     log_dir = log_dir or config_dir / "log"
@@ -361,9 +364,11 @@ def start_proxy(
     scheme = "https" if cert else "http"
     verify: ssl.SSLContext | bool = cert.ssl_context() if cert else True
     argvs: dict[int, list[str]] = {}
+    limit = [] if open_files is None else ["prlimit", f"--nofile={open_files}:{open_files}", "--"]
 
     def make(port: int) -> ManagedProcess:
         argvs[port] = [
+            *limit,
             *model_proxy_argv(),
             "serve",
             "--config-dir", str(config_dir),

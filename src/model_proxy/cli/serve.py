@@ -143,6 +143,19 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         " ignored (default: nobody's)",
     )
     add_option(
+        serve,
+        "request-head-timeout",
+        "15",
+        "seconds a client has to send a whole request head; slower ones are closed",
+    )
+    add_option(
+        serve,
+        "max-connections",
+        "auto",
+        "client connections open at once (auto: what the open-file limit allows, keeping"
+        " a quarter, at least 256, for PACS and model connections and files)",
+    )
+    add_option(
         serve, "cors-origins", "*", "comma-separated browser origins allowed to call the proxy"
     )
     add_option(
@@ -214,6 +227,8 @@ def serve(args: argparse.Namespace) -> int:
         pacs_concurrency=parse_count(args.pacs_concurrency, "pacs-concurrency", 1, 64),
         max_running_jobs=parse_count(args.max_running_jobs, "max-running-jobs", 1, 10_000),
         job_retention=parse_duration(args.job_retention, "job-retention"),
+        request_head_timeout=parse_seconds(args.request_head_timeout, "request-head-timeout"),
+        max_connections=_max_connections(args.max_connections),
     )
     port = parse_port(args.port)
     forwarded_allow_ips = parse_forwarded_allow_ips(args.forwarded_allow_ips)
@@ -288,10 +303,27 @@ def run_server(
     import uvicorn
 
     from model_proxy.app import create_app
-    from model_proxy.web.http_limits import BoundedHttpToolsProtocol
+    from model_proxy.web.connection_guard import (
+        ConnectionGuard,
+        connection_cap,
+        raise_open_file_limit,
+    )
+    from model_proxy.web.http_limits import guarded_protocol
 
+    open_files = raise_open_file_limit()
+    guard = ConnectionGuard(
+        head_timeout=settings.request_head_timeout,
+        max_connections=connection_cap(settings.max_connections, open_files),
+    )
     scheme = "https" if tls_files else "http"
-    logger.info("serving on %s://%s:%d", scheme, host, port)
+    logger.info(
+        "serving on %s://%s:%d (open-file limit %d, at most %d client connections)",
+        scheme,
+        host,
+        port,
+        open_files,
+        guard.max_connections,
+    )
     uvicorn_config = uvicorn.Config(
         create_app(settings, config, access),
         host=host,
@@ -300,7 +332,7 @@ def run_server(
         ssl_keyfile=str(tls_files[1]) if tls_files else None,
         log_config=None,
         server_header=False,
-        http=BoundedHttpToolsProtocol,
+        http=guarded_protocol(guard),
         timeout_graceful_shutdown=shutdown_grace,
         proxy_headers=bool(forwarded_allow_ips),
         forwarded_allow_ips=forwarded_allow_ips or None,
@@ -328,6 +360,12 @@ def _uid_root(value: str) -> str:
         return check_uid_root(value)
     except ValueError as exc:
         raise CommandError(f"--uid-root: {exc}") from None
+
+
+def _max_connections(value: str) -> int | None:
+    if value.strip().lower() == "auto":
+        return None
+    return parse_count(value, "max-connections", 1, 10_000_000)
 
 
 def _audit_log(value: str | None, log_dir: Path | None, data_dir: Path) -> Path | None:

@@ -12,17 +12,24 @@ the proxy's error shape:
 - bytes that are not HTTP at all: ``400 invalid_http`` (uvicorn's own answer is plain
   text).
 
+It also holds each connection to the deadline for its request head and to the cap on
+open connections of a ``ConnectionGuard`` (web/connection_guard.py): ``guarded_protocol``
+makes the class with the guard of one server.
+
 It plugs in through uvicorn's documented ``http=`` option (a protocol class).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import ClassVar
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from model_proxy.errors import ErrorCode
+from model_proxy.web.connection_guard import ConnectionGuard
 
 logger = logging.getLogger(__name__)
 
@@ -44,26 +51,54 @@ LINGER_SECONDS = 10.0
 
 _REASONS = {
     400: b"Bad Request",
+    408: b"Request Timeout",
     414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
 }
 
 
+def guarded_protocol(guard: ConnectionGuard) -> type[BoundedHttpToolsProtocol]:
+    """The protocol class for one server, with its guard (uvicorn wants a class)."""
+    return type("GuardedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"guard": guard})
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the request-head limits above."""
+
+    # The default: the head deadline, no cap (guarded_protocol gives a server its own).
+    guard: ClassVar[ConnectionGuard] = ConnectionGuard()
 
     _url_bytes = 0
     _header_bytes = 0
     _header_count = 0
     _refused = False
+    _head_timer: asyncio.TimerHandle | None = None
+    _head_started = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if not self.guard.admit(self):
+            transport.abort()
+            return
+        self._await_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        self.guard.release(self)
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # the answer is sent; drop the rest of the request (see LINGER_SECONDS)
+        if self._head_timer is None and self._between_requests():
+            # The first bytes of the next request on a kept-alive connection (uvicorn's
+            # keep-alive timer stops at any byte): its head gets the same deadline.
+            self._await_head()
         super().data_received(data)
 
     def on_message_begin(self) -> None:
         self._url_bytes = self._header_bytes = self._header_count = 0
+        self._head_started = True
         super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:
@@ -101,7 +136,48 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         if not self._refused:
+            self._head_started = False
+            self._cancel_head_timer()
+            self.guard.head_received(self)
             super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._between_requests() and not self.transport.is_closing():
+            # Idle on keep-alive: closed first if the connection cap needs room.
+            self.guard.awaiting_head(self)
+
+    def shed(self) -> None:
+        """The connection cap needs room: close now (abort: a TLS close would wait for
+        the client's close_notify, and this client is not answering)."""
+        self._cancel_head_timer()
+        self.transport.abort()
+
+    def _between_requests(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def _await_head(self) -> None:
+        self._head_timer = self.loop.call_later(self.guard.head_timeout, self._head_timed_out)
+        self.guard.awaiting_head(self)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self._between_requests() or self.transport.is_closing():
+            return
+        self.guard.head_timed_out()
+        if self._head_started and not self._refused:
+            # Part of a head came: tell a client that is merely slow what happened.
+            self._write_error(
+                408,
+                ErrorCode.REQUEST_HEAD_TIMEOUT,
+                f"the request head was not complete within {self.guard.head_timeout:g} s",
+            )
+        self.shed()
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
@@ -123,6 +199,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._refused = True
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown client"
         logger.info("refused a request from %s: %d %s", client, status, code)
+        self._write_error(status, code, message)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def _write_error(self, status: int, code: ErrorCode, message: str) -> None:
         body = orjson.dumps({"message": message, "code": code})
         head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status])]
         for name, value in self.server_state.default_headers:
@@ -132,6 +214,3 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             % len(body)
         )
         self.transport.write(b"".join(head) + body)
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        self.loop.call_later(LINGER_SECONDS, self.transport.close)
