@@ -51,6 +51,9 @@ class Settings:
     watch_config: float = 0.0
     # Results on disk under data_dir/result-cache, LRU-evicted past this; 0: no cache.
     cache_max_bytes: int = 2048 * MiB
+    # Results not cached, spooled for viewers that read slower than the model answers
+    # (inference/runner.py); past this many bytes held, results stream straight through.
+    result_spool_bytes: int = 2048 * MiB
     # Instance bytes in flight across all inferences (docs/performance.md).
     memory_budget: int = 512 * MiB
     # Past either limit, a new inference is answered 503 with Retry-After.

@@ -97,9 +97,9 @@ async def test_a_head_not_complete_in_time_is_answered_408_and_closed(
         writer.write(b"GET /health HTTP/1.1\r\nHost: pro")
         answer = await asyncio.wait_for(reader.read(), 30)
         writer.close()
-        head, _, body = answer.partition(b"\r\n\r\n")
+        head, _, raw_body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 408 ")
-        assert json.loads(body)["code"] == "request_head_timeout"
+        assert json.loads(raw_body)["code"] == "request_head_timeout"
         # Not a byte: closed without an answer.
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         assert await asyncio.wait_for(reader.read(), 30) == b""

@@ -9,6 +9,12 @@ the model call is cancelled: nobody is waiting for it.
 
 A failure before the first byte reaches every reader as the error itself
 (the same 404/502/504 for all); after it, every reader's stream raises it.
+
+A *private* flight (``Flights.private``) is the same without the sharing: one
+reader, and a spool that never becomes a cache entry and goes when that reader
+leaves. It serves the results that are not cached (``--cache-size 0``, data
+without a fingerprint): the model call, and the inference slot it holds, end when
+the model has answered, however slowly the viewer reads (issue 16, item 3).
 """
 
 from __future__ import annotations
@@ -34,8 +40,9 @@ Producer = Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]]
 class Flight:
     """One model call, its result spooled to a file that readers follow."""
 
-    def __init__(self, key: str, spool: Spool) -> None:
+    def __init__(self, key: str, spool: Spool, *, shared: bool = True) -> None:
         self.key = key
+        self.shared = shared
         self._spool = spool
         self.path: Path = spool.path
         self.written = 0
@@ -105,6 +112,7 @@ class Flights:
     def __init__(self, store: ResultStore) -> None:
         self._store = store
         self._flights: dict[str, Flight] = {}
+        self._private: set[Flight] = set()
 
     def join(self, key: str, producer: Producer) -> Flight:
         """The flight for ``key``: the one under way, or a new one running ``producer``.
@@ -117,15 +125,34 @@ class Flights:
         flight.readers += 1
         return flight
 
+    def private(self, producer: Producer) -> Flight:
+        """A flight for one reader (the caller, until it calls ``leave``), spooled
+        but never cached; raises OSError when the spool cannot be created."""
+        flight = Flight("", self._store.private_spool(), shared=False)
+        self._private.add(flight)
+        flight.readers = 1
+        flight.task = asyncio.create_task(self._fly(flight, producer))
+        return flight
+
     @property
     def active(self) -> int:
         return len(self._flights)
 
+    @property
+    def private_bytes(self) -> int:
+        """Bytes in the private spools of readers that have not left."""
+        return sum(flight.written for flight in self._private)
+
     def leave(self, flight: Flight) -> None:
         flight.readers -= 1
-        if flight.readers == 0 and not flight.done and flight.task is not None:
+        if flight.readers > 0:
+            return
+        if not flight.done and flight.task is not None:
             logger.info("result cache: every reader left; cancelling the model call")
             flight.task.cancel()
+        elif not flight.shared:
+            flight._spool.discard()
+        self._private.discard(flight)
 
     async def _fly(self, flight: Flight, producer: Producer) -> None:
         try:
@@ -136,8 +163,12 @@ class Flights:
             if not isinstance(exc, Exception):
                 raise
         else:
-            flight.committed = self._store.commit(flight._spool)
+            if flight.shared:
+                flight.committed = self._store.commit(flight._spool)
+            else:
+                flight._spool.close()  # the reader still reads it; gone when it leaves
         finally:
             flight.done = True
-            del self._flights[flight.key]
+            if flight.shared:
+                del self._flights[flight.key]
             flight._notify()

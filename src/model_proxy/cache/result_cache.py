@@ -53,6 +53,13 @@ class ResultCache:
             except OSError as exc:
                 logger.warning("result cache disabled: cannot use %s (%s)", root, exc)
                 self.enabled = False
+        else:
+            # Private spools (cache/flights.py) still go to tmp/: clear a stopped
+            # process's leftovers without touching the entries of a cache turned off.
+            try:
+                self.store.empty_tmp()
+            except OSError as exc:
+                logger.warning("result spool: cannot use %s (%s)", root / "tmp", exc)
 
     async def read_whole(self, key: str, coding: str) -> bytes | None:
         """A small entry, checked; None when absent, too big to read whole, or damaged."""

@@ -56,6 +56,10 @@ class Spool:
         self._file.write(_TRAILER.pack(_MAGIC, self.size, self._crc))
         self._file.close()
 
+    def close(self) -> None:
+        """Stop writing and keep the file as it is (a private spool: no trailer)."""
+        self._file.close()
+
     def discard(self) -> None:
         self._file.close()
         self.path.unlink(missing_ok=True)
@@ -73,11 +77,15 @@ class ResultStore:
         self._entries: OrderedDict[str, dict[str, int]] = OrderedDict()
         self.total_bytes = 0
 
-    def open(self) -> None:
-        """Create the folder, empty tmp/ and index the entries already there."""
+    def empty_tmp(self) -> None:
+        """Create tmp/ and remove what a stopped process left there."""
         self._tmp.mkdir(parents=True, exist_ok=True)
         for leftover in self._tmp.iterdir():
             leftover.unlink(missing_ok=True)
+
+    def open(self) -> None:
+        """Create the folder, empty tmp/ and index the entries already there."""
+        self.empty_tmp()
         found: list[tuple[int, str, str, int]] = []
         for path in self.root.iterdir():
             key, _, coding = path.name.partition(".")
@@ -110,6 +118,11 @@ class ResultStore:
 
     def spool(self, key: str, coding: str) -> Spool:
         return Spool(self._tmp / f"{key}.{coding}.{secrets.token_hex(4)}", key, coding)
+
+    def private_spool(self) -> Spool:
+        """A file in tmp/ for one request's result, never committed (cache on or off)."""
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        return Spool(self._tmp / f"private.{secrets.token_hex(8)}", "", "identity")
 
     def commit(self, spool: Spool) -> bool:
         """Close ``spool`` and rename it into place; False (and discarded) when it

@@ -109,6 +109,13 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     )
     add_option(
         serve,
+        "result-spool-size",
+        "2GiB",
+        "disk space for results not cached, held for viewers that read slowly so the model"
+        " call ends when the model has answered (0: stream them straight through)",
+    )
+    add_option(
+        serve,
         "memory-budget",
         "512MiB",
         "instance data all inferences may hold in memory at once (like 512MiB, 2GiB)",
@@ -220,6 +227,7 @@ def serve(args: argparse.Namespace) -> int:
         cache_max_bytes=parse_size(args.cache_size, "cache-size"),
         uid_root=_uid_root(args.uid_root),
         dicom_max_result_bytes=parse_size(args.dicom_max_result, "dicom-max-result"),
+        result_spool_bytes=parse_size(args.result_spool_size, "result-spool-size"),
         memory_budget=parse_memory_budget(args.memory_budget),
         max_concurrent_inferences=parse_count(
             args.max_concurrent_inferences, "max-concurrent-inferences", 1, 100_000

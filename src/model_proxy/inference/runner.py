@@ -10,9 +10,11 @@ server, a request is answered, in this order:
 3. by joining the flight of an identical request under way, or starting one
    (cache/flights.py), and reading its result as it is written.
 
-Otherwise (cache off, data without a fingerprint) the model's answer streams
-straight through. Either way the model's first window is read before the
-outcome is handed over, so an upstream failure up to then is a normal error
+Otherwise (cache off, data without a fingerprint) the model's answer is spooled
+to a private file the viewer reads as it grows (a private flight), so a viewer
+that reads slowly does not hold the inference slot; past ``--result-spool-size``
+it streams straight through. Either way the model's first window is read before
+the outcome is handed over, so an upstream failure up to then is a normal error
 answer. The model call itself (``_model_result``) takes a memory window from
 admission control, streams the body plan through the pipeline into the model
 client, and holds its own lease on the config state it runs on.
@@ -219,34 +221,65 @@ class InferenceRunner:
                     await append(chunk)
 
     async def _flight(self, key: str, headers: dict[str, str]) -> Outcome:
-        cache = self._cache
         try:
-            flight = cache.flights.join(key, self._produce)
+            flight = self._cache.flights.join(key, self._produce)
         except OSError as exc:
             # A full or unwritable disk must not stop inferences: no cache for this one.
             logger.warning("result cache: cannot spool a result (%s); streaming it directly", exc)
-            return await self._direct(headers)
+            return await self._stream_through(headers)
+        return await self._follow(flight, headers, cache_key=key)
+
+    async def _direct(self, headers: dict[str, str]) -> Outcome:
+        """A result that is not cached, spooled to a private file the viewer reads at
+        its own pace: the inference slot is free once the model has answered. Past
+        ``--result-spool-size`` of such files, or without a writable disk, it streams
+        straight through (the slot then waits for the viewer)."""
+        flights = self._cache.flights
+        limit = self._state.settings.result_spool_bytes
+        if flights.private_bytes >= limit:
+            if limit:
+                logger.warning(
+                    "result spool full (--result-spool-size, %d bytes held by slow"
+                    " viewers); streaming this result directly",
+                    limit,
+                )
+            return await self._stream_through(headers)
+        try:
+            flight = flights.private(self._produce)
+        except OSError as exc:
+            logger.warning("result spool: cannot spool a result (%s); streaming it directly", exc)
+            return await self._stream_through(headers)
+        return await self._follow(flight, headers, cache_key=None)
+
+    async def _follow(
+        self, flight: Flight, headers: dict[str, str], cache_key: str | None
+    ) -> Outcome:
+        """The result of ``flight`` as it is written; with ``cache_key``, a compressed
+        copy is cached too."""
+        flights = self._cache.flights
         try:
             reader = flight.reader()
             first = await _first(reader, flight)
         except BaseException:
-            cache.flights.leave(flight)
+            flights.leave(flight)
             raise
         body = _prepend(first, reader)
         encoding = self.request.encoding
         if encoding is not None:
-            body = cache.tee(
-                compress_stream(body, encoding), key, encoding, commit_if=lambda: flight.committed
-            )
+            body = compress_stream(body, encoding)
+            if cache_key is not None:
+                body = self._cache.tee(
+                    body, cache_key, encoding, commit_if=lambda: flight.committed
+                )
         log = self._log("model", lambda: flight.written)
 
         async def finalize(error: BaseException | None) -> None:
-            cache.flights.leave(flight)
+            flights.leave(flight)
             await log(error)
 
         return Outcome(200, headers, body, finalize)
 
-    async def _direct(self, headers: dict[str, str]) -> Outcome:
+    async def _stream_through(self, headers: dict[str, str]) -> Outcome:
         stack = AsyncExitStack()
         try:
             result = await stack.enter_async_context(self._model_result())
