@@ -98,6 +98,8 @@ class ErrorCode(StrEnum):
     GATEWAY_TIMEOUT = "gateway_timeout"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     OVERLOADED = "overloaded"
+    PACS_CONNECTIONS_BUSY = "pacs_connections_busy"
+    MODEL_CONNECTIONS_BUSY = "model_connections_busy"
     TOO_MANY_INFERENCES = "too_many_inferences"
     MEMORY_BUDGET_EXHAUSTED = "memory_budget_exhausted"
 

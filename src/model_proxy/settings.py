@@ -33,6 +33,8 @@ class Settings:
     # 0: every call probes, still one round at a time.
     status_cache_seconds: float = 5.0
     pacs_timeouts: Timeouts = field(default_factory=lambda: Timeouts(connect=10.0, idle=60.0))
+    # A PACS that never starts answering is reported within this, retries included.
+    pacs_answer_deadline: float = 60.0
     # A model may think for minutes before its first byte.
     model_timeouts: Timeouts = field(default_factory=lambda: Timeouts(connect=10.0, idle=600.0))
     max_instance_bytes: int = 1024 * MiB

@@ -55,6 +55,13 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         serve, "pacs-timeout", "60", "seconds a PACS may stay silent before the request fails"
     )
     add_option(
+        serve,
+        "pacs-answer-deadline",
+        "60",
+        "seconds a PACS has to start answering a retrieval, retries included; a PACS"
+        " that has started sending is never cut by it",
+    )
+    add_option(
         serve, "model-timeout", "600", "seconds a model may stay silent before the request fails"
     )
     add_option(serve, "probe-timeout", "10", "seconds a /status probe may take")
@@ -209,6 +216,7 @@ def serve(args: argparse.Namespace) -> int:
         show_status_page=env_flag("ZHIVA_SHOW_STATUS_PAGE"),
         status_cache_seconds=parse_seconds(args.status_cache, "status-cache", allow_zero=True),
         pacs_timeouts=Timeouts(idle=parse_seconds(args.pacs_timeout, "pacs-timeout"), probe=probe),
+        pacs_answer_deadline=parse_seconds(args.pacs_answer_deadline, "pacs-answer-deadline"),
         model_timeouts=Timeouts(
             idle=parse_seconds(args.model_timeout, "model-timeout"), probe=probe
         ),

@@ -10,7 +10,14 @@ from contextlib import aclosing, asynccontextmanager, contextmanager
 import httpx
 
 from model_proxy.config import ServerConfig
-from model_proxy.errors import ErrorCode, NotFound, PacsError, ProxyError, short_id
+from model_proxy.errors import (
+    ErrorCode,
+    NotFound,
+    PacsError,
+    ProxyError,
+    UpstreamTimeout,
+    short_id,
+)
 from model_proxy.pacs.fingerprint import qido_fingerprint
 from model_proxy.pacs.instance_key import instance_key
 from model_proxy.pacs.multipart import (
@@ -32,6 +39,9 @@ from model_proxy.upstream.retry import (
 
 logger = logging.getLogger(__name__)
 
+# How long a retrieval may wait for the PACS to start answering, retries included.
+DEFAULT_ANSWER_DEADLINE = 60.0
+
 # transfer-syntax=* asks for the instances as stored: no server-side transcoding,
 # which is slow and may fail for compressed syntaxes the model can read anyway.
 WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -49,8 +59,10 @@ class DicomWebSource:
         retry: RetryPolicy | None = None,
         auth: httpx.Auth | None = None,
         max_connections: int = 32,
+        answer_deadline: float = DEFAULT_ANSWER_DEADLINE,
     ) -> None:
         self.label = f"PACS {short_id(server.id)}"
+        self._answer_deadline = answer_deadline
         self._server = server
         self._max_instance_bytes = max_instance_bytes
         self._timeouts = timeouts
@@ -88,17 +100,33 @@ class DicomWebSource:
 
     async def _open(self, target: Target, budget: RetryBudget) -> httpx.Response:
         """Send the WADO-RS request until it is answered with data, retrying what
-        may be transient (timeouts, broken connections, 429/502/503/504)."""
+        may be transient (timeouts, broken connections, 429/502/503/504).
+
+        The attempts, their waits and backoffs share one deadline for the answer's
+        head (``answer_deadline``): a PACS that never answers is reported within it,
+        not after an idle timeout per attempt. Once the head is in, the body streams
+        under the idle timeout alone: a PACS sending slowly is never cut."""
         url = self.url_for(target)
-        response = await send_with_retries(
-            self._client,
-            lambda: self._client.build_request("GET", url, headers={"Accept": WADO_ACCEPT}),
-            budget,
-            label=self.label,
-            error_type=PacsError,
-            retry_statuses=RETRYABLE_STATUSES,
-            context=f" for {target.describe()}",
-        )
+        deadline = asyncio.timeout(self._answer_deadline)
+        try:
+            async with deadline:
+                response = await send_with_retries(
+                    self._client,
+                    lambda: self._client.build_request("GET", url, headers={"Accept": WADO_ACCEPT}),
+                    budget,
+                    label=self.label,
+                    error_type=PacsError,
+                    retry_statuses=RETRYABLE_STATUSES,
+                    context=f" for {target.describe()}",
+                )
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise UpstreamTimeout(
+                f"{self.label}: no answer for {target.describe()} within"
+                f" {self._answer_deadline:g} s (--pacs-answer-deadline){budget.tries()}",
+                upstream=self.label,
+            ) from None
         try:
             self._check_status(response, target, budget)
         except BaseException:

@@ -138,5 +138,6 @@ def _make_source(server: ServerConfig, settings: Settings, auth: PacsAuth) -> Di
         # Every running inference may hold pacs_concurrency retrievals: none may
         # wait for a pooled connection held by a retrieval that waits on it.
         max_connections=settings.max_concurrent_inferences * settings.pacs_concurrency,
+        answer_deadline=settings.pacs_answer_deadline,
     )
     return GuardedSource(source, CircuitBreaker(source.label, settings.breaker))

@@ -2,7 +2,10 @@
 
 Foreign exceptions stop here: whatever httpx raises while talking to a PACS or
 a model becomes a PacsError/ModelError (502) or an UpstreamTimeout (504) whose
-message names the upstream and what failed, and never carries a credential.
+message names the upstream and what failed, and never carries a credential. A
+wait for a free pooled connection that times out is the proxy's own congestion,
+not the upstream's failure: 503 ``pacs_connections_busy`` (or
+``model_connections_busy``) with Retry-After.
 """
 
 from __future__ import annotations
@@ -14,8 +17,19 @@ from dataclasses import dataclass
 
 import httpx
 
-from model_proxy.errors import ProxyError, UpstreamError, UpstreamTimeout
+from model_proxy.errors import (
+    ErrorCode,
+    Overloaded,
+    PacsError,
+    ProxyError,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from model_proxy.upstream.transport import UpstreamTransport
+
+# Retry-After when every pooled connection to an upstream is busy: one of the
+# retrievals holding them has to finish, and a series takes seconds.
+POOL_RETRY_AFTER_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -79,12 +93,22 @@ def translated(
     exc: httpx.HTTPError, label: str, error_type: type[UpstreamError], *, note: str = ""
 ) -> ProxyError:
     """The ProxyError for an httpx failure of upstream ``label``; ``note`` ends the message."""
+    if isinstance(exc, httpx.PoolTimeout):
+        # Every pooled connection to this upstream is busy with other requests: no
+        # upstream label, so its circuit breaker does not count it.
+        return Overloaded(
+            f"model-proxy is busy: every connection to {label} is in use by other"
+            f" requests; retry later{note}",
+            code=ErrorCode.PACS_CONNECTIONS_BUSY
+            if issubclass(error_type, PacsError)
+            else ErrorCode.MODEL_CONNECTIONS_BUSY,
+            retry_after=POOL_RETRY_AFTER_SECONDS,
+        )
     if isinstance(exc, httpx.TimeoutException):
         phase = {
             httpx.ConnectTimeout: "connecting",
             httpx.ReadTimeout: "waiting for data",
             httpx.WriteTimeout: "sending data",
-            httpx.PoolTimeout: "waiting for a free connection",
         }.get(type(exc), "waiting")
         return UpstreamTimeout(f"{label}: timed out while {phase}{note}", upstream=label)
     if isinstance(exc, httpx.ConnectError):
@@ -100,7 +124,10 @@ def translated(
 
 def is_transient(exc: httpx.HTTPError) -> bool:
     """Whether another attempt might succeed: a timeout or a broken connection,
-    not a refused certificate or a malformed URL."""
+    not a refused certificate or a malformed URL, nor a wait for a pooled
+    connection (another one would wait behind the same busy connections)."""
+    if isinstance(exc, httpx.PoolTimeout):
+        return False
     if not isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError):
         return False
     return "CERTIFICATE_VERIFY_FAILED" not in str(exc)
