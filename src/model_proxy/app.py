@@ -13,7 +13,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.types import ExceptionHandler
 
 from model_proxy import __version__
 from model_proxy.access import AccessPolicy
@@ -21,11 +21,16 @@ from model_proxy.access.guard import JWKS_TIMEOUTS
 from model_proxy.access.jwks import JwksCaches
 from model_proxy.access.posture import log_posture
 from model_proxy.audit import REQUEST_ID_HEADER, AuditMiddleware, AuditWriter, audit_record
+from model_proxy.audit.request_log import log_request
 from model_proxy.config import ProxyConfig
 from model_proxy.errors import ErrorCode, ProxyError
 from model_proxy.jobs import JobManager, JobPolicy, JobStore
 from model_proxy.jobs.store import JOB_STORE_FILE
-from model_proxy.routes import inference, jobs, openapi, status
+from model_proxy.metrics import ProxyMetrics
+from model_proxy.metrics import endpoint as metrics_endpoint
+from model_proxy.metrics.collector import StateCollector
+from model_proxy.metrics.endpoint import MetricsPort
+from model_proxy.routes import health, inference, jobs, openapi, status
 from model_proxy.runtime.capacity import Capacity
 from model_proxy.runtime.reload import LeaseMiddleware, LiveState, Reloader
 from model_proxy.runtime.state import ProxyState
@@ -44,6 +49,19 @@ def create_app(
     audit = AuditWriter(settings.audit_log) if settings.audit_log else None
 
     live = LiveState()
+    metrics = ProxyMetrics()
+    metrics.registry.register(StateCollector(lambda: getattr(app.state, "proxy", None)))
+    metrics_port = (
+        MetricsPort(
+            settings.metrics_host,
+            settings.metrics_port,
+            guard=lambda: app.state.proxy.access,
+            metrics=metrics,
+            exception_handlers=_EXCEPTION_HANDLERS,
+        )
+        if settings.metrics_port is not None
+        else None
+    )
 
     def put_in_force(state: ProxyState) -> None:
         app.state.proxy = state  # the state in force; requests use their leased one
@@ -52,7 +70,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        capacity = Capacity.create(settings)
+        capacity = Capacity.create(settings, metrics)
         jwks_caches = JwksCaches(JWKS_TIMEOUTS)
         state = ProxyState.build(settings, config, capacity, access=access, jwks_caches=jwks_caches)
         await live.replace(state)
@@ -67,6 +85,8 @@ def create_app(
             audit.start()
         app.state.jobs = await _start_jobs(settings, state, live)
         app.state.job_progress_interval = settings.job_progress_interval
+        if metrics_port is not None:
+            await metrics_port.start()
         log_posture(
             cors_origins=settings.cors_origins,
             auth_source=access.source if access else None,
@@ -84,6 +104,8 @@ def create_app(
         finally:
             if app.state.jobs is not None:
                 await app.state.jobs.aclose()  # running jobs stay queued for the next start
+            if metrics_port is not None:
+                await metrics_port.stop()
             await reloader.stop()
             await live.aclose()
             capacity.close()
@@ -94,7 +116,8 @@ def create_app(
 
     app = Starlette(
         routes=[
-            Route("/health", health, methods=["GET"]),
+            *health.routes,
+            *metrics_endpoint.routes,
             *status.routes,
             *openapi.routes,
             *jobs.routes,
@@ -117,15 +140,20 @@ def create_app(
                 ],
                 max_age=600,
             ),
-            Middleware(AuditMiddleware, writer=audit, prefixes=(*inference.prefixes, "/jobs")),
+            Middleware(
+                AuditMiddleware,
+                writer=audit,
+                prefixes=(*inference.prefixes, "/jobs"),
+                observers=[metrics.observe_request, log_request],
+            ),
         ],
-        exception_handlers={
-            ProxyError: handle_proxy_error,
-            HTTPException: handle_http_exception,
-            Exception: handle_unexpected,
-        },
+        exception_handlers=_EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    app.state.metrics = metrics
+    app.state.access_in_force = lambda: app.state.proxy.access
+    # Replaced by cli/serve.py with uvicorn's view: /readyz fails while it drains.
+    app.state.is_draining = lambda: False
     return app
 
 
@@ -150,22 +178,11 @@ async def _start_jobs(settings: Settings, state: ProxyState, live: LiveState) ->
     return manager
 
 
-async def health(request: Request) -> Response:
-    return JSONResponse({"status": "ok", "version": __version__})
-
-
 async def handle_proxy_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProxyError)
-    log = logger.warning if exc.status_code >= 500 else logger.info
-    log(
-        "%s %s -> %d %s: %s",
-        request.method,
-        request.url.path,
-        exc.status_code,
-        exc.code,
-        exc.message,
-    )
-    audit_record(request).code = exc.code
+    # Logged on the request's one line (audit/request_log.py).
+    record = audit_record(request)
+    record.code, record.error = exc.code, exc.message
     return JSONResponse(exc.to_json(), status_code=exc.status_code, headers=exc.headers())
 
 
@@ -181,7 +198,8 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
         code = ErrorCode.METHOD_NOT_ALLOWED
     else:
         message, code = str(exc.detail), ErrorCode.HTTP_ERROR
-    audit_record(request).code = code
+    record = audit_record(request)
+    record.code, record.error = code, message
     return JSONResponse(
         {"message": message, "code": code}, status_code=exc.status_code, headers=exc.headers
     )
@@ -194,3 +212,10 @@ async def handle_unexpected(request: Request, exc: Exception) -> Response:
         {"message": "internal error in model-proxy; see its log", "code": ErrorCode.INTERNAL_ERROR},
         status_code=500,
     )
+
+
+_EXCEPTION_HANDLERS: dict[type[Exception], ExceptionHandler] = {
+    ProxyError: handle_proxy_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
+}

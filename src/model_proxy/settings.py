@@ -85,3 +85,8 @@ class Settings:
     request_head_timeout: float = 15.0
     # Open client connections at once; None: as many as the open-file limit allows.
     max_connections: int | None = None
+    # --metrics-port: /metrics also on this plain-HTTP port (in-cluster scraping).
+    metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"
+    # /readyz also probes every PACS and model (--ready-requires-upstreams).
+    ready_requires_upstreams: bool = False

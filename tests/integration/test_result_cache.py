@@ -147,7 +147,7 @@ def test_a_repeated_request_is_answered_from_the_cache(setup: CacheSetup) -> Non
     assert second.content == first.content
     assert setup.calls("hit") == 1
     assert second.headers["content-length"] == str(len(first.content))
-    assert "from=model" in setup.proxy.log_text()
+    assert "cache=miss" in setup.proxy.log_text()
 
 
 def test_etag_and_if_none_match(setup: CacheSetup) -> None:

@@ -94,6 +94,7 @@ class Gateway:
         self._outcomes: Counter[str] = Counter()
         self._seen_tokens: Counter[str] = Counter()
         self._requests: list[tuple[str, str, int]] = []
+        self._request_ids: list[str | None] = []
         self._rejections = (0, 0)  # (count, status) still to answer
         self._client: httpx.AsyncClient | None = None
         app = Starlette(
@@ -140,8 +141,15 @@ class Gateway:
         with self._lock:
             return list(self._requests)
 
+    @property
+    def request_ids(self) -> list[str | None]:
+        """The X-Request-ID header of every request so far (None where it had none)."""
+        with self._lock:
+            return list(self._request_ids)
+
     def reset_counters(self) -> None:
         with self._lock:
+            self._request_ids.clear()
             self._status_counts.clear()
             self._outcomes.clear()
             self._seen_tokens.clear()
@@ -198,6 +206,7 @@ class Gateway:
             self._status_counts[status] += 1
             self._outcomes[outcome] += 1
             self._requests.append((request.method, request.url.path, status))
+            self._request_ids.append(request.headers.get("x-request-id"))
 
     def _authorize(self, request: Request) -> None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")

@@ -146,16 +146,16 @@ class AccessGuard:
             f"You have no access to {which} {server_id}{hint}", code=ErrorCode.NO_SERVER_ACCESS
         )
 
-    def authorize_monitoring(self, caller: Caller) -> None:
-        """Forbidden unless ``caller`` may see /status: access.json's ``monitoring``
-        rule lists it, or there is no such rule."""
+    def authorize_monitoring(self, caller: Caller, *, route: str = "/status") -> None:
+        """Forbidden unless ``caller`` may see a monitoring route (/status, /metrics):
+        access.json's ``monitoring`` rule lists it, or there is no such rule."""
         if self.policy is None or self.policy.monitoring is None:
             return
         if _grants(self.policy.monitoring, caller):
             return
         logger.info("%s may not see the monitoring routes", caller.identity)
         raise Forbidden(
-            'You have no access to /status (access.json grants it under "monitoring")',
+            f'You have no access to {route} (access.json grants it under "monitoring")',
             code=ErrorCode.NO_MONITORING_ACCESS,
         )
 

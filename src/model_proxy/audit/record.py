@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
@@ -26,13 +26,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model_proxy.errors import ErrorCode
 from model_proxy.models.body import InstanceInput, SeriesInput
+from model_proxy.upstream.request_id import REQUEST_ID_HEADER, current_request_id
 
 if TYPE_CHECKING:
     from model_proxy.inference.request import InferenceRequest
 
 from .writer import AuditWriter
 
-REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _STATE_KEY = "audit_record"
 
@@ -43,6 +43,8 @@ class InferenceFigures(Protocol):
     model_called: bool
     instances_in: int
     dicom_bytes_in: int
+    wire_bytes_out: int
+    cache: str | None
 
 
 @dataclass
@@ -68,6 +70,9 @@ class AuditRecord:
     figures: InferenceFigures | None = None
     result_bytes_out: int = 0
     duration_ms: float = 0.0
+    # The error's message, for the request's log line (not in the audit JSON: the
+    # caller was told it, the audit trail keeps the code).
+    error: str | None = None
     _started: float = field(default_factory=perf_counter, repr=False)
 
     def fill(
@@ -147,22 +152,36 @@ def _new_record(scope: Scope) -> AuditRecord:
     )
 
 
+# Told of every finished request's record: the metrics and the request log line.
+RecordObserver = Callable[["AuditRecord"], None]
+
+
 class AuditMiddleware:
-    """Pure ASGI: audits requests whose path starts with one of ``prefixes``."""
+    """Pure ASGI: keeps a record of every HTTP request, hands each finished one to the
+    ``observers`` and writes those whose path starts with one of ``prefixes`` (the
+    inference routes) to the audit log."""
 
     def __init__(
-        self, app: ASGIApp, *, writer: AuditWriter | None, prefixes: Sequence[str]
+        self,
+        app: ASGIApp,
+        *,
+        writer: AuditWriter | None,
+        prefixes: Sequence[str],
+        observers: Sequence[RecordObserver] = (),
     ) -> None:
         self.app = app
         self.writer = writer
         self.prefixes = tuple(prefixes)
+        self.observers = tuple(observers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(self.prefixes):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         record = _new_record(scope)
         scope.setdefault("state", {})[_STATE_KEY] = record
+        # Sent on with every upstream call this request makes (upstream/request_id.py).
+        current_request_id.set(record.request_id)
         finished = False
 
         async def watch(message: Message) -> None:
@@ -191,8 +210,10 @@ class AuditMiddleware:
             if (record.status or 0) >= 400:
                 record.result_bytes_out = 0  # an error body is not a result
             record.duration_ms = (perf_counter() - record._started) * 1000
-            if self.writer is not None:
+            if self.writer is not None and record.path.startswith(self.prefixes):
                 self.writer.write(record.to_json())
+            for observe in self.observers:
+                observe(record)
 
 
 def _outcome(status: int | None, finished: bool) -> str:

@@ -134,6 +134,10 @@ class Flights:
         flight.task = asyncio.create_task(self._fly(flight, producer))
         return flight
 
+    def under_way(self, key: str) -> bool:
+        """Whether ``join`` would join a flight rather than start one."""
+        return key in self._flights
+
     @property
     def active(self) -> int:
         return len(self._flights)

@@ -10,6 +10,7 @@ import ipaddress
 import math
 import os
 import re
+from enum import StrEnum
 from pathlib import Path
 
 from model_proxy.access import AccessPolicy
@@ -66,6 +67,15 @@ def parse_duration(value: str, flag: str) -> float:
             f"--{flag} must be a positive duration like 3600, 30m, 12h or 7d, got {value!r}"
         )
     return seconds
+
+
+def parse_choice(value: str, flag: str, choices: type[StrEnum]) -> str:
+    """``value`` if it names one of ``choices`` (any case), in its canonical spelling."""
+    lowered = value.strip().lower()
+    if lowered not in {choice.value for choice in choices}:
+        allowed = ", ".join(choice.value for choice in choices)
+        raise CommandError(f"--{flag} must be one of {allowed}, got {value!r}")
+    return lowered
 
 
 def parse_count(value: str, flag: str, low: int, high: int) -> int:

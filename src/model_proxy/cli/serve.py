@@ -16,6 +16,7 @@ from model_proxy.cli.options import (
     load_checked_access,
     load_checked_config,
     optional_path,
+    parse_choice,
     parse_count,
     parse_duration,
     parse_forwarded_allow_ips,
@@ -186,6 +187,22 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     )
     add_option(
         serve,
+        "metrics-port",
+        None,
+        "also serve /metrics on this port, plain HTTP, for in-cluster scraping"
+        " (default: /metrics on the main port only)",
+    )
+    serve.add_argument(
+        "--ready-requires-upstreams",
+        action="store_true",
+        default=env_flag("MODEL_PROXY_READY_REQUIRES_UPSTREAMS"),
+        help="/readyz also probes every PACS and model and fails while one is down"
+        " (env MODEL_PROXY_READY_REQUIRES_UPSTREAMS)",
+    )
+    add_option(serve, "log-format", "text", "log lines as text or json")
+    add_option(serve, "log-level", "info", "debug, info, warning or error")
+    add_option(
+        serve,
         "audit-log",
         None,
         "JSON-lines audit file, or off (default: audit.jsonl in the log dir, else the data dir)",
@@ -194,7 +211,7 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     from model_proxy.access.posture import parse_cors_origins
-    from model_proxy.cli.logs import setup_logging
+    from model_proxy.cli.logs import LogFormat, LogLevel, setup_logging
 
     probe = parse_seconds(args.probe_timeout, "probe-timeout")
     # uvicorn takes whole seconds
@@ -245,12 +262,21 @@ def serve(args: argparse.Namespace) -> int:
         job_retention=parse_duration(args.job_retention, "job-retention"),
         request_head_timeout=parse_seconds(args.request_head_timeout, "request-head-timeout"),
         max_connections=_max_connections(args.max_connections),
+        metrics_port=parse_port(args.metrics_port) if args.metrics_port else None,
+        metrics_host=args.host,
+        ready_requires_upstreams=args.ready_requires_upstreams,
     )
+    log_format = parse_choice(args.log_format, "log-format", LogFormat)
+    log_level = parse_choice(args.log_level, "log-level", LogLevel)
     port = parse_port(args.port)
     forwarded_allow_ips = parse_forwarded_allow_ips(args.forwarded_allow_ips)
     tls_files = None if args.no_tls else _tls_files(Path(args.cert), Path(args.key))
     try:
-        setup_logging(settings.log_dir)
+        setup_logging(
+            settings.log_dir,
+            level=LogLevel(log_level).number,
+            log_format=LogFormat(log_format),
+        )
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CommandError(f"cannot create {exc.filename}: {exc.strerror}") from None
@@ -340,13 +366,16 @@ def run_server(
         open_files,
         guard.max_connections,
     )
+    app = create_app(settings, config, access)
     uvicorn_config = uvicorn.Config(
-        create_app(settings, config, access),
+        app,
         host=host,
         port=port,
         ssl_certfile=str(tls_files[0]) if tls_files else None,
         ssl_keyfile=str(tls_files[1]) if tls_files else None,
         log_config=None,
+        # The app logs one line per request itself (audit/request_log.py).
+        access_log=False,
         server_header=False,
         http=guarded_protocol(guard),
         timeout_graceful_shutdown=shutdown_grace,
@@ -354,6 +383,8 @@ def run_server(
         forwarded_allow_ips=forwarded_allow_ips or None,
     )
     server = uvicorn.Server(uvicorn_config)
+    # /readyz fails from SIGTERM on, while the requests in flight drain.
+    app.state.is_draining = lambda: server.should_exit
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the
     # handler it found; the default one would kill the process with status -15 after
     # a clean shutdown. A no-op handler makes the exit status 0.

@@ -36,9 +36,9 @@ from .wire import Entry, Payload, WireFormatError, decode_instance, parse_body
 
 __all__ = ["create_app", "run"]
 
-SERIES_KEYS = ("series-one", "series-two")
-
 logger = logging.getLogger(__name__)
+
+SERIES_KEYS = ("series-one", "series-two")
 
 Decoded = list[tuple[Entry, Received]]
 Task = Callable[[Payload, Decoded], Result]
@@ -144,6 +144,13 @@ def _endpoint(task: Task, legacy: bool) -> Callable[[Request], Awaitable[Respons
             return Response(status_code=400)
         body = b"".join(chunks)
         content_type = request.headers.get("content-type", "application/json")
+        # The proxy's request id: one id finds the request in the proxy's log and here.
+        logger.info(
+            "POST %s: %d bytes, X-Request-ID %s",
+            request.url.path,
+            len(body),
+            request.headers.get("x-request-id", "-"),
+        )
         # Parsing 0.6 GB of JSON and decoding DICOM would block the event loop.
         content = await anyio.to_thread.run_sync(partial(answer, body, task, legacy, content_type))
         return Response(content, media_type="application/json")

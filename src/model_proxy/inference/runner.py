@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 
 from model_proxy.cache import data_fingerprint, entry_key, request_key
 from model_proxy.cache.flights import Flight
@@ -57,6 +57,13 @@ class Outcome:
     finalize: Finalizer | None = None
 
 
+class CacheOutcome(StrEnum):
+    HIT = "hit"  # a stored result (also one compressed now from the stored identity)
+    MISS = "miss"  # this request started the model call
+    COALESCED = "coalesced"  # joined an identical request's model call under way
+    NOT_MODIFIED = "not_modified"  # 304: If-None-Match named the result
+
+
 @dataclass
 class Figures:
     """What the runner did, for the audit record (read when the response is over)."""
@@ -64,6 +71,9 @@ class Figures:
     model_called: bool = False
     instances_in: int = 0
     dicom_bytes_in: int = 0
+    wire_bytes_out: int = 0
+    # How the result cache answered: a CacheOutcome value; None when it was not asked.
+    cache: str | None = None
 
 
 def result_headers(encoding: str | None, etag: str | None = None) -> dict[str, str]:
@@ -98,7 +108,6 @@ class InferenceRunner:
         self._source = state.source_for(request.server.id)[1]
         self._client = state.models[request.model.id]
         self._cache = state.result_cache
-        self._started = time.perf_counter()
 
     async def run(self) -> Outcome:
         key = await self._cache_key()
@@ -119,25 +128,29 @@ class InferenceRunner:
         if _matches(self.request.if_none_match, key):
             del headers["Content-Type"]
             headers.pop("Content-Encoding", None)
+            self.figures.cache = CacheOutcome.NOT_MODIFIED
             return Outcome(304, headers)
-        cache = self._cache
+        outcome = await self._stored(key, headers)
+        if outcome is not None:
+            self.figures.cache = CacheOutcome.HIT
+        return outcome
+
+    async def _stored(self, key: str, headers: dict[str, str]) -> Outcome | None:
+        cache, encoding = self._cache, self.request.encoding
         coding = encoding or "identity"
         whole = await cache.read_whole(key, coding)
         if whole is not None:
-            logger.info(
-                "inference %s served from cache: %d bytes %s", self._describe(), len(whole), coding
-            )
             return Outcome(200, headers, whole)
         stored = await cache.open_stream(key, coding)
         if stored is not None:
-            return Outcome(200, headers, stored, self._log("cache"))
+            return Outcome(200, headers, stored)
         if encoding is not None:
             identity = await cache.open_stream(key, "identity")
             if identity is not None:
                 body = cache.tee(
                     compress_stream(identity, encoding), key, encoding, commit_if=lambda: True
                 )
-                return Outcome(200, headers, body, self._log("cache, compressed"))
+                return Outcome(200, headers, body)
         return None
 
     async def produce(self, fallback_key: str) -> str:
@@ -211,6 +224,7 @@ class InferenceRunner:
                 progress.unfollow()
                 figures.instances_in = pipeline.instances_sent
                 figures.dicom_bytes_in = pipeline.bytes_in
+                figures.wire_bytes_out = pipeline.bytes_out
 
     async def _produce(self, append: Callable[[bytes], Awaitable[None]]) -> None:
         """A flight's work: the model's result, appended to the cache spool."""
@@ -221,6 +235,9 @@ class InferenceRunner:
                     await append(chunk)
 
     async def _flight(self, key: str, headers: dict[str, str]) -> Outcome:
+        self.figures.cache = (
+            CacheOutcome.COALESCED if self._cache.flights.under_way(key) else CacheOutcome.MISS
+        )
         try:
             flight = self._cache.flights.join(key, self._produce)
         except OSError as exc:
@@ -271,11 +288,9 @@ class InferenceRunner:
                 body = self._cache.tee(
                     body, cache_key, encoding, commit_if=lambda: flight.committed
                 )
-        log = self._log("model", lambda: flight.written)
 
         async def finalize(error: BaseException | None) -> None:
             flights.leave(flight)
-            await log(error)
 
         return Outcome(200, headers, body, finalize)
 
@@ -290,7 +305,6 @@ class InferenceRunner:
         body = _prepend(first, result.chunks())
         if self.request.encoding is not None:
             body = compress_stream(body, self.request.encoding)
-        log = self._log("model", lambda: result.bytes_out)
 
         async def finalize(error: BaseException | None) -> None:
             # The model's context sees how the stream ended (its circuit breaker counts it).
@@ -298,29 +312,8 @@ class InferenceRunner:
                 await stack.aclose()
             else:
                 await stack.__aexit__(type(error), error, error.__traceback__)
-            await log(error)
 
         return Outcome(200, headers, body, finalize)
-
-    def _describe(self) -> str:
-        request, figures = self.request, self.figures
-        return (
-            f"model={request.model.id} server={request.server.id} level={request.level.value}"
-            f" instances={figures.instances_in} dicom_bytes={figures.dicom_bytes_in}"
-        )
-
-    def _log(self, source: str, size: Callable[[], int] | None = None) -> Finalizer:
-        async def log(error: BaseException | None) -> None:
-            logger.info(
-                "inference %s from=%s result_bytes=%s%s seconds=%.2f",
-                self._describe(),
-                source,
-                size() if size is not None else "-",
-                "" if error is None else " aborted=yes",
-                time.perf_counter() - self._started,
-            )
-
-        return log
 
 
 def _matches(if_none_match: str | None, key: str) -> bool:

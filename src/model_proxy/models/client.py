@@ -13,7 +13,7 @@ import orjson
 from model_proxy.config import ModelConfig
 from model_proxy.errors import ErrorCode, ModelError, short_id
 from model_proxy.models.result_stream import ResultStream
-from model_proxy.upstream.breaker import BreakerPolicy, CircuitBreaker
+from model_proxy.upstream.breaker import BreakerPolicy, CallObserver, CircuitBreaker
 from model_proxy.upstream.clients import (
     Timeouts,
     is_transient,
@@ -37,13 +37,14 @@ class ModelClient:
         max_result_bytes: int,
         breaker: BreakerPolicy | None = None,
         retry: RetryPolicy | None = None,
+        observer: CallObserver | None = None,
     ) -> None:
         self.label = f"model {short_id(model.id)}"
         self._model = model
         self._max_result_bytes = max_result_bytes
         self._timeouts = timeouts
         self._client = make_client(tls_verify=model.tls_verify, timeouts=timeouts)
-        self.breaker = CircuitBreaker(self.label, breaker or BreakerPolicy())
+        self.breaker = CircuitBreaker(self.label, breaker or BreakerPolicy(), observer=observer)
         # Only a model that opts in ("retries" in models.json) is called again.
         self._retry = replace(retry or RetryPolicy(), retries=model.retries)
 

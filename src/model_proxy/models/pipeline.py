@@ -112,6 +112,7 @@ class BodyPipeline:
         self.content_type = body_format.content_type
         self.instances_sent = 0
         self.bytes_in = 0
+        self.bytes_out = 0  # the wire-format body sent to the model
 
     async def __aenter__(self) -> BodyPipeline:
         self._tasks.append(asyncio.create_task(self._launch()))
@@ -152,7 +153,9 @@ class BodyPipeline:
                     raise item.error
                 return
             data = item.data
-            yield cast(bytes, await data if isinstance(data, asyncio.Future) else data)
+            chunk = cast(bytes, await data if isinstance(data, asyncio.Future) else data)
+            self.bytes_out += len(chunk)
+            yield chunk
             if item.buffer is not None:
                 self._buffers.give(item.buffer)
             if item.grant is not None:

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from model_proxy.config import InputFormat
+from model_proxy.metrics.registry import ProxyMetrics
 from model_proxy.models import encoder
 from model_proxy.models.body import Token
 from model_proxy.models.formats import body_format
@@ -33,9 +34,11 @@ class Capacity:
     encoder_threads: int
     pacs_concurrency: int
     slice_buffers: SliceBuffers
+    # The process's metrics: the states built on this capacity report to them.
+    metrics: ProxyMetrics | None = None
 
     @classmethod
-    def create(cls, settings: Settings) -> Capacity:
+    def create(cls, settings: Settings, metrics: ProxyMetrics | None = None) -> Capacity:
         threads = settings.encoder_threads or os.cpu_count() or 1
         if encoder.IMPLEMENTATION != "compiled":
             logger.warning(
@@ -53,6 +56,7 @@ class Capacity:
             # As many idle buffers as one request keeps in flight: a slice sent
             # is followed by one encoded, so busy requests recycle nearly all.
             SliceBuffers(keep=_slices_in_flight(threads)),
+            metrics,
         )
 
     def body_pipeline(

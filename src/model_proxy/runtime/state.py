@@ -10,6 +10,7 @@ from model_proxy.access.jwks import JwksCaches
 from model_proxy.cache import ResultCache
 from model_proxy.config import ProxyConfig, ServerConfig
 from model_proxy.errors import BadRequest, ErrorCode, NotFound, shorten
+from model_proxy.metrics.registry import UpstreamKind
 from model_proxy.models.client import ModelClient
 from model_proxy.pacs.auth.flows import PacsAuth
 from model_proxy.pacs.dicomweb import DicomWebSource
@@ -18,7 +19,7 @@ from model_proxy.pacs.local_folder import LocalFolderSource
 from model_proxy.pacs.source import DicomSource
 from model_proxy.runtime.capacity import Capacity
 from model_proxy.settings import Settings
-from model_proxy.upstream.breaker import CircuitBreaker
+from model_proxy.upstream.breaker import CallObserver, CircuitBreaker
 from model_proxy.upstream.probe import ProbeRounds
 
 
@@ -54,10 +55,18 @@ class ProxyState:
     ) -> ProxyState:
         """The state of ``config`` and ``access``; ``capacity`` and ``jwks_caches``
         carry over from the state in force on a reload."""
-        auth = PacsAuth(settings.data_dir, settings.pacs_timeouts, settings.auth_failure_memory)
+        capacity = capacity or Capacity.create(settings)
+        metrics = capacity.metrics
+        auth = PacsAuth(
+            settings.data_dir,
+            settings.pacs_timeouts,
+            settings.auth_failure_memory,
+            on_renewal=metrics.token_observer if metrics else None,
+        )
         sources: dict[str, DicomSource] = {}
         for server_id, server in config.servers.items():
-            sources[server_id] = _make_source(server, settings, auth)
+            observer = metrics.upstream_observer(UpstreamKind.PACS, server_id) if metrics else None
+            sources[server_id] = _make_source(server, settings, auth, observer)
         models = {
             model_id: ModelClient(
                 model,
@@ -65,6 +74,9 @@ class ProxyState:
                 max_result_bytes=settings.max_result_bytes,
                 breaker=settings.breaker,
                 retry=settings.retry,
+                observer=metrics.upstream_observer(UpstreamKind.MODEL, model_id)
+                if metrics
+                else None,
             )
             for model_id, model in config.models.items()
         }
@@ -79,7 +91,7 @@ class ProxyState:
             models,
             auth,
             result_cache,
-            capacity or Capacity.create(settings),
+            capacity,
             AccessGuard.build(access, jwks_caches),
             jwks_caches,
             ProbeRounds(settings.status_cache_seconds),
@@ -126,7 +138,9 @@ class ProxyState:
         await self.access.release(self.jwks_caches)
 
 
-def _make_source(server: ServerConfig, settings: Settings, auth: PacsAuth) -> DicomSource:
+def _make_source(
+    server: ServerConfig, settings: Settings, auth: PacsAuth, observer: CallObserver | None
+) -> DicomSource:
     if server.is_local_folder:
         return LocalFolderSource(server, min_rescan_interval=settings.folder_rescan_seconds)
     source = DicomWebSource(
@@ -140,4 +154,4 @@ def _make_source(server: ServerConfig, settings: Settings, auth: PacsAuth) -> Di
         max_connections=settings.max_concurrent_inferences * settings.pacs_concurrency,
         answer_deadline=settings.pacs_answer_deadline,
     )
-    return GuardedSource(source, CircuitBreaker(source.label, settings.breaker))
+    return GuardedSource(source, CircuitBreaker(source.label, settings.breaker, observer=observer))

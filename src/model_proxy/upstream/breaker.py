@@ -28,6 +28,10 @@ from model_proxy.errors import ProxyError, UpstreamUnavailable
 
 logger = logging.getLogger(__name__)
 
+# Told of every guarded call when it ends: the seconds it took and whether it was a
+# failure of this upstream (the metrics count them: metrics/registry.py).
+CallObserver = Callable[[float, bool], None]
+
 
 class BreakerState(enum.Enum):
     CLOSED = "closed"
@@ -50,8 +54,10 @@ class CircuitBreaker:
         policy: BreakerPolicy,
         *,
         clock: Callable[[], float] = time.monotonic,
+        observer: CallObserver | None = None,
     ) -> None:
         self.label = label
+        self.observer = observer
         self._policy = policy
         self._clock = clock
         self._failures = 0
@@ -135,12 +141,20 @@ class CircuitBreaker:
     async def guard(self) -> AsyncIterator[None]:
         """``async with breaker.guard():`` around one call to the upstream."""
         self.before_call()
+        started = time.perf_counter()
         try:
             yield
         except BaseException as exc:
             self.record(exc)
+            self._observe(started, exc)
             raise
         self.record(None)
+        self._observe(started, None)
+
+    def _observe(self, started: float, exc: BaseException | None) -> None:
+        if self.observer is not None:
+            failed = isinstance(exc, ProxyError) and exc.upstream == self.label
+            self.observer(time.perf_counter() - started, failed)
 
     def snapshot(self) -> dict[str, Any]:
         """What /status shows."""

@@ -27,6 +27,7 @@ import httpx
 
 from model_proxy.upstream.connection import HTTP11Connection
 from model_proxy.upstream.network import AsyncioBackend
+from model_proxy.upstream.request_id import REQUEST_ID_HEADER, current_request_id
 
 __all__ = ["UpstreamTransport"]
 
@@ -129,7 +130,7 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
                 port=request.url.port,
                 target=request.url.raw_path,
             ),
-            headers=request.headers.raw,
+            headers=_with_request_id(request.headers.raw),
             content=request.stream,
             extensions=request.extensions,
         )
@@ -145,3 +146,14 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._pool.aclose()
+
+
+_REQUEST_ID_NAME = REQUEST_ID_HEADER.lower().encode()
+
+
+def _with_request_id(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The request's headers, plus the viewer request's id unless one is set already."""
+    request_id = current_request_id.get()
+    if request_id is None or any(name.lower() == _REQUEST_ID_NAME for name, _ in headers):
+        return headers
+    return [*headers, (REQUEST_ID_HEADER.encode(), request_id.encode())]

@@ -13,7 +13,7 @@ never knows which scheme is in use (the shape of httpx's own DigestAuth)::
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Callable, Generator
 from pathlib import Path
 
 import httpx
@@ -76,11 +76,17 @@ class PacsAuth:
     """
 
     def __init__(
-        self, data_dir: Path, timeouts: Timeouts, failure_memory: FailureMemory | None = None
+        self,
+        data_dir: Path,
+        timeouts: Timeouts,
+        failure_memory: FailureMemory | None = None,
+        on_renewal: Callable[[str, bool], None] | None = None,
     ) -> None:
         self.store = TokenStore(Path(data_dir) / "tokens")
         self._timeouts = timeouts
         self._failure_memory = failure_memory or FailureMemory()
+        # (server id, renewed?) after each token renewal: the metrics count them.
+        self._on_renewal = on_renewal
         self._sessions: dict[str, TokenSession] = {}
 
     def for_server(self, server: ServerConfig) -> httpx.Auth | None:
@@ -103,9 +109,16 @@ class PacsAuth:
                 f"PACS {short_id(server.id)}",
                 self.renewal_for(server),
                 memory=self._failure_memory,
+                on_renewal=self._renewal_observer(server.id),
             )
             self._sessions[server.id] = session
         return session
+
+    def _renewal_observer(self, server_id: str) -> Callable[[bool], None] | None:
+        on_renewal = self._on_renewal
+        if on_renewal is None:
+            return None
+        return lambda renewed: on_renewal(server_id, renewed)
 
     def renewal_for(self, server: ServerConfig) -> Renewal:
         calls = TokenServerClient(tls_verify=server.tls_verify, timeouts=self._timeouts)

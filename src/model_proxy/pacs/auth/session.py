@@ -90,8 +90,11 @@ class TokenSession:
         *,
         clock: Callable[[], float] = time.time,
         memory: FailureMemory = FailureMemory(),
+        on_renewal: Callable[[bool], None] | None = None,
     ) -> None:
         self.label = label
+        # Told whether each renewal worked (the metrics count them).
+        self._on_renewal = on_renewal
         self._renewal = renewal
         self._clock = clock
         self._memory = memory
@@ -149,11 +152,15 @@ class TokenSession:
             )
             self._failure = _Failure(type(exc), exc.message, exc.code, self._clock() + memory)
             logger.warning("%s", exc.message)
+            if self._on_renewal is not None:
+                self._on_renewal(False)
             raise
         finally:
             self._renewing = None
         self._current = token
         self._failure = None
+        if self._on_renewal is not None:
+            self._on_renewal(True)
         return token
 
 

@@ -1,0 +1,83 @@
+"""Figures read from the running state at each scrape: the memory budget and admission
+in use, the circuit breaker of every upstream, the version.
+
+They are gauges of what is, not counts of what happened, so they are read when
+Prometheus asks rather than kept up to date on every request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from model_proxy import __version__
+from model_proxy.runtime.state import ProxyState
+from model_proxy.upstream.breaker import BreakerState, CircuitBreaker
+
+from .registry import UpstreamKind
+
+
+class StateCollector(Collector):
+    """``state()`` gives the config state in force, None before start-up."""
+
+    def __init__(self, state: Callable[[], ProxyState | None]) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[Metric]:
+        info = InfoMetricFamily("model_proxy_build", "The running model-proxy")
+        info.add_metric([], {"version": __version__})
+        yield info
+        state = self._state()
+        if state is None:
+            return
+        admission = state.capacity.admission
+        yield _gauge(
+            "model_proxy_memory_budget_bytes",
+            "Instance bytes all inferences may hold at once (--memory-budget)",
+            admission.budget.total,
+        )
+        yield _gauge(
+            "model_proxy_memory_budget_used_bytes",
+            "Bytes of the memory budget reserved by running inferences",
+            admission.budget.used,
+        )
+        yield _gauge(
+            "model_proxy_inferences_running",
+            "Inferences admitted and running",
+            admission.running,
+        )
+        yield _gauge(
+            "model_proxy_inferences_max",
+            "Inferences that may run at once (--max-concurrent-inferences)",
+            admission.max_concurrent,
+        )
+        yield _breakers(state)
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _breakers(state: ProxyState) -> GaugeMetricFamily:
+    # One series per state, 1 for the current one: Prometheus's way of showing an enum.
+    family = GaugeMetricFamily(
+        "model_proxy_breaker_state",
+        "Circuit breaker of each upstream: 1 for its current state (closed, open, half-open)",
+        labels=["kind", "upstream", "state"],
+    )
+    breakers: list[tuple[UpstreamKind, str, CircuitBreaker]] = []
+    for server_id in state.config.servers:
+        breaker = state.breaker_of_server(server_id)
+        if breaker is not None:
+            breakers.append((UpstreamKind.PACS, server_id, breaker))
+    for model_id, client in state.models.items():
+        breakers.append((UpstreamKind.MODEL, model_id, client.breaker))
+    for kind, upstream, breaker in breakers:
+        current = breaker.state
+        for candidate in BreakerState:
+            family.add_metric(
+                [kind.value, upstream, candidate.value], 1.0 if candidate is current else 0.0
+            )
+    return family
