@@ -1,4 +1,4 @@
-"""Docker HEALTHCHECK: GET /health on the port and scheme the proxy serves."""
+"""Docker HEALTHCHECK: GET /livez on the port and scheme the proxy serves (docs/operations.md)."""
 
 import os
 import ssl
@@ -7,7 +7,7 @@ import urllib.request
 
 plain = os.environ.get("MODEL_PROXY_NO_TLS", "").strip().lower() in {"1", "true", "yes", "on"}
 port = os.environ.get("MODEL_PROXY_PORT", "8002")
-url = f"{'http' if plain else 'https'}://127.0.0.1:{port}/health"
+url = f"{'http' if plain else 'https'}://127.0.0.1:{port}/livez"
 # The certificate is usually self-signed for the hospital's host name, not 127.0.0.1.
 context = None if plain else ssl._create_unverified_context()  # noqa: S323
 try:

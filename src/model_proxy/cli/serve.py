@@ -6,6 +6,7 @@ import argparse
 import logging
 import math
 import signal
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -270,6 +271,10 @@ def serve(args: argparse.Namespace) -> int:
     log_level = parse_choice(args.log_level, "log-level", LogLevel)
     port = parse_port(args.port)
     forwarded_allow_ips = parse_forwarded_allow_ips(args.forwarded_allow_ips)
+    if settings.metrics_port == port:
+        raise CommandError(f"--metrics-port must differ from --port ({port})")
+    if settings.metrics_port is not None:
+        _check_free(args.host, settings.metrics_port, "--metrics-port")
     tls_files = None if args.no_tls else _tls_files(Path(args.cert), Path(args.key))
     try:
         setup_logging(
@@ -310,6 +315,17 @@ def _check_job_store(settings: Settings) -> None:
     except (sqlite3.Error, OSError) as exc:
         raise CommandError(
             f"cannot open the job store {path} ({exc}); move it aside to start without its jobs"
+        ) from None
+
+
+def _check_free(host: str, port: int, flag: str) -> None:
+    """One clear line now rather than a failed start-up later (the app binds it)."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise CommandError(
+            f"{flag}: cannot listen on {host}:{port}: {exc.strerror or exc}"
         ) from None
 
 
