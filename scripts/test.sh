@@ -47,6 +47,9 @@ $fast || command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
 $fast || command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # systemd-analyze checks the shipped unit (tests/integration/test_deployment_files.py).
 $fast || command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# promtool checks the /metrics exposition and the alert rules (fast tier too); the
+# integration tests run a real Prometheus.
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 python=$(find_python || true)
 if [ -z "$python" ]; then
   missing+=(python3 python3-venv)
@@ -82,6 +85,7 @@ fi
 python=${python:-$(find_python)}
 orthanc_present && echo "Orthanc and its DICOMweb plugin: present"
 nginx_present && echo "nginx: present"
+command -v prometheus >/dev/null 2>&1 && echo "Prometheus and promtool: present"
 
 section "virtualenv (.venv)"
 if [ ! -x .venv/bin/python ]; then

@@ -7,6 +7,7 @@ Prometheus asks rather than kept up to date on every request.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
@@ -54,6 +55,27 @@ class StateCollector(Collector):
             admission.max_concurrent,
         )
         yield _breakers(state)
+        yield from _cache_and_disk(state)
+
+
+def _cache_and_disk(state: ProxyState) -> Iterator[Metric]:
+    store = state.result_cache.store
+    yield _gauge(
+        "model_proxy_cache_size_bytes", "Bytes of results in the result cache", store.total_bytes
+    )
+    yield _gauge(
+        "model_proxy_cache_max_bytes", "Size of the result cache (--cache-size)", store.max_bytes
+    )
+    try:
+        # One statvfs call: the cache, the PACS tokens and the audit log may live here.
+        free = shutil.disk_usage(state.settings.data_dir).free
+    except OSError:
+        return
+    yield _gauge(
+        "model_proxy_data_disk_free_bytes",
+        "Free bytes on the file system of --data-dir (result cache, PACS tokens)",
+        free,
+    )
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
