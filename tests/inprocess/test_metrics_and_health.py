@@ -88,6 +88,9 @@ async def test_metrics_count_requests_cache_bytes_and_upstream_calls(
     assert value(found, breaker, kind="pacs", upstream=pacs, state="open") == 0
     assert value(found, "model_proxy_memory_budget_bytes") == proxy.settings.memory_budget
     assert value(found, "model_proxy_inferences_running") == 0
+    assert value(found, "model_proxy_cache_size_bytes") > 0  # the miss stored its result
+    assert value(found, "model_proxy_cache_max_bytes") == proxy.settings.cache_max_bytes
+    assert value(found, "model_proxy_data_disk_free_bytes") > 0
     rejections = "model_proxy_admission_rejections_total"
     assert value(found, rejections, reason="too_many_inferences") == 0
     # Labels carry config UUIDs, never the study's or series' UIDs.
