@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model_proxy.errors import ErrorCode
 from model_proxy.models.body import InstanceInput, SeriesInput
+from model_proxy.upstream import tracing
 from model_proxy.upstream.request_id import REQUEST_ID_HEADER, current_request_id
 
 if TYPE_CHECKING:
@@ -197,23 +198,43 @@ class AuditMiddleware:
                 finished = not message.get("more_body", False)
             await send(message)
 
-        try:
-            await self.app(scope, receive, watch)
-        except BaseException:
-            # Starlette renders the 500 further out; a started response was cut short.
-            record.code = ErrorCode.RESPONSE_ABORTED if record.status else ErrorCode.INTERNAL_ERROR
-            record.status = record.status or 500
-            raise
-        finally:
-            if record.code is None:
-                record.code = _outcome(record.status, finished)
-            if (record.status or 0) >= 400:
-                record.result_bytes_out = 0  # an error body is not a result
-            record.duration_ms = (perf_counter() - record._started) * 1000
-            if self.writer is not None and record.path.startswith(self.prefixes):
-                self.writer.write(record.to_json())
-            for observe in self.observers:
-                observe(record)
+        with tracing.span(
+            f"{record.method} {_route_name(record.path)}", request_id=record.request_id
+        ) as span:
+            try:
+                await self.app(scope, receive, watch)
+            except BaseException:
+                # Starlette renders the 500 further out; a started response was cut short.
+                record.code = (
+                    ErrorCode.RESPONSE_ABORTED if record.status else ErrorCode.INTERNAL_ERROR
+                )
+                record.status = record.status or 500
+                raise
+            finally:
+                self._finish(record, finished)
+                if span is not None:
+                    span.set_attribute("http.response.status_code", record.status or 0)
+                    span.set_attribute("model_proxy.code", record.code or "")
+                    if record.model:
+                        span.set_attribute("model_proxy.model", record.model)
+
+    def _finish(self, record: AuditRecord, finished: bool) -> None:
+        if record.code is None:
+            record.code = _outcome(record.status, finished)
+        if (record.status or 0) >= 400:
+            record.result_bytes_out = 0  # an error body is not a result
+        record.duration_ms = (perf_counter() - record._started) * 1000
+        if self.writer is not None and record.path.startswith(self.prefixes):
+            self.writer.write(record.to_json())
+        for observe in self.observers:
+            observe(record)
+
+
+def _route_name(path: str) -> str:
+    """A span name without UIDs: ``/segmentations/{model}/...``, or the path of a
+    route of the proxy's own (``/metrics``)."""
+    first = path.lstrip("/").split("/", 1)[0]
+    return f"/{first}/{{model}}/..." if "/" in path.lstrip("/") else f"/{first}"[:64]
 
 
 def _outcome(status: int | None, finished: bool) -> str:

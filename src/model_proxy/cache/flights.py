@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from model_proxy.cache.store import ResultStore, Spool
+from model_proxy.upstream import tracing
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +169,8 @@ class Flights:
                 raise
         else:
             if flight.shared:
-                flight.committed = self._store.commit(flight._spool)
+                with tracing.span("cache.store"):
+                    flight.committed = self._store.commit(flight._spool)
             else:
                 flight._spool.close()  # the reader still reads it; gone when it leaves
         finally:

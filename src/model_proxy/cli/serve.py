@@ -8,7 +8,11 @@ import math
 import signal
 import socket
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import httpx
 
 from model_proxy.access import AccessPolicy
 from model_proxy.cli.options import (
@@ -28,6 +32,7 @@ from model_proxy.cli.options import (
     secret_file_warnings,
 )
 from model_proxy.config import ProxyConfig
+from model_proxy.errors import redact_urls
 from model_proxy.jobs.store import JOB_STORE_FILE, JobStore
 from model_proxy.pacs.auth.session import FailureMemory
 from model_proxy.settings import Settings, env_flag
@@ -200,6 +205,13 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         help="/readyz also probes every PACS and model and fails while one is down"
         " (env MODEL_PROXY_READY_REQUIRES_UPSTREAMS)",
     )
+    add_option(
+        serve,
+        "otlp-endpoint",
+        None,
+        "send OpenTelemetry traces to this OTLP/HTTP collector, like http://collector:4318"
+        " (needs the otel extra; default: no tracing)",
+    )
     add_option(serve, "log-format", "text", "log lines as text or json")
     add_option(serve, "log-level", "info", "debug, info, warning or error")
     add_option(
@@ -291,16 +303,17 @@ def serve(args: argparse.Namespace) -> int:
     tls_key = tls_files[1] if tls_files else None
     for warning in secret_file_warnings(settings.config_dir, access, tls_key):
         logger.warning("%s", warning)
-    run_server(
-        settings,
-        config,
-        host=args.host,
-        port=port,
-        tls_files=tls_files,
-        shutdown_grace=shutdown_grace,
-        access=access,
-        forwarded_allow_ips=forwarded_allow_ips,
-    )
+    with _tracing(args.otlp_endpoint):
+        run_server(
+            settings,
+            config,
+            host=args.host,
+            port=port,
+            tls_files=tls_files,
+            shutdown_grace=shutdown_grace,
+            access=access,
+            forwarded_allow_ips=forwarded_allow_ips,
+        )
     return 0
 
 
@@ -316,6 +329,34 @@ def _check_job_store(settings: Settings) -> None:
         raise CommandError(
             f"cannot open the job store {path} ({exc}); move it aside to start without its jobs"
         ) from None
+
+
+@contextmanager
+def _tracing(endpoint: str | None) -> Iterator[None]:
+    """Traces to ``endpoint`` while the server runs; nothing at all without one."""
+    if not endpoint:
+        yield
+        return
+    url = httpx.URL(endpoint)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise CommandError(f"--otlp-endpoint must be an http(s):// URL, got {endpoint!r}")
+    if url.path in ("", "/"):
+        url = url.copy_with(path="/v1/traces")  # the OTLP/HTTP traces path
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError:
+        raise CommandError(
+            "--otlp-endpoint needs OpenTelemetry: pip install 'model-proxy[otel]'"
+        ) from None
+    from model_proxy import __version__
+    from model_proxy.upstream import tracing
+
+    provider = tracing.enable(OTLPSpanExporter(endpoint=str(url)), version=__version__)
+    logger.info("tracing to %s", redact_urls(str(url)))
+    try:
+        yield
+    finally:
+        tracing.disable(provider)
 
 
 def _check_free(host: str, port: int, flag: str) -> None:

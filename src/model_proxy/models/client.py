@@ -13,6 +13,7 @@ import orjson
 from model_proxy.config import ModelConfig
 from model_proxy.errors import ErrorCode, ModelError, short_id
 from model_proxy.models.result_stream import ResultStream
+from model_proxy.upstream import tracing
 from model_proxy.upstream.breaker import BreakerPolicy, CallObserver, CircuitBreaker
 from model_proxy.upstream.clients import (
     Timeouts,
@@ -57,14 +58,15 @@ class ModelClient:
 
         The circuit breaker sees the whole exchange: a result that breaks while
         it streams counts as a failure of the model."""
-        async with self.breaker.guard():
-            response = await self._post(body, content_type)
-            try:
-                yield ResultStream(
-                    self._chunks(response), label=self.label, max_bytes=self._max_result_bytes
-                )
-            finally:
-                await response.aclose()
+        with tracing.span("model.call", upstream=self.label):
+            async with self.breaker.guard():
+                response = await self._post(body, content_type)
+                try:
+                    yield ResultStream(
+                        self._chunks(response), label=self.label, max_bytes=self._max_result_bytes
+                    )
+                finally:
+                    await response.aclose()
 
     async def _post(self, body: AsyncIterator[bytes], content_type: str) -> httpx.Response:
         """The model's 2xx answer, its body not read yet."""

@@ -36,6 +36,7 @@ from model_proxy.models.formats import BodyFormat
 from model_proxy.models.slice_buffers import SliceBuffers
 from model_proxy.pacs.source import DicomSource
 from model_proxy.runtime.admission import Grant, RequestMemory
+from model_proxy.upstream import tracing
 
 __all__ = ["BodyPipeline"]
 
@@ -179,7 +180,10 @@ class BodyPipeline:
 
     async def _retrieve(self, lane: _Lane) -> None:
         try:
-            async with self._source.retrieve(lane.retrieval.target) as instances:
+            async with (
+                _traced("pacs.retrieve", self._source.label),
+                self._source.retrieve(lane.retrieval.target) as instances,
+            ):
                 lane.opened.set()
                 async for part10 in instances:
                     size = self._format.accounted_bytes(len(part10))
@@ -208,6 +212,10 @@ class BodyPipeline:
             await self._out.put(_Done())
 
     async def _feed_lane(self, lane: _Lane) -> None:
+        with tracing.span("model.encode", upstream=self._source.label):
+            await self._feed_lane_traced(lane)
+
+    async def _feed_lane_traced(self, lane: _Lane) -> None:
         self._memory.set_head(lane.index)
         retrieval = lane.retrieval
         count = 0
@@ -251,3 +259,9 @@ class BodyPipeline:
 def _encode_slice(part10: bytes, start: int, stop: int, buffer: bytearray) -> memoryview:
     """Runs in an encoder thread."""
     return memoryview(buffer)[: encode_range_into(part10, start, stop, buffer)]
+
+
+@contextlib.asynccontextmanager
+async def _traced(name: str, upstream: str) -> AsyncIterator[None]:
+    with tracing.span(name, upstream=upstream):
+        yield

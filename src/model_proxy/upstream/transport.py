@@ -25,6 +25,7 @@ from contextlib import contextmanager
 import httpcore
 import httpx
 
+from model_proxy.upstream import tracing
 from model_proxy.upstream.connection import HTTP11Connection
 from model_proxy.upstream.network import AsyncioBackend
 from model_proxy.upstream.request_id import REQUEST_ID_HEADER, current_request_id
@@ -152,8 +153,11 @@ _REQUEST_ID_NAME = REQUEST_ID_HEADER.lower().encode()
 
 
 def _with_request_id(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The request's headers, plus the viewer request's id unless one is set already."""
+    """The request's headers, plus the viewer request's id unless one is set already,
+    and the trace context when tracing is on (tracing.py)."""
     request_id = current_request_id.get()
-    if request_id is None or any(name.lower() == _REQUEST_ID_NAME for name, _ in headers):
-        return headers
-    return [*headers, (REQUEST_ID_HEADER.encode(), request_id.encode())]
+    if request_id is not None and all(name.lower() != _REQUEST_ID_NAME for name, _ in headers):
+        headers = [*headers, (REQUEST_ID_HEADER.encode(), request_id.encode())]
+    if tracing.enabled():
+        headers = [*headers, *tracing.trace_headers()]
+    return headers
