@@ -1,6 +1,7 @@
 """Operating the proxy: a real Prometheus scraping ``--metrics-port`` with a scrape key,
-promtool's verdict on the exposition, and the request id that follows a request to the
-PACS, the token server and the model, on the request's one JSON log line."""
+promtool's verdict on the exposition, the request id that follows a request to the
+PACS, the token server and the model, on the request's one JSON log line, and traces
+sent to an OTLP/HTTP receiver."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from harness import (
     new_uid,
     server_entry,
 )
+from otlp_receiver import ReceivedSpan, start_otlp_receiver
 from processes import LOOPBACK, free_port, http_client
 from prometheus_server import start_prometheus
 from token_gateway import Gateway
@@ -151,3 +153,32 @@ def test_request_id_reaches_the_pacs_the_token_server_and_the_model(
     assert line["instances"] == 1 and line["dicom_bytes"] > 0
     assert not [entry for entry in entries if entry["logger"].startswith("uvicorn.access")]
     assert setup.study.study_uid in line["path"]  # the log has the path; metrics do not
+
+
+def test_traces_reach_an_otlp_receiver_and_the_pacs_gets_the_traceparent(
+    auth_setup: AuthSetupFactory, token_pacs: Gateway
+) -> None:
+    with start_otlp_receiver() as receiver:
+        setup = auth_setup(
+            token_pacs.server_entry("token"), extra_args=["--otlp-endpoint", receiver.url]
+        )
+        token_pacs.reset_counters()
+        with setup.proxy.client() as client:
+            response = client.get(setup.series_path)
+        assert response.status_code == 200, response.text
+        request_id = response.headers["x-request-id"]
+
+        def complete(spans: list[ReceivedSpan]) -> bool:
+            names = {span.name for span in spans}
+            return {"pacs.retrieve", "model.call", "GET /segmentations/{model}/..."} <= names
+
+        spans = receiver.wait_for(complete)
+    [request] = [s for s in spans if s.attributes.get("request_id") == request_id]
+    assert request.service == "model-proxy"
+    trace = [s for s in spans if s.trace_id == request.trace_id]
+    retrievals = [s for s in trace if s.name == "pacs.retrieve"]
+    assert retrievals and all(s.parent_span_id == request.span_id for s in retrievals)
+    # Every WADO-RS call of the retrieval carries its span as the parent.
+    sent = {tp for tp in token_pacs.traceparents if tp is not None}
+    retrieval_parents = {f"00-{s.trace_id}-{s.span_id}" for s in retrievals}
+    assert any(tp.rsplit("-", 1)[0] in retrieval_parents for tp in sent), sent

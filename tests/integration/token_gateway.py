@@ -95,6 +95,7 @@ class Gateway:
         self._seen_tokens: Counter[str] = Counter()
         self._requests: list[tuple[str, str, int]] = []
         self._request_ids: list[str | None] = []
+        self._traceparents: list[str | None] = []
         self._rejections = (0, 0)  # (count, status) still to answer
         self._client: httpx.AsyncClient | None = None
         app = Starlette(
@@ -147,9 +148,16 @@ class Gateway:
         with self._lock:
             return list(self._request_ids)
 
+    @property
+    def traceparents(self) -> list[str | None]:
+        """The W3C traceparent header of every request so far (None where it had none)."""
+        with self._lock:
+            return list(self._traceparents)
+
     def reset_counters(self) -> None:
         with self._lock:
             self._request_ids.clear()
+            self._traceparents.clear()
             self._status_counts.clear()
             self._outcomes.clear()
             self._seen_tokens.clear()
@@ -207,6 +215,7 @@ class Gateway:
             self._outcomes[outcome] += 1
             self._requests.append((request.method, request.url.path, status))
             self._request_ids.append(request.headers.get("x-request-id"))
+            self._traceparents.append(request.headers.get("traceparent"))
 
     def _authorize(self, request: Request) -> None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")

@@ -25,6 +25,7 @@ def serve_argv(tmp_path: Path, *extra: str) -> list[str]:
         (["--log-level", "loud"], "--log-level must be one of debug, info, warning, error"),
         (["--metrics-port", "http"], "port must be a number from 1 to 65535"),
         (["--port", "9102", "--metrics-port", "9102"], "--metrics-port must differ from --port"),
+        (["--otlp-endpoint", "collector:4318"], "--otlp-endpoint must be an http(s):// URL"),
     ],
 )
 def test_bad_operations_flags_are_one_line(

@@ -283,6 +283,7 @@ def serve(args: argparse.Namespace) -> int:
     log_level = parse_choice(args.log_level, "log-level", LogLevel)
     port = parse_port(args.port)
     forwarded_allow_ips = parse_forwarded_allow_ips(args.forwarded_allow_ips)
+    otlp_url = _otlp_url(args.otlp_endpoint)
     if settings.metrics_port == port:
         raise CommandError(f"--metrics-port must differ from --port ({port})")
     if settings.metrics_port is not None:
@@ -303,7 +304,7 @@ def serve(args: argparse.Namespace) -> int:
     tls_key = tls_files[1] if tls_files else None
     for warning in secret_file_warnings(settings.config_dir, access, tls_key):
         logger.warning("%s", warning)
-    with _tracing(args.otlp_endpoint):
+    with _tracing(otlp_url):
         run_server(
             settings,
             config,
@@ -331,17 +332,26 @@ def _check_job_store(settings: Settings) -> None:
         ) from None
 
 
-@contextmanager
-def _tracing(endpoint: str | None) -> Iterator[None]:
-    """Traces to ``endpoint`` while the server runs; nothing at all without one."""
+def _otlp_url(endpoint: str | None) -> str | None:
     if not endpoint:
-        yield
-        return
-    url = httpx.URL(endpoint)
+        return None
+    try:
+        url = httpx.URL(endpoint)
+    except httpx.InvalidURL:
+        url = httpx.URL()
     if url.scheme not in ("http", "https") or not url.host:
         raise CommandError(f"--otlp-endpoint must be an http(s):// URL, got {endpoint!r}")
     if url.path in ("", "/"):
         url = url.copy_with(path="/v1/traces")  # the OTLP/HTTP traces path
+    return str(url)
+
+
+@contextmanager
+def _tracing(endpoint: str | None) -> Iterator[None]:
+    """Traces to ``endpoint`` while the server runs; nothing at all without one."""
+    if endpoint is None:
+        yield
+        return
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     except ImportError:
@@ -351,8 +361,8 @@ def _tracing(endpoint: str | None) -> Iterator[None]:
     from model_proxy import __version__
     from model_proxy.upstream import tracing
 
-    provider = tracing.enable(OTLPSpanExporter(endpoint=str(url)), version=__version__)
-    logger.info("tracing to %s", redact_urls(str(url)))
+    provider = tracing.enable(OTLPSpanExporter(endpoint=endpoint), version=__version__)
+    logger.info("tracing to %s", redact_urls(endpoint))
     try:
         yield
     finally:
