@@ -127,7 +127,7 @@ class AccessGuard:
                 return
         elif _grants(rule, caller):
             return
-        logger.info("%s may not call model %s", caller.identity, model_id)
+        logger.debug("%s may not call model %s", caller.identity, model_id)
         raise Forbidden(NO_ACCESS, code=ErrorCode.NO_ACCESS)
 
     def authorize_server(self, caller: Caller, server_id: str, *, chosen: bool) -> None:
@@ -139,7 +139,7 @@ class AccessGuard:
         rule = self.policy.servers.get(server_id)
         if rule is None or _grants(rule, caller):
             return
-        logger.info("%s may not use server %s", caller.identity, server_id)
+        logger.debug("%s may not use server %s", caller.identity, server_id)
         which = "server" if chosen else "the default server"
         hint = "" if chosen else "; choose one you may use with ?server=<uuid>"
         raise Forbidden(
@@ -153,7 +153,7 @@ class AccessGuard:
             return
         if _grants(self.policy.monitoring, caller):
             return
-        logger.info("%s may not see the monitoring routes", caller.identity)
+        logger.debug("%s may not see the monitoring routes", caller.identity)
         raise Forbidden(
             f'You have no access to {route} (access.json grants it under "monitoring")',
             code=ErrorCode.NO_MONITORING_ACCESS,

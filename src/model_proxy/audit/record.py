@@ -129,6 +129,12 @@ def _describe_input(item: SeriesInput | InstanceInput) -> dict[str, Any]:
     return described
 
 
+def record_of(scope: Scope) -> AuditRecord | None:
+    """The record the middleware keeps in ``scope``, if it runs."""
+    record = scope.get("state", {}).get(_STATE_KEY)
+    return record if isinstance(record, AuditRecord) else None
+
+
 def audit_record(request: Request) -> AuditRecord:
     """The record of this request (a detached one when the middleware is not in use)."""
     record = request.scope.get("state", {}).get(_STATE_KEY)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from model_proxy.errors import ErrorCode
+
 from .record import AuditRecord
 
 logger = logging.getLogger("model_proxy.requests")
@@ -20,7 +22,8 @@ def log_request(record: AuditRecord) -> None:
     fields = request_fields(record)
     text = " ".join(f"{name}={_text(value)}" for name, value in fields.items() if value is not None)
     status = record.status or 0
-    level = logging.WARNING if status >= 500 or status == 0 else logging.INFO
+    broken = status >= 500 or status == 0 or record.code == ErrorCode.RESPONSE_ABORTED
+    level = logging.WARNING if broken else logging.INFO
     logger.log(level, "%s", text, extra={"fields": fields})
 
 

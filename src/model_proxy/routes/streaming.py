@@ -15,6 +15,7 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from model_proxy.audit.record import record_of
 from model_proxy.errors import ProxyError
 from model_proxy.inference.runner import Finalizer
 
@@ -41,6 +42,7 @@ class ResultResponse(Response):
         self._body = body
         self._finalize = finalize
         self._last_chunk_sent = False
+        self._aborted: str | None = None  # why the result stopped short, for the log line
         self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -58,7 +60,7 @@ class ResultResponse(Response):
                 await _wait_for_disconnect(receive)
                 # uvicorn also says "disconnect" once the last chunk is sent: not a loss.
                 if not self._last_chunk_sent:
-                    logger.info("GET %s: the client went away before the end of the result", path)
+                    self._aborted = "the client went away before the end of the result"
                 group.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -67,6 +69,9 @@ class ResultResponse(Response):
                     await aclose()
                 if self._finalize is not None:
                     await self._finalize(outcome)
+                record = record_of(scope)
+                if self._aborted is not None and record is not None:
+                    record.error = self._aborted  # on the request's one log line
 
     async def _stream(self, send: Send, path: str) -> BaseException | None:
         await send(
@@ -79,15 +84,11 @@ class ResultResponse(Response):
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     sent += len(chunk)
         except ProxyError as exc:
-            logger.warning(
-                "GET %s -> connection aborted after %d bytes of the result: %s",
-                path,
-                sent,
-                exc.message,
-            )
+            self._aborted = f"connection aborted after {sent} bytes of the result: {exc.message}"
             return exc
         except Exception as exc:
-            logger.error(
+            self._aborted = f"connection aborted after {sent} bytes of the result (a bug)"
+            logger.error(  # the traceback, for a bug report
                 "GET %s -> connection aborted after %d bytes of the result",
                 path,
                 sent,
