@@ -60,13 +60,13 @@ def test_a_job_runs_to_the_get_routes_result_with_monotonic_progress(
 
         result = client.get(f"/jobs/{job_id}/result", headers=IDENTITY)
         assert result.status_code == 200
-        model_calls = setup.proxy.log_text().count("from=model")
+        model_calls = setup.proxy.log_text().count("model_called=True")
         direct = client.get(setup.series_path(), headers=IDENTITY)
         assert direct.status_code == 200
         # The very bytes and validator of the GET route, which is now a cache hit.
         assert result.content == direct.content
         assert result.headers["etag"] == direct.headers["etag"]
-        assert setup.proxy.log_text().count("from=model") == model_calls
+        assert setup.proxy.log_text().count("model_called=True") == model_calls
         document = orjson.loads(result.content)
         assert sample_study.study_uid in document
         # Compressed as the caller accepts, like the GET route, and validated like it.

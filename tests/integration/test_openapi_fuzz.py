@@ -131,4 +131,4 @@ def test_nothing_reached_the_catch_all(deployment: Deployment) -> None:
     # can be in a logged URL, which the fuzzer fills with any text.
     log = deployment.proxy.log_text()
     assert "unexpected error on" not in log and "Traceback" not in log
-    assert not re.search(r"-> 500 internal_error", log)
+    assert not re.search(r"status=500 code=internal_error", log)

@@ -8,11 +8,7 @@ import math
 import signal
 import socket
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-
-import httpx
 
 from model_proxy.access import AccessPolicy
 from model_proxy.cli.options import (
@@ -31,8 +27,8 @@ from model_proxy.cli.options import (
     parse_size,
     secret_file_warnings,
 )
+from model_proxy.cli.tracing import otlp_url_of, tracing_to
 from model_proxy.config import ProxyConfig
-from model_proxy.errors import redact_urls
 from model_proxy.jobs.store import JOB_STORE_FILE, JobStore
 from model_proxy.pacs.auth.session import FailureMemory
 from model_proxy.settings import Settings, env_flag
@@ -283,7 +279,7 @@ def serve(args: argparse.Namespace) -> int:
     log_level = parse_choice(args.log_level, "log-level", LogLevel)
     port = parse_port(args.port)
     forwarded_allow_ips = parse_forwarded_allow_ips(args.forwarded_allow_ips)
-    otlp_url = _otlp_url(args.otlp_endpoint)
+    otlp_url = otlp_url_of(args.otlp_endpoint)
     if settings.metrics_port == port:
         raise CommandError(f"--metrics-port must differ from --port ({port})")
     if settings.metrics_port is not None:
@@ -304,7 +300,7 @@ def serve(args: argparse.Namespace) -> int:
     tls_key = tls_files[1] if tls_files else None
     for warning in secret_file_warnings(settings.config_dir, access, tls_key):
         logger.warning("%s", warning)
-    with _tracing(otlp_url):
+    with tracing_to(otlp_url):
         run_server(
             settings,
             config,
@@ -330,43 +326,6 @@ def _check_job_store(settings: Settings) -> None:
         raise CommandError(
             f"cannot open the job store {path} ({exc}); move it aside to start without its jobs"
         ) from None
-
-
-def _otlp_url(endpoint: str | None) -> str | None:
-    if not endpoint:
-        return None
-    try:
-        url = httpx.URL(endpoint)
-    except httpx.InvalidURL:
-        url = httpx.URL()
-    if url.scheme not in ("http", "https") or not url.host:
-        raise CommandError(f"--otlp-endpoint must be an http(s):// URL, got {endpoint!r}")
-    if url.path in ("", "/"):
-        url = url.copy_with(path="/v1/traces")  # the OTLP/HTTP traces path
-    return str(url)
-
-
-@contextmanager
-def _tracing(endpoint: str | None) -> Iterator[None]:
-    """Traces to ``endpoint`` while the server runs; nothing at all without one."""
-    if endpoint is None:
-        yield
-        return
-    try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    except ImportError:
-        raise CommandError(
-            "--otlp-endpoint needs OpenTelemetry: pip install 'model-proxy[otel]'"
-        ) from None
-    from model_proxy import __version__
-    from model_proxy.upstream import tracing
-
-    provider = tracing.enable(OTLPSpanExporter(endpoint=endpoint), version=__version__)
-    logger.info("tracing to %s", redact_urls(endpoint))
-    try:
-        yield
-    finally:
-        tracing.disable(provider)
 
 
 def _check_free(host: str, port: int, flag: str) -> None:
