@@ -60,7 +60,7 @@ def test_a_damaged_job_store_is_one_clear_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # serve would hand the process's logging to its own handlers; not in pytest's process.
-    monkeypatch.setattr("model_proxy.cli.logs.setup_logging", lambda log_dir: None)
+    monkeypatch.setattr("model_proxy.cli.logs.setup_logging", lambda log_dir, **options: None)
     (tmp_path / "jobs.sqlite").write_bytes(b"not a database, " * 512)
     args = ["serve", "--no-tls", "--data-dir", str(tmp_path), "--log-dir", str(tmp_path / "log")]
     assert cli.main(args) == EXIT_USAGE
