@@ -12,7 +12,8 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Match
 from starlette.types import ExceptionHandler
 
 from model_proxy import __version__
@@ -31,10 +32,12 @@ from model_proxy.metrics import endpoint as metrics_endpoint
 from model_proxy.metrics.collector import StateCollector
 from model_proxy.metrics.endpoint import MetricsPort
 from model_proxy.routes import health, inference, jobs, openapi, status
+from model_proxy.routes.not_found import UNKNOWN_PATH
 from model_proxy.runtime.capacity import Capacity
 from model_proxy.runtime.reload import LeaseMiddleware, LiveState, Reloader
 from model_proxy.runtime.state import ProxyState
 from model_proxy.settings import Settings
+from model_proxy.web.security_headers import SecurityHeadersMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +127,7 @@ def create_app(
             *inference.routes,
         ],
         middleware=[
+            Middleware(SecurityHeadersMiddleware),
             Middleware(LeaseMiddleware, live=live),
             Middleware(
                 CORSMiddleware,
@@ -154,6 +158,8 @@ def create_app(
     app.state.access_in_force = lambda: app.state.proxy.access
     # Replaced by cli/serve.py with uvicorn's view: /readyz fails while it drains.
     app.state.is_draining = lambda: False
+    # Starlette's own slash redirect builds an absolute URL from the Host header.
+    app.router.redirect_slashes = False
     return app
 
 
@@ -189,7 +195,10 @@ async def handle_proxy_error(request: Request, exc: Exception) -> Response:
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        message, code = "Not found", ErrorCode.NOT_FOUND
+        redirect = _without_trailing_slash(request)
+        if redirect is not None:
+            return redirect
+        message, code = UNKNOWN_PATH, ErrorCode.NOT_FOUND
     elif exc.status_code == 405:
         # Starlette lists HEAD with GET; the inference routes refuse HEAD (a whole inference).
         allow = (exc.headers or {}).get("Allow", "GET").split(", ")
@@ -203,6 +212,20 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     return JSONResponse(
         {"message": message, "code": code}, status_code=exc.status_code, headers=exc.headers
     )
+
+
+def _without_trailing_slash(request: Request) -> Response | None:
+    """``/status/`` -> 307 to ``/status``: a relative Location, never one built from the
+    Host header (which the caller chooses), in place of Starlette's slash redirect."""
+    path = request.url.path
+    if not path.endswith("/") or path.startswith("//"):
+        return None
+    scope = {**request.scope, "path": path.rstrip("/")}
+    if not any(route.matches(scope)[0] is not Match.NONE for route in request.app.routes):
+        return None
+    query = request.url.query
+    location = scope["path"] + (f"?{query}" if query else "")
+    return RedirectResponse(location, status_code=307)
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:

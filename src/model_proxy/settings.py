@@ -90,3 +90,8 @@ class Settings:
     metrics_host: str = "0.0.0.0"
     # /readyz also probes every PACS and model (--ready-requires-upstreams).
     ready_requires_upstreams: bool = False
+    # Serve files of a file:// folder that are symlinks to files outside it.
+    allow_symlinks_outside_folder: bool = False
+    # Results say Cache-Control "private, no-cache" (browsers keep and revalidate
+    # them) rather than "no-store".
+    browser_revalidation: bool = False

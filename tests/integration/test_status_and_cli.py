@@ -82,7 +82,8 @@ def test_status_is_404_unless_enabled(
     with proxy.client() as client:
         response = client.get("/status", headers={"Accept": "application/json"})
     assert response.status_code == 404
-    assert response.json()["message"] == "Not found"
+    message = response.json()["message"]
+    assert message.startswith("Not found") and "ZHIVA_SHOW_STATUS_PAGE=true" in message
 
 
 def test_status_json_and_html(

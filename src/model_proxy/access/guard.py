@@ -110,7 +110,7 @@ class AccessGuard:
             return await self._by_token(value)
         if authorization:
             raise self._unauthorized(
-                f"unsupported Authorization scheme {scheme[:20]!r}; {self._expected()}",
+                f"{_describe_scheme(scheme)}; {self._expected()}",
                 ErrorCode.UNSUPPORTED_CREDENTIALS,
             )
         raise self._unauthorized(
@@ -214,3 +214,18 @@ def _grants(rule: ModelRule, caller: Caller) -> bool:
         or (caller.kind is CallerKind.JWT and caller.name in rule.subjects)
         or not caller.roles.isdisjoint(rule.roles)
     )
+
+
+# Schemes a client may well send by mistake (IANA's registry); only these are named back.
+_KNOWN_SCHEMES = frozenset(
+    {"basic", "digest", "negotiate", "ntlm", "hoba", "mutual", "token", "dpop", "privatetoken"}
+    | {"scram-sha-1", "scram-sha-256", "vapid", "aws4-hmac-sha256", "concealed", "gnap"}
+)
+
+
+def _describe_scheme(scheme: str) -> str:
+    """The unsupported scheme, named only when it is a known one: a value without a
+    scheme (a bare key or token pasted into Authorization) is a secret, never echoed."""
+    if scheme in _KNOWN_SCHEMES:
+        return f"unsupported Authorization scheme {scheme!r}"
+    return "the Authorization header has no supported scheme (like Bearer or ApiKey)"

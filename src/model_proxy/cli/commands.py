@@ -25,8 +25,10 @@ from model_proxy.cli.options import (
     parse_port,
     parse_seconds,
     secret_file_warnings,
+    write_private_files,
 )
 from model_proxy.cli.serve import add_serve_options, serve
+from model_proxy.errors import redact_urls
 from model_proxy.upstream.clients import Timeouts
 
 
@@ -170,13 +172,13 @@ def check_config(config_dir: Path, access_file: Path | None = None) -> int:
     for server in config.servers.values():
         flags = " (default)" if default is not None and default.id == server.id else ""
         auth = server.auth_type.value or "no auth"
-        print(f"  {server.id}{flags}: {server.uri} [{auth}]")
+        print(f"  {server.id}{flags}: {redact_urls(server.uri)} [{auth}]")
     print(f"{config_dir / 'models.json'}: {len(config.models)} models")
     for model in config.models.values():
         levels = ", ".join(level.value for level in model.supports)
         inputs = ", ".join(entry.data_key for entry in model.data_filter)
         extra = f"; inputs: {inputs}" if inputs else ""
-        print(f"  {model.id}: {model.task.value} [{levels}] -> {model.uri}{extra}")
+        print(f"  {model.id}: {model.task.value} [{levels}] -> {redact_urls(model.uri)}{extra}")
     if access is None:
         print("no access.json: client authentication is off, any caller may run every model")
     else:
@@ -216,6 +218,7 @@ def check_auth(args: argparse.Namespace) -> int:
             known = ", ".join(config.servers) or "none"
             raise CommandError(f"server {args.server!r} is not in servers.json (known: {known})")
     timeouts = Timeouts(idle=parse_seconds(args.pacs_timeout, "pacs-timeout"))
+    write_private_files()  # it stores tokens, as serve does
     auth = PacsAuth(Path(args.data_dir), timeouts)
 
     async def run() -> bool:

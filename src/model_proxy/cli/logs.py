@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import logging.handlers
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -63,12 +64,14 @@ def setup_logging(
 ) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if log_dir is not None:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(
-            logging.handlers.RotatingFileHandler(
-                log_dir / LOG_FILE, maxBytes=50 * 1024 * 1024, backupCount=5, encoding="utf-8"
-            )
+        log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        file_handler = logging.handlers.RotatingFileHandler(
+            log_dir / LOG_FILE, maxBytes=50 * 1024 * 1024, backupCount=5, encoding="utf-8"
         )
+        # The log names every study and series: an older file made 0644 is tightened
+        # too (new ones are 0600 from the umask serve sets).
+        os.chmod(log_dir / LOG_FILE, 0o600)
+        handlers.append(file_handler)
     formatter = JsonFormatter() if log_format is LogFormat.JSON else logging.Formatter(_FORMAT)
     root = logging.getLogger()
     for handler in list(root.handlers):

@@ -19,6 +19,10 @@ from model_proxy.settings import MiB
 
 EXIT_USAGE = 2
 
+# Logs, cached results and tokens name studies and hold derived patient data: what
+# the proxy writes is for its own user only (files 0600, folders 0700).
+PRIVATE_UMASK = 0o077
+
 
 class CommandError(Exception):
     """A problem the user can fix; printed as is, exit code 2."""
@@ -119,6 +123,11 @@ def parse_forwarded_allow_ips(value: str) -> list[str]:
                 f" 127.0.0.1,10.0.0.0/8) or be *, got {entry!r}"
             ) from None
     return entries
+
+
+def write_private_files() -> None:
+    """Make every file and folder this process creates from now on owner-only."""
+    os.umask(PRIVATE_UMASK)
 
 
 def optional_path(value: str | None) -> Path | None:

@@ -26,6 +26,7 @@ from model_proxy.cli.options import (
     parse_seconds,
     parse_size,
     secret_file_warnings,
+    write_private_files,
 )
 from model_proxy.cli.tracing import otlp_url_of, tracing_to
 from model_proxy.config import ProxyConfig
@@ -37,6 +38,10 @@ from model_proxy.upstream.clients import Timeouts
 from model_proxy.upstream.retry import RetryPolicy
 
 logger = logging.getLogger("model_proxy")
+
+# TLS 1.2 with forward secrecy and AEAD only: no CBC suites (Lucky13-style padding
+# oracles), no RSA key exchange. TLS 1.3 suites are all AEAD and not set here.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!SHA1"
 
 
 def add_serve_options(serve: argparse.ArgumentParser) -> None:
@@ -51,6 +56,20 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         action="store_true",
         default=env_flag("MODEL_PROXY_NO_TLS"),
         help="serve plain HTTP behind a TLS-terminating load balancer (env MODEL_PROXY_NO_TLS)",
+    )
+    serve.add_argument(
+        "--allow-symlinks-outside-folder",
+        action="store_true",
+        default=env_flag("MODEL_PROXY_ALLOW_SYMLINKS_OUTSIDE_FOLDER"),
+        help="serve files of a file:// PACS folder that are symlinks to files outside it"
+        " (env MODEL_PROXY_ALLOW_SYMLINKS_OUTSIDE_FOLDER)",
+    )
+    serve.add_argument(
+        "--browser-revalidation",
+        action="store_true",
+        default=env_flag("MODEL_PROXY_BROWSER_REVALIDATION"),
+        help="let browsers keep results and revalidate them (Cache-Control: private,"
+        " no-cache) instead of no-store (env MODEL_PROXY_BROWSER_REVALIDATION)",
     )
     add_option(serve, "data-dir", "data", "folder for the proxy's persistent data")
     add_option(serve, "log-dir", "log", "folder for log files")
@@ -274,6 +293,8 @@ def serve(args: argparse.Namespace) -> int:
         metrics_port=parse_port(args.metrics_port) if args.metrics_port else None,
         metrics_host=args.host,
         ready_requires_upstreams=args.ready_requires_upstreams,
+        allow_symlinks_outside_folder=args.allow_symlinks_outside_folder,
+        browser_revalidation=args.browser_revalidation,
     )
     log_format = parse_choice(args.log_format, "log-format", LogFormat)
     log_level = parse_choice(args.log_level, "log-level", LogLevel)
@@ -285,13 +306,14 @@ def serve(args: argparse.Namespace) -> int:
     if settings.metrics_port is not None:
         _check_free(args.host, settings.metrics_port, "--metrics-port")
     tls_files = None if args.no_tls else _tls_files(Path(args.cert), Path(args.key))
+    write_private_files()
     try:
         setup_logging(
             settings.log_dir,
             level=LogLevel(log_level).number,
             log_format=LogFormat(log_format),
         )
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise CommandError(f"cannot create {exc.filename}: {exc.strerror}") from None
     _check_job_store(settings)
@@ -399,6 +421,7 @@ def run_server(
         port=port,
         ssl_certfile=str(tls_files[0]) if tls_files else None,
         ssl_keyfile=str(tls_files[1]) if tls_files else None,
+        ssl_ciphers=TLS12_CIPHERS,
         log_config=None,
         # The app logs one line per request itself (audit/request_log.py).
         access_log=False,

@@ -76,15 +76,25 @@ class Figures:
     cache: str | None = None
 
 
-def result_headers(encoding: str | None, etag: str | None = None) -> dict[str, str]:
-    headers = {"Content-Type": "application/json", "Vary": "Accept-Encoding"}
+def result_headers(
+    encoding: str | None, etag: str | None = None, *, browser_revalidation: bool = False
+) -> dict[str, str]:
+    # A result is derived from patient images: no browser or shared cache keeps it
+    # unless the site asks for revalidation (--browser-revalidation); the proxy's
+    # own cache already makes a repeat cheap.
+    headers = {
+        "Content-Type": "application/json",
+        "Vary": "Accept-Encoding",
+        "Cache-Control": "no-store",
+    }
     if encoding is not None:
         headers["Content-Encoding"] = encoding
     if etag is not None:
-        # The browser keeps the result but asks again each time: the proxy
-        # validates it against the PACS (a 304 costs one QIDO query).
         headers["ETag"] = etag
-        headers["Cache-Control"] = "private, no-cache"
+        if browser_revalidation:
+            # The browser keeps the result but asks again each time: the proxy
+            # validates it against the PACS (a 304 costs one QIDO query).
+            headers["Cache-Control"] = "private, no-cache"
     return headers
 
 
@@ -124,7 +134,8 @@ class InferenceRunner:
         when the cache does not hold it (``GET /jobs/{id}/result`` serves this)."""
         encoding = self.request.encoding
         etag = f'W/"{key}"'
-        headers = result_headers(encoding, etag)
+        revalidate = self._state.settings.browser_revalidation
+        headers = result_headers(encoding, etag, browser_revalidation=revalidate)
         if _matches(self.request.if_none_match, key):
             del headers["Content-Type"]
             headers.pop("Content-Encoding", None)

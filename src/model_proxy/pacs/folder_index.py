@@ -59,8 +59,11 @@ _FileEntry = tuple[tuple[int, int], _IndexedFile | None]
 class FolderIndex:
     """UID -> path index of one folder tree; ``scan`` is blocking (run it in a thread)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, allow_outside_links: bool = False) -> None:
         self.root = root
+        # A file symlink to a target outside root is skipped unless this is set.
+        self.allow_outside_links = allow_outside_links
+        self._refused: set[Path] = set()  # outside links already warned about
         self._files: dict[Path, _FileEntry] = {}
         self._dirs: dict[Path, _Listing] = {}
         self.studies: dict[str, dict[str, dict[str, Path]]] = {}
@@ -119,6 +122,9 @@ class FolderIndex:
                     continue
                 if entry.is_dir():
                     continue  # a link to a folder: not followed, as os.walk does
+                if entry.is_symlink() and not self.allow_outside_links and not self.contains(path):
+                    self._warn_refused(path)
+                    continue
                 stat = entry.stat()
             except OSError:
                 continue
@@ -135,6 +141,21 @@ class FolderIndex:
             )
             names.append(path)
         return _Listing(mtime_ns, listed_at_ns, tuple(subdirs), tuple(names))
+
+    def contains(self, path: Path) -> bool:
+        """Whether ``path``, symlinks resolved, is inside the folder."""
+        real_root = os.path.realpath(self.root)
+        return os.path.realpath(path).startswith(real_root.rstrip(os.sep) + os.sep)
+
+    def _warn_refused(self, path: Path) -> None:
+        if path not in self._refused:
+            self._refused.add(path)
+            logger.warning(
+                "skipping %s: a symlink to a file outside %s"
+                " (--allow-symlinks-outside-folder serves those)",
+                path,
+                self.root,
+            )
 
     def lookup(self, target: Target) -> list[Path]:
         series_map = self.studies.get(target.study, {})

@@ -10,6 +10,11 @@ are found once that rescan ends; a cache hit or a 404 never waits for one.
 
 The index is shared by every config state of the process (a reload must not parse
 50,000 files again), like the result cache.
+
+A file symlink whose target lies outside the folder is neither indexed nor read
+(whoever can write into the folder could otherwise have any file the proxy may read
+served), unless ``--allow-symlinks-outside-folder`` says the site wants them
+(docs/security.md). Symlinks to folders are not followed at all.
 """
 
 from __future__ import annotations
@@ -38,18 +43,18 @@ __all__ = ["FolderIndex", "IndexedFolder", "LocalFolderSource"]
 class IndexedFolder:
     """A folder's index and the one scan of it that may run at a time."""
 
-    _open: ClassVar[dict[Path, IndexedFolder]] = {}
+    _open: ClassVar[dict[tuple[Path, bool], IndexedFolder]] = {}
 
     @classmethod
-    def shared(cls, root: Path) -> IndexedFolder:
-        key = root.absolute()
+    def shared(cls, root: Path, *, allow_outside_links: bool = False) -> IndexedFolder:
+        key = (root.absolute(), allow_outside_links)
         found = cls._open.get(key)
         if found is None:
-            found = cls._open[key] = cls(root)
+            found = cls._open[key] = cls(root, allow_outside_links=allow_outside_links)
         return found
 
-    def __init__(self, root: Path) -> None:
-        self.index = FolderIndex(root)
+    def __init__(self, root: Path, *, allow_outside_links: bool = False) -> None:
+        self.index = FolderIndex(root, allow_outside_links=allow_outside_links)
         self.scanned_at: float | None = None  # monotonic, when the last scan ended
         self._scan: asyncio.Task[None] | None = None
 
@@ -107,9 +112,17 @@ def _files_fingerprint(paths: list[Path]) -> str | None:
 class LocalFolderSource:
     """Serves the DICOM files under a folder by UID."""
 
-    def __init__(self, server: ServerConfig, *, min_rescan_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        server: ServerConfig,
+        *,
+        min_rescan_interval: float = 1.0,
+        allow_outside_links: bool = False,
+    ) -> None:
         self.label = f"local folder {short_id(server.id)}"
-        self._folder = IndexedFolder.shared(server.local_path)
+        self._folder = IndexedFolder.shared(
+            server.local_path, allow_outside_links=allow_outside_links
+        )
         self._index = self._folder.index
         self._min_rescan_interval = min_rescan_interval
 
@@ -145,6 +158,12 @@ class LocalFolderSource:
 
     async def _read_files(self, paths: list[Path]) -> AsyncGenerator[bytes, None]:
         for path in paths:
+            # Checked again: the file may have become a symlink since the scan.
+            if not self._index.allow_outside_links and not self._index.contains(path):
+                raise NotFound(
+                    f"{self.label}: {path.name} now links outside the folder; not served",
+                    code=ErrorCode.NOT_ON_PACS,
+                )
             try:
                 yield await asyncio.to_thread(path.read_bytes)
             except OSError as exc:

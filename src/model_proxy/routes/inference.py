@@ -34,6 +34,7 @@ from model_proxy.jobs import JobManager, JobSpec
 from model_proxy.models.body import plan_body
 from model_proxy.pacs.source import Target
 from model_proxy.routes.job_answers import accepted, require_jobs
+from model_proxy.routes.not_found import unknown_path
 from model_proxy.routes.params import (
     filters_json,
     parse_data_filters,
@@ -61,7 +62,7 @@ def _check_route_fits_model(family: str, model: ModelConfig, level: Level) -> No
     try:
         task = Task.from_route_family(family)
     except ValueError:
-        raise NotFound("Not found") from None
+        raise unknown_path() from None
     if task is not model.task:
         supported = ", ".join(level.value for level in model.supports)
         raise BadRequest(
@@ -124,7 +125,7 @@ async def infer(request: Request) -> Response:
 def _model_of(request: Request, state: ProxyState) -> ModelConfig:
     model_id = request.path_params["model_id"]
     if request.path_params["family"] not in {task.route_family for task in Task}:
-        raise NotFound("Not found")
+        raise unknown_path()
     model = state.config.models.get(model_id)
     if model is None:
         raise NotFound(

@@ -17,6 +17,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from model_proxy.errors import NotFound, redact_urls
+from model_proxy.routes.not_found import STATUS_PAGE_OFF
 from model_proxy.runtime.state import ProxyState
 from model_proxy.upstream.breaker import CircuitBreaker
 from model_proxy.upstream.probe import ProbeResult
@@ -92,7 +93,7 @@ def _entry(result: ProbeResult, status_uri: str | None, *, kind: str) -> dict[st
 async def status(request: Request) -> Response:
     state: ProxyState = request.state.proxy  # leased by reload.LeaseMiddleware
     if not state.settings.show_status_page:
-        raise NotFound("Not found")
+        raise NotFound(STATUS_PAGE_OFF)
     # With client auth on, the page (it names every PACS and model) needs a caller too.
     caller = await state.access.authenticate(request.headers)
     state.access.authorize_monitoring(caller)

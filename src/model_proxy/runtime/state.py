@@ -142,7 +142,11 @@ def _make_source(
     server: ServerConfig, settings: Settings, auth: PacsAuth, observer: CallObserver | None
 ) -> DicomSource:
     if server.is_local_folder:
-        return LocalFolderSource(server, min_rescan_interval=settings.folder_rescan_seconds)
+        return LocalFolderSource(
+            server,
+            min_rescan_interval=settings.folder_rescan_seconds,
+            allow_outside_links=settings.allow_symlinks_outside_folder,
+        )
     source = DicomWebSource(
         server,
         timeouts=settings.pacs_timeouts,
