@@ -288,10 +288,10 @@ def test_unknown_fields_in_data_filter_warn() -> None:
 
 
 def test_python_field_names_are_not_json_fields() -> None:
-    # Only the camelCase names of the docs count in a file.
-    servers, warnings = parse_servers({S1: {"uri": "https://a", "is_default": True}})
-    assert not servers[S1].is_default
-    assert '"is_default"' in only(warnings)
+    # Only the camelCase names of the docs count in a file; a near miss is an error.
+    with pytest.raises(ConfigError) as info:
+        parse_servers({S1: {"uri": "https://a", "is_default": True}})
+    assert 'unknown field "is_default"; did you mean "isDefault"?' in only(info.value.messages)
 
 
 def test_empty_files_warn(tmp_path: Path) -> None:

@@ -165,4 +165,8 @@ def load_checked_config(config_dir: Path) -> ProxyConfig:
         return load_config(config_dir)
     except ConfigError as exc:
         lines = "\n".join(f"  - {line}" for line in exc.messages)
-        raise CommandError(f"invalid configuration in {config_dir}:\n{lines}") from None
+        # Warnings too: an ignored field may be why a required one is missing.
+        warned = "".join(f"\nwarning: {line}" for line in exc.warnings)
+        raise CommandError(
+            f"invalid configuration in {config_dir.absolute()}:\n{lines}{warned}"
+        ) from None
