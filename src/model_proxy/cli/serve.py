@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import math
 import signal
@@ -49,8 +50,8 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     add_option(serve, "config-dir", ".", "folder holding servers.json and models.json")
     add_option(serve, "host", "0.0.0.0", "address to listen on")
     add_option(serve, "port", "8002", "port to listen on")
-    add_option(serve, "cert", "zhiva.crt", "TLS certificate (PEM)")
-    add_option(serve, "key", "zhiva.key", "TLS private key (PEM)")
+    add_option(serve, "cert", None, "TLS certificate (PEM; default: zhiva.crt in the config dir)")
+    add_option(serve, "key", None, "TLS private key (PEM; default: zhiva.key in the config dir)")
     serve.add_argument(
         "--no-tls",
         action="store_true",
@@ -305,7 +306,7 @@ def serve(args: argparse.Namespace) -> int:
         raise CommandError(f"--metrics-port must differ from --port ({port})")
     if settings.metrics_port is not None:
         _check_free(args.host, settings.metrics_port, "--metrics-port")
-    tls_files = None if args.no_tls else _tls_files(Path(args.cert), Path(args.key))
+    tls_files = None if args.no_tls else _tls_files(settings.config_dir, args.cert, args.key)
     write_private_files()
     try:
         setup_logging(
@@ -315,7 +316,8 @@ def serve(args: argparse.Namespace) -> int:
         )
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
-        raise CommandError(f"cannot create {exc.filename}: {exc.strerror}") from None
+        where = Path(exc.filename).absolute() if exc.filename else "a folder"
+        raise CommandError(f"cannot create {where}: {exc.strerror}") from None
     _check_job_store(settings)
     config = load_checked_config(settings.config_dir)
     access = load_checked_access(settings.config_dir, settings.access_file, config)
@@ -361,15 +363,20 @@ def _check_free(host: str, port: int, flag: str) -> None:
         ) from None
 
 
-def _tls_files(cert: Path, key: Path) -> tuple[Path, Path]:
-    for path, what in ((cert, "certificate"), (key, "private key")):
+def _tls_files(config_dir: Path, cert: str | None, key: str | None) -> tuple[Path, Path]:
+    """--cert / --key as given (relative to the current folder), else zhiva.crt and
+    zhiva.key next to servers.json, where the original's users keep them."""
+    cert_path = Path(cert) if cert else config_dir / "zhiva.crt"
+    key_path = Path(key) if key else config_dir / "zhiva.key"
+    for path, what, flag in ((cert_path, "certificate", cert), (key_path, "private key", key)):
         if not path.is_file():
+            source = "" if flag else " (the default: next to the config files)"
             raise CommandError(
-                f"TLS {what} {path} not found. Create a self-signed pair with"
-                " `model-proxy gen-cert`, pass --cert/--key, or use --no-tls behind a"
-                " TLS-terminating proxy"
+                f"TLS {what} {path.absolute()} not found{source}. Create a self-signed pair"
+                f" with `model-proxy gen-cert --out-dir {config_dir}`, pass --cert/--key,"
+                " or use --no-tls behind a TLS-terminating proxy"
             )
-    return cert, key
+    return cert_path.absolute(), key_path.absolute()
 
 
 def run_server(
@@ -406,6 +413,9 @@ def run_server(
         max_connections=connection_cap(settings.max_connections, open_files),
     )
     scheme = "https" if tls_files else "http"
+    # Bound before the app starts: a taken port is one clear line and exit code 2,
+    # not uvicorn's errno after "Application startup complete".
+    listener = listen(host, port)
     logger.info(
         "serving on %s://%s:%d (open-file limit %d, at most %d client connections)",
         scheme,
@@ -439,11 +449,12 @@ def run_server(
     # a clean shutdown. A no-op handler makes the exit status 0.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        server.run()
-    except OSError as exc:  # e.g. the port is taken
-        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        server.run(sockets=[listener])
+    except OSError as exc:
+        raise CommandError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+        listener.close()
     if not server.started:
         raise CommandError(f"the server did not start on {host}:{port}; see the log above")
 
@@ -462,6 +473,29 @@ def _max_connections(value: str) -> int | None:
     if value.strip().lower() == "auto":
         return None
     return parse_count(value, "max-connections", 1, 10_000_000)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, or CommandError saying why not."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)  # uvicorn's default backlog
+    except OSError as exc:
+        sock.close()
+        hint = (
+            "; another process uses it (stop it, or pick another port with --port)"
+            if exc.errno == errno.EADDRINUSE
+            else ""
+        )
+        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
+    return sock
 
 
 def _audit_log(value: str | None, log_dir: Path | None, data_dir: Path) -> Path | None:
