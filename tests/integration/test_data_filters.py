@@ -52,6 +52,23 @@ def test_two_series_model_with_bracket_and_json_filters(deployment: Deployment) 
     assert legacy.json() == brackets.json()
 
 
+def test_two_series_model_with_a_keyed_map(deployment: Deployment) -> None:
+    """data-filters[series-one]=<UID> and {"series-one": "<UID>"} give the same result
+    as the array forms."""
+    study = deployment.study
+    base = f"/predictions/{deployment.models['two-series']}/studies/{study.study_uid}"
+    one, two = study.series[0].series_uid, study.series[1].series_uid
+    array = deployment.get(f"{base}?{_two_series_brackets(study)}")
+    keyed = deployment.get(
+        f"{base}?data-filters%5Bseries-one%5D={one}&data-filters%5Bseries-two%5D={two}"
+    )
+    as_object = deployment.get(
+        f"{base}?data-filters=" + quote(json.dumps({"series-two": two, "series-one": one}))
+    )
+    assert array.status_code == keyed.status_code == as_object.status_code == 200, keyed.text
+    assert keyed.json() == as_object.json() == array.json()
+
+
 def test_series_model_with_instance_inputs(deployment: Deployment) -> None:
     study = deployment.study
     series = study.series[0]

@@ -203,7 +203,7 @@ def test_bracket_index_with_non_ascii_digit_is_a_bad_request() -> None:
         ),
         ([("data-filters[0]", "x"), ("data-filters[0][dataKey]", "a")], "conflicts"),
         ([("data-filters[0][dataKey]", "a"), ("data-filters[0]", "x")], "more than once"),
-        (brackets("[first]", dataKey="a", uuid="1.2"), "must be an array"),
+        (brackets("[first]", dataKey="a", uuid="1.2"), r"data-filters\[first\] .* cannot nest"),
         (brackets("[0]", dataKey="a", uuid="1.2") + brackets("[x]", uuid="1"), "array"),
         ([("data-filters[0]", "1.2")], r"data-filters\[0\] must be an object"),
         ([("data-filters[0][dataFilter][0][dataFilter][0]", "x")], "nests deeper"),

@@ -61,11 +61,13 @@ def filters_json(filters: Sequence[RequestedFilter]) -> list[dict[str, object]]:
 
 
 def parse_data_filters(items: Sequence[tuple[str, str]]) -> list[RequestedFilter] | None:
-    """The ``data-filters`` of a query string, in bracket notation or as JSON.
+    """The ``data-filters`` of a query string, in bracket notation or as JSON, as an
+    array of ``{dataKey, uuid}`` or as a map from dataKey to UID.
 
-    Both ``data-filters[0][dataKey]=a&data-filters[0][uuid]=1.2`` (how Express's
-    qs serializes arrays) and ``data-filters=[{"dataKey":"a","uuid":"1.2"}]``
-    give ``[RequestedFilter("a", "1.2")]``. None when the parameter is absent.
+    ``data-filters[0][dataKey]=a&data-filters[0][uuid]=1.2`` (how Express's qs
+    serializes arrays), ``data-filters=[{"dataKey":"a","uuid":"1.2"}]``,
+    ``data-filters[a]=1.2`` and ``data-filters={"a":"1.2"}`` all give
+    ``[RequestedFilter("a", "1.2")]``. None when the parameter is absent.
     """
     plain = [value for key, value in items if key == _PARAM]
     bracketed = [(key, value) for key, value in items if key.startswith(_PARAM + "[")]
@@ -82,7 +84,28 @@ def parse_data_filters(items: Sequence[tuple[str, str]]) -> list[RequestedFilter
             raise _filter_error(f"data-filters is not valid JSON ({exc.msg})") from exc
     else:
         document = _from_brackets(bracketed)
+    if isinstance(document, dict):
+        document = _from_keyed_map(document)
     return _to_filters(document, "data-filters", depth=1)
+
+
+def _from_keyed_map(document: dict[str, object]) -> list[dict[str, object]]:
+    """``{"series-one": "1.2"}`` -> ``[{"dataKey": "series-one", "uuid": "1.2"}]``: the
+    short form a viewer may send when no input nests instances."""
+    if "dataKey" in document or "uuid" in document:
+        raise _filter_error(
+            "data-filters must be an array of {dataKey, uuid} objects (one object was given)"
+        )
+    entries: list[dict[str, object]] = []
+    for data_key, uid in document.items():
+        if not isinstance(uid, str):
+            raise _filter_error(
+                f"data-filters[{shorten(data_key, 40)}] must be a UID string: a map from"
+                " dataKey to UID cannot nest; use the array form for nested inputs"
+            )
+        validate_uid(uid, f"data-filters[{shorten(data_key, 40)}]")
+        entries.append({"dataKey": data_key, "uuid": uid})
+    return entries
 
 
 def _from_brackets(items: list[tuple[str, str]]) -> object:
@@ -123,7 +146,9 @@ def _lists_from_indexes(node: object) -> object:
 
 def _to_filters(document: object, where: str, depth: int) -> list[RequestedFilter]:
     if not isinstance(document, list):
-        raise _filter_error(f"{where} must be an array of {{dataKey, uuid}} objects")
+        raise _filter_error(
+            f"{where} must be an array of {{dataKey, uuid}} objects or a map from dataKey to UID"
+        )
     if len(document) > MAX_FILTERS:
         raise _filter_error(f"{where} has more than {MAX_FILTERS} entries")
     filters: list[RequestedFilter] = []
