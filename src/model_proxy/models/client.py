@@ -8,10 +8,10 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import httpx
-import orjson
 
 from model_proxy.config import ModelConfig
 from model_proxy.errors import ErrorCode, ModelError, short_id
+from model_proxy.models.error_summary import MAX_ERROR_BODY, SENT_PREFIX_BYTES, summarize
 from model_proxy.models.result_stream import ResultStream
 from model_proxy.upstream import tracing
 from model_proxy.upstream.breaker import BreakerPolicy, CallObserver, CircuitBreaker
@@ -88,7 +88,7 @@ class ModelClient:
             return response
         try:
             with translate_errors(self.label, ModelError):
-                detail = await _error_detail(response)
+                detail = await _error_detail(response, tracked.prefix)
             raise ModelError(
                 f"{self.label}: answered {response.status_code} {response.reason_phrase}{detail}",
                 code=ErrorCode.MODEL_FAILED,
@@ -118,27 +118,18 @@ class ModelClient:
         await self._client.aclose()
 
 
-async def _error_detail(response: httpx.Response) -> str:
-    """A short excerpt of an error answer: its "message"/"detail" field, else its text."""
+async def _error_detail(response: httpx.Response, sent_prefix: bytes) -> str:
+    """ ": <summary>" of an error answer (models/error_summary.py), "" without one."""
     raw = b""
+    truncated = False
     async for chunk in response.aiter_bytes():
         raw += chunk
-        if len(raw) >= 4096:
+        if len(raw) > MAX_ERROR_BODY:
+            truncated = True
             break
-    if not raw:
-        return ""
-    try:
-        document = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        text = raw.decode("utf-8", "replace")
-    else:
-        if isinstance(document, dict):
-            found = document.get("message", document.get("detail", document))
-            text = found if isinstance(found, str) else orjson.dumps(found).decode()
-        else:
-            text = raw.decode("utf-8", "replace")
-    text = " ".join(text.split())
-    return f": {text[:300]}"
+    content_type = response.headers.get("content-type", "")
+    summary = summarize(raw, content_type, sent_prefix, truncated=truncated)
+    return f": {summary}" if summary else ""
 
 
 class _TrackedBody:
@@ -147,13 +138,18 @@ class _TrackedBody:
     def __init__(self, body: AsyncIterator[bytes]) -> None:
         self._body = body
         self.started = False
+        # The body's first bytes, to keep them out of a quoted error answer.
+        self.prefix = b""
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
 
     async def __anext__(self) -> bytes:
         self.started = True
-        return await anext(self._body)
+        chunk = await anext(self._body)
+        if len(self.prefix) < SENT_PREFIX_BYTES:
+            self.prefix += chunk[: SENT_PREFIX_BYTES - len(self.prefix)]
+        return chunk
 
 
 def _below_500(status: int) -> bool:
