@@ -85,7 +85,9 @@ _DATA_FILTERS = {
     "required": False,
     "description": "The DICOM UIDs behind the model's named inputs (its dataFilter entries),"
     " as URL-encoded JSON or in bracket notation"
-    " (`data-filters[0][dataKey]=series-one&data-filters[0][uuid]=1.2.3`). Required by a"
+    " (`data-filters[0][dataKey]=series-one&data-filters[0][uuid]=1.2.3`); or, for inputs"
+    " without nested instances, a map from dataKey to UID"
+    ' (`data-filters[series-one]=1.2.3` or `{"series-one": "1.2.3"}`). Required by a'
     " model that declares inputs, refused by one that does not.",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DataFilters"}}},
 }
