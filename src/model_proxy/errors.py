@@ -67,6 +67,7 @@ class ErrorCode(StrEnum):
     RESULT_GONE = "result_gone"
     JOBS_UNAVAILABLE = "jobs_unavailable"
     RESULT_NOT_KEPT = "result_not_kept"
+    HTTPS_REQUIRED = "https_required"  # plain HTTP sent to the TLS port (web/tls.py)
 
     # client authentication (401, 403; docs/security.md)
     UNAUTHENTICATED = "unauthenticated"

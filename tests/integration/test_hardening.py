@@ -183,3 +183,18 @@ def test_tls12_offers_no_cbc_suites(guarded: Guarded) -> None:
     assert "GCM" in _handshake(proxy.url, proxy.cert.cert, f"{cbc}:ECDHE+AESGCM")
     with httpx.Client(verify=proxy.cert.ssl_context(), trust_env=False) as client:
         assert client.get(f"{proxy.url}/health").status_code == 200
+
+
+def test_plain_http_on_the_tls_port_is_told_to_use_https(guarded: Guarded) -> None:
+    https = urlsplit(guarded.proxy.url)
+    plain_url = f"http://{https.hostname}:{https.port}/health"
+    for _ in range(2):  # the second is answered too, and not logged again
+        with httpx.Client(trust_env=False, timeout=30) as client:
+            response = client.get(plain_url)
+        assert response.status_code == 400
+        assert response.json()["code"] == "https_required"
+        assert f"https://<host>:{https.port}/" in response.json()["message"]
+    # TLS still works on the same port afterwards.
+    assert guarded.get("/health").status_code == 200
+    log = guarded.proxy.log_text()
+    assert log.count(f"plain HTTP request on the TLS port {https.port}") >= 1

@@ -40,10 +40,6 @@ from model_proxy.upstream.retry import RetryPolicy
 
 logger = logging.getLogger("model_proxy")
 
-# TLS 1.2 with forward secrecy and AEAD only: no CBC suites (Lucky13-style padding
-# oracles), no RSA key exchange. TLS 1.3 suites are all AEAD and not set here.
-TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!SHA1"
-
 
 def add_serve_options(serve: argparse.ArgumentParser) -> None:
     """The flags of ``serve``."""
@@ -406,6 +402,7 @@ def run_server(
         raise_open_file_limit,
     )
     from model_proxy.web.http_limits import guarded_protocol
+    from model_proxy.web.tls import server_context
 
     open_files = raise_open_file_limit()
     guard = ConnectionGuard(
@@ -431,7 +428,10 @@ def run_server(
         port=port,
         ssl_certfile=str(tls_files[0]) if tls_files else None,
         ssl_keyfile=str(tls_files[1]) if tls_files else None,
-        ssl_ciphers=TLS12_CIPHERS,
+        # Our context (web/tls.py): AEAD-only TLS 1.2, plain HTTP told to use https.
+        ssl_context_factory=(
+            (lambda _config, _default: server_context(*tls_files, port)) if tls_files else None
+        ),
         log_config=None,
         # The app logs one line per request itself (audit/request_log.py).
         access_log=False,
