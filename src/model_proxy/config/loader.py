@@ -36,7 +36,7 @@ from .checks import (
 )
 from .enums import AuthType, Level
 from .schema import ModelConfig, ServerConfig, missing_auth_fields
-from .spelling import near_miss
+from .spelling import unknown_fields
 
 logger = logging.getLogger("model_proxy.config")
 
@@ -269,7 +269,7 @@ def _parse_entries(
         if not isinstance(raw, dict):
             errors.append(f'{where}: expected an object with at least "uri", got {describe(raw)}')
             continue
-        misspelt, unknown = _unknown_fields(where, raw, fields)
+        misspelt, unknown = unknown_fields(where, raw, fields)
         errors += misspelt
         warnings += unknown
         known = {name: value for name, value in raw.items() if name in fields}
@@ -285,26 +285,6 @@ def _parse_entries(
         entries[key] = entry
         warnings += entry_warnings(where, entry, raw)
     return entries
-
-
-def _unknown_fields(
-    where: str, raw: Mapping[str, Any], fields: Mapping[str, str]
-) -> tuple[list[str], list[str]]:
-    """Errors for near misses of a known field, a warning for the other unknown ones."""
-    errors, unknown = [], []
-    for name in raw:
-        if name in fields:
-            continue
-        meant = near_miss(name, fields)
-        if meant is None or meant in raw:
-            unknown.append(name)
-        else:
-            errors.append(f'{where}: unknown field "{name}"; did you mean "{meant}"?')
-    warnings = []
-    if unknown:
-        names = ", ".join(f'"{name}"' for name in unknown)
-        warnings.append(f"{where}: unknown field(s) {names} ignored")
-    return errors, warnings
 
 
 def _server_warnings(where: str, server: ServerConfig, raw: Mapping[str, Any]) -> list[str]:

@@ -7,7 +7,8 @@ warning, so a file written for a newer version still loads.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 
 def near_miss(name: str, known: Iterable[str]) -> str | None:
@@ -43,3 +44,23 @@ def edit_distance(a: str, b: str) -> int:
                 current[j] = min(current[j], previous2[j - 2] + 1)
         previous2, previous = previous, current
     return previous[len(b)]
+
+
+def unknown_fields(
+    where: str, raw: Mapping[str, Any], fields: Mapping[str, str]
+) -> tuple[list[str], list[str]]:
+    """Errors for near misses of a known field, a warning for the other unknown ones."""
+    errors, unknown = [], []
+    for name in raw:
+        if name in fields:
+            continue
+        meant = near_miss(name, fields)
+        if meant is None or meant in raw:
+            unknown.append(name)
+        else:
+            errors.append(f'{where}: unknown field "{name}"; did you mean "{meant}"?')
+    warnings = []
+    if unknown:
+        names = ", ".join(f'"{name}"' for name in unknown)
+        warnings.append(f"{where}: unknown field(s) {names} ignored")
+    return errors, warnings
