@@ -42,14 +42,14 @@ def test_files_the_proxy_writes_are_owner_only(guarded: Guarded) -> None:
         series_path(guarded.models["seg"], guarded.study), headers=guarded.with_key("viewer")
     )
     assert response.status_code == 200, response.text
-    # The result is stored once the response is over: wait for the file, not a time.
-    deadline = time.monotonic() + 30
-    while not cached_results(guarded.proxy.data_dir):
-        assert time.monotonic() < deadline, "no result was cached"
-        time.sleep(0.05)
     proxy = guarded.proxy
+    # The result is stored once the response is over, the audit line by a writer
+    # thread: wait for the files, not for a time.
+    deadline = time.monotonic() + 30
+    while not (cached_results(proxy.data_dir) and (proxy.log_dir / "audit.jsonl").is_file()):
+        assert time.monotonic() < deadline, "no cached result or no audit file"
+        time.sleep(0.05)
     assert (proxy.log_dir / "model-proxy.log").is_file()
-    assert (proxy.log_dir / "audit.jsonl").is_file()
     written = [proxy.log_dir, proxy.data_dir, *proxy.log_dir.rglob("*"), *proxy.data_dir.rglob("*")]
     modes = {path: stat.S_IMODE(path.stat().st_mode) for path in written}
     loose = {

@@ -207,6 +207,7 @@ def test_tls_is_required_and_verifiable(deployment: Deployment) -> None:
     https_url = deployment.proxy.url
     with httpx.Client(verify=True, trust_env=False) as client, pytest.raises(httpx.ConnectError):
         client.get(f"{https_url}/health")  # self-signed: not trusted by default
-    with httpx.Client(trust_env=False) as client, pytest.raises(httpx.HTTPError):
-        client.get(https_url.replace("https://", "http://") + "/health")
+    with httpx.Client(trust_env=False) as client:
+        plain = client.get(https_url.replace("https://", "http://") + "/health")
+    assert plain.status_code == 400 and plain.json()["code"] == "https_required"
     assert deployment.get("/health").json()["status"] == "ok"
