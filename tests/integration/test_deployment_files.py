@@ -129,8 +129,9 @@ def test_compose_mounts_every_file_the_proxy_reads_in_the_container() -> None:
         app / "servers.json",
         app / "models.json",
         app / ACCESS_FILE,  # found there when --access-config is not given
-        workdir / args.cert,
-        workdir / args.key,
+        # --cert/--key relative to where serve runs; without them, next to the configs.
+        workdir / args.cert if args.cert else app / "zhiva.crt",
+        workdir / args.key if args.key else app / "zhiva.key",
     ]
     for path in expected_files:
         mount = by_target.get(str(path))
