@@ -33,7 +33,7 @@ from model_proxy.jobs import Job, JobManager, JobSpec, JobStatus
 from model_proxy.jobs.spec import MAX_BODY_BYTES
 from model_proxy.routes.inference import build_request, check_level
 from model_proxy.routes.job_answers import accepted, require_jobs
-from model_proxy.routes.jobs_page import JOBS_PAGE
+from model_proxy.routes.jobs_page import JOBS_PAGE, JOBS_PAGE_CSP
 from model_proxy.routes.streaming import ResultResponse
 from model_proxy.runtime.state import ProxyState
 from model_proxy.web.compression import negotiate
@@ -151,7 +151,8 @@ async def list_jobs(request: Request) -> Response:
     caller = await _caller(request)
     accept = request.headers.get("accept", "")
     if "text/html" in accept:
-        return HTMLResponse(JOBS_PAGE, headers={"Cache-Control": "no-store"})
+        headers = {"Cache-Control": "no-store", "Content-Security-Policy": JOBS_PAGE_CSP}
+        return HTMLResponse(JOBS_PAGE, headers=headers)
     query = request.query_params
     status = query.get("status") or None
     if status is not None and status not in JobStatus.__members__.values():

@@ -4,6 +4,9 @@ Static HTML; its script reads ``GET /jobs`` as JSON (the same answer, the same
 access rules) and draws it, escaping every value it shows.
 """
 
+import base64
+import hashlib
+
 JOBS_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -81,3 +84,16 @@ setInterval(refresh, 2000);
 </script>
 </body></html>
 """
+
+
+def _script_hash(page: str) -> str:
+    script = page.split("<script>", 1)[1].split("</script>", 1)[0]
+    return base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+
+
+# The page's own script, by hash, and its fetch of /jobs; nothing else (docs/security.md).
+JOBS_PAGE_CSP = (
+    f"default-src 'none'; script-src 'sha256-{_script_hash(JOBS_PAGE)}'; connect-src 'self'; "
+    "style-src 'unsafe-inline'; img-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)

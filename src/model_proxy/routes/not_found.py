@@ -10,7 +10,7 @@ _ROUTE_FAMILIES = ", ".join(f"/{task.route_family}/" for task in Task)
 UNKNOWN_PATH = (
     "Not found. model-proxy serves"
     f" {_ROUTE_FAMILIES} (each followed by {{model}}/studies/{{study}}[/series/{{series}}"
-    "[/instances/{instance}]]), /health, /status and /openapi.json"
+    "[/instances/{instance}]]), /jobs, /health, /status and /openapi.json"
 )
 STATUS_PAGE_OFF = (
     "Not found: the status page is off; start model-proxy with"

@@ -44,7 +44,8 @@ class SecurityHeadersMiddleware:
                 if tls:
                     headers["Strict-Transport-Security"] = HSTS
                 if headers.get("content-type", "").startswith("text/html"):
-                    headers["Content-Security-Policy"] = HTML_CSP
+                    # A page with a script sets its own policy (routes/jobs_page.py).
+                    headers.setdefault("Content-Security-Policy", HTML_CSP)
                     headers["X-Frame-Options"] = "DENY"
             await send(message)
 
