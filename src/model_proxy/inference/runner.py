@@ -126,7 +126,11 @@ class InferenceRunner:
         outcome = await self.from_cache(key)
         if outcome is not None:
             return outcome
-        return await self._flight(key, result_headers(self.request.encoding, f'W/"{key}"'))
+        revalidate = self._state.settings.browser_revalidation
+        headers = result_headers(
+            self.request.encoding, f'W/"{key}"', browser_revalidation=revalidate
+        )
+        return await self._flight(key, headers)
 
     async def from_cache(self, key: str) -> Outcome | None:
         """What the GET route serves for the result stored under ``key``: 304, the
