@@ -144,9 +144,10 @@ def test_past_the_concurrency_limit_a_request_is_refused_with_503(
 
 @pytest.fixture(scope="module")
 def large_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SampleStudy]:
-    """A local folder with 512x512 slices: each is more than a 2 MiB window once encoded."""
+    """A local folder with 1024x1024 slices: each (2 MiB of pixels, about 5 MB of compact
+    text) is more than a 2 MiB window once encoded, whatever the encoder's ratio."""
     folder = tmp_path_factory.mktemp("large-folder")
-    study = make_study(series_slices=(30,), rows=512, columns=512, seed=31)
+    study = make_study(series_slices=(12,), rows=1024, columns=1024, seed=31)
     write_study(study, folder)
     return folder, study
 

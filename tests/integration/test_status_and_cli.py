@@ -94,7 +94,9 @@ def test_status_json_and_html(
     with proxy.client() as client:
         report = client.get("/status", headers={"Accept": "application/json"}).json()
         page = client.get("/status", headers={"Accept": "text/html"})
-    assert set(report) == {"servers", "models", "process"}
+    # jobs: the queue's counts (docs/jobs.md), present with the result cache on.
+    assert set(report) == {"servers", "models", "process", "jobs"}
+    assert report["jobs"]["queued"] == report["jobs"]["running"] == 0
     assert report["process"]["asyncioTasks"] > 0
     assert set(report["servers"]) == set(servers)
     assert set(report["models"]) == set(models)
