@@ -27,7 +27,8 @@ from model_proxy.cli.options import (
     secret_file_warnings,
     write_private_files,
 )
-from model_proxy.cli.serve import add_serve_options, serve
+from model_proxy.cli.serve import serve
+from model_proxy.cli.serve_options import add_serve_options
 from model_proxy.errors import redact_urls
 from model_proxy.upstream.clients import Timeouts
 
