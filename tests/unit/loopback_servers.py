@@ -14,8 +14,21 @@ from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Any
 
 import h11
+import pytest
 
 from model_proxy.upstream.clients import Timeouts
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(("asyncio", {}), id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
+    """Both loops: the proxy runs on uvloop, whose transports differ in details."""
+    backend: tuple[str, dict[str, bool]] = request.param
+    return backend
 
 
 def timeouts(idle: float = 5.0) -> Timeouts:

@@ -23,25 +23,18 @@ from pathlib import Path
 import httpcore
 import httpx
 import pytest
-from loopback_servers import asyncio_server, closed, timeouts
+from loopback_servers import (  # anyio_backend: a fixture, both event loops
+    anyio_backend,  # noqa: F401
+    asyncio_server,
+    closed,
+    timeouts,
+)
 
 from model_proxy.cli.certificates import generate_self_signed
 from model_proxy.upstream.clients import make_client
 from model_proxy.upstream.network import READ_BYTES, AsyncioBackend, AsyncioStream
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture(
-    params=[
-        pytest.param(("asyncio", {}), id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
-    """Both loops: the proxy runs on uvloop, whose transports differ in details."""
-    backend: tuple[str, dict[str, bool]] = request.param
-    return backend
 
 
 @pytest.mark.anyio
