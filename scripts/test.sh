@@ -45,6 +45,8 @@ $fast || nginx_present || missing+=(nginx)
 $fast || command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
 # The /jobs page is tested in headless Chromium (tests/integration/test_jobs_durable.py).
 $fast || command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# The state several replicas share is tested against a real Redis (docs/replicas.md).
+$fast || command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # systemd-analyze checks the shipped unit (tests/integration/test_deployment_files.py).
 $fast || command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 # promtool checks the /metrics exposition and the alert rules (fast tier too); the
@@ -86,6 +88,7 @@ python=${python:-$(find_python)}
 orthanc_present && echo "Orthanc and its DICOMweb plugin: present"
 nginx_present && echo "nginx: present"
 command -v prometheus >/dev/null 2>&1 && echo "Prometheus and promtool: present"
+command -v redis-server >/dev/null 2>&1 && echo "Redis: present"
 
 section "virtualenv (.venv)"
 if [ ! -x .venv/bin/python ]; then

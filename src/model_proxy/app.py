@@ -37,6 +37,7 @@ from model_proxy.runtime.capacity import Capacity
 from model_proxy.runtime.reload import LeaseMiddleware, LiveState, Reloader
 from model_proxy.runtime.state import ProxyState
 from model_proxy.settings import Settings
+from model_proxy.shared import RedisLink
 from model_proxy.web.security_headers import SecurityHeadersMiddleware
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def create_app(
         app.state.audit = audit  # audit.reopen() after an external log rotation
         if audit is not None:
             audit.start()
+        app.state.redis = await _connect_redis(settings)
         app.state.jobs = await _start_jobs(settings, state, live)
         app.state.job_progress_interval = settings.job_progress_interval
         if metrics_port is not None:
@@ -107,6 +109,8 @@ def create_app(
         finally:
             if app.state.jobs is not None:
                 await app.state.jobs.aclose()  # running jobs stay queued for the next start
+            if app.state.redis is not None:
+                await app.state.redis.aclose()
             if metrics_port is not None:
                 await metrics_port.stop()
             await reloader.stop()
@@ -161,6 +165,17 @@ def create_app(
     # Starlette's own slash redirect builds an absolute URL from the Host header.
     app.router.redirect_slashes = False
     return app
+
+
+async def _connect_redis(settings: Settings) -> RedisLink | None:
+    """The Redis replicas share (--redis), or None. Redis down at start is a warning,
+    not a failed start: requests are served from the replica's own state meanwhile."""
+    if settings.redis is None:
+        return None
+    link = RedisLink.connect(settings.redis)
+    if await link.ping():
+        logger.info("shared state: Redis at %s", link.where)
+    return link
 
 
 async def _start_jobs(settings: Settings, state: ProxyState, live: LiveState) -> JobManager | None:

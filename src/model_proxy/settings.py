@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_proxy.pacs.auth.session import FailureMemory
+from model_proxy.shared import RedisSettings
 from model_proxy.upstream.breaker import BreakerPolicy
 from model_proxy.upstream.clients import Timeouts
 from model_proxy.upstream.retry import RetryPolicy
@@ -95,3 +96,6 @@ class Settings:
     # Results say Cache-Control "private, no-cache" (browsers keep and revalidate
     # them) rather than "no-store".
     browser_revalidation: bool = False
+    # --redis: the state replicas share (docs/replicas.md); None: each process keeps
+    # its own, as a single proxy does.
+    redis: RedisSettings | None = None

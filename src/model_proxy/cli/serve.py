@@ -33,6 +33,7 @@ from model_proxy.config import ProxyConfig
 from model_proxy.jobs.store import JOB_STORE_FILE, JobStore
 from model_proxy.pacs.auth.session import FailureMemory
 from model_proxy.settings import Settings, env_flag
+from model_proxy.shared import RedisSettings
 from model_proxy.upstream.breaker import BreakerPolicy
 from model_proxy.upstream.clients import Timeouts
 from model_proxy.upstream.retry import RetryPolicy
@@ -98,6 +99,7 @@ def serve(args: argparse.Namespace) -> int:
         ready_requires_upstreams=args.ready_requires_upstreams,
         allow_symlinks_outside_folder=args.allow_symlinks_outside_folder,
         browser_revalidation=args.browser_revalidation,
+        redis=_redis_settings(args.redis, args.redis_password_file),
     )
     log_format = parse_choice(args.log_format, "log-format", LogFormat)
     log_level = parse_choice(args.log_level, "log-level", LogLevel)
@@ -263,6 +265,22 @@ def run_server(
         listener.close()
     if not server.started:
         raise CommandError(f"the server did not start on {host}:{port}; see the log above")
+
+
+def _redis_settings(url: str | None, password_file: str | None) -> RedisSettings | None:
+    from model_proxy.shared.redis_link import check_redis_url, read_password_file
+
+    if not url:
+        if password_file:
+            raise CommandError("--redis-password-file needs --redis")
+        return None
+    try:
+        check_redis_url(url)
+        if password_file:
+            read_password_file(Path(password_file))  # fail at start, not at first use
+    except ValueError as exc:
+        raise CommandError(f"--redis: {exc}") from None
+    return RedisSettings(url=url, password_file=Path(password_file) if password_file else None)
 
 
 def _uid_root(value: str) -> str:

@@ -193,6 +193,19 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         "send OpenTelemetry traces to this OTLP/HTTP collector, like http://collector:4318"
         " (needs the otel extra; default: no tracing)",
     )
+    add_option(
+        serve,
+        "redis",
+        None,
+        "Redis URL the replicas of one deployment share state through, like"
+        " redis://redis:6379/0 or rediss://... (default: none, each process on its own)",
+    )
+    add_option(
+        serve,
+        "redis-password-file",
+        None,
+        "file holding the Redis password (a mounted secret; default: none, or the URL's)",
+    )
     add_option(serve, "log-format", "text", "log lines as text or json")
     add_option(serve, "log-level", "info", "debug, info, warning or error")
     add_option(

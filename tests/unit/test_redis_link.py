@@ -1,0 +1,91 @@
+"""``--redis``: which URLs are taken, what is refused with a clear message, and that a
+password never shows in what the proxy prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from model_proxy.cli.options import CommandError
+from model_proxy.cli.serve import _redis_settings
+from model_proxy.shared import RedisSettings, redacted_redis_url
+from model_proxy.shared.redis_link import check_redis_url, read_password_file
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://redis:6379/0",
+        "redis://:pw@redis:6379/0",
+        "rediss://user:pw@redis.example:6380/1?ssl_ca_certs=/ca.pem",
+        "unix:///run/redis/redis.sock",
+    ],
+)
+def test_redis_urls_taken(url: str) -> None:
+    assert check_redis_url(url) == url
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://redis:6379", "expected a redis://, rediss:// or unix:// URL"),
+        ("redis:///0", "no host"),
+        ("unix://", "no socket path"),
+        ("redis.example:6379", "expected a redis://"),
+    ],
+)
+def test_bad_redis_urls_say_why(url: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        check_redis_url(url)
+
+
+def test_a_refused_url_does_not_echo_its_password() -> None:
+    with pytest.raises(ValueError) as refused:
+        check_redis_url("http://:hunter2@redis:6379")
+    assert "hunter2" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://redis:6379/0", "redis://redis:6379/0"),
+        ("redis://:pw@redis:6379/0", "redis://:***@redis:6379/0"),
+        ("rediss://app:pw@redis:6380/1?x=1", "rediss://app:***@redis:6380/1?x=1"),
+    ],
+)
+def test_redacted_urls(url: str, shown: str) -> None:
+    assert redacted_redis_url(url) == shown
+
+
+def test_password_file_loses_its_line_end(tmp_path: Path) -> None:
+    secret = tmp_path / "redis-password"
+    secret.write_text("s3cret\n")
+    assert read_password_file(secret) == "s3cret"
+
+
+def test_empty_or_missing_password_file_is_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match="is empty"):
+        read_password_file(empty)
+    with pytest.raises(ValueError, match="cannot read the Redis password file"):
+        read_password_file(tmp_path / "missing")
+
+
+def test_flags_make_settings(tmp_path: Path) -> None:
+    secret = tmp_path / "redis-password"
+    secret.write_text("s3cret")
+    assert _redis_settings(None, None) is None
+    assert _redis_settings("redis://redis:6379/0", str(secret)) == RedisSettings(
+        url="redis://redis:6379/0", password_file=secret
+    )
+
+
+def test_flag_mistakes_are_command_errors(tmp_path: Path) -> None:
+    with pytest.raises(CommandError, match="--redis-password-file needs --redis"):
+        _redis_settings(None, str(tmp_path / "pw"))
+    with pytest.raises(CommandError, match="--redis: expected a redis://"):
+        _redis_settings("http://redis", None)
+    with pytest.raises(CommandError, match="--redis: cannot read the Redis password file"):
+        _redis_settings("redis://redis:6379/0", str(tmp_path / "missing"))
