@@ -1,6 +1,7 @@
-"""monitoring/grafana/model-proxy-dashboard.json: an importable Grafana dashboard whose
-every query parses in a real Prometheus that scraped a real proxy after it served
-traffic, and names only series the proxy exports (docs/operations.md, "Dashboard")."""
+"""monitoring/: the Grafana dashboard is importable, and its every query and every alert
+rule's expression parses in a real Prometheus that scraped a real proxy after it served
+traffic, naming only series the proxy exports (docs/operations.md, "Dashboard" and
+"Alerts"; promtool's checks of the rules are in tests/unit/test_alert_rules.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from auth_setup import AuthSetupFactory
 from processes import LOOPBACK, free_port, http_client
 from prometheus_server import Prometheus, start_prometheus
@@ -18,6 +20,7 @@ from token_gateway import Gateway
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "monitoring" / "grafana" / "model-proxy-dashboard.json"
+ALERTS = ROOT / "monitoring" / "prometheus-alerts.yml"
 DATASOURCE = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 # Grafana's own variables, as Grafana would fill them in for a 1-hour view.
 BUILT_INS = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
@@ -210,11 +213,19 @@ def query(prometheus: Prometheus, expr: str) -> dict[str, Any]:
     return answer
 
 
-def test_every_panel_query_runs_on_series_the_proxy_exports(
+def test_every_query_runs_on_series_a_real_proxy_exports(
     scraped: tuple[Prometheus, str],
 ) -> None:
+    # One Prometheus and one proxy for the three checks: each takes a minute to set up
+    # on a loaded machine.
     prometheus, exposition = scraped
     exported = exposed_names(exposition) | PROMETHEUS_SERIES
+    check_panels(prometheus, exported)
+    check_variables(prometheus)
+    check_alerts(prometheus, exported)
+
+
+def check_panels(prometheus: Prometheus, exported: set[str]) -> None:
     empty = []
     for title, expr in expressions():
         names = metric_names(expr)
@@ -231,10 +242,7 @@ def test_every_panel_query_runs_on_series_the_proxy_exports(
     assert not empty, "\n".join(empty)
 
 
-def test_the_variables_list_the_scraped_job_and_model(
-    scraped: tuple[Prometheus, str],
-) -> None:
-    prometheus, _ = scraped
+def check_variables(prometheus: Prometheus) -> None:
     found: dict[str, list[str]] = {}
     for variable in variables():
         # label_values(selector, label) is Grafana's call of the series API.
@@ -250,3 +258,19 @@ def test_the_variables_list_the_scraped_job_and_model(
         found[variable["name"]] = answer["data"]
     assert found["job"] == ["model-proxy"]
     assert found["instance"] and found["model"]
+
+
+def alert_expressions() -> list[tuple[str, str]]:
+    rules = yaml.safe_load(ALERTS.read_text())
+    return [(rule["alert"], rule["expr"]) for group in rules["groups"] for rule in group["rules"]]
+
+
+def check_alerts(prometheus: Prometheus, exported: set[str]) -> None:
+    # promtool checks the syntax and fires the alerts on synthetic series; this checks
+    # that those series are the ones a real proxy exports, under the same names.
+    for alert, expr in alert_expressions():
+        names = metric_names(expr)
+        assert names and names <= exported, f"{alert}: {names - exported} not in the exposition"
+        answer = query(prometheus, expr)
+        assert answer["status"] == "success", f"{alert}: {answer}"
+        assert not answer.get("warnings"), f"{alert}: {answer['warnings']}"
