@@ -89,6 +89,15 @@ orthanc_present && echo "Orthanc and its DICOMweb plugin: present"
 nginx_present && echo "nginx: present"
 command -v prometheus >/dev/null 2>&1 && echo "Prometheus and promtool: present"
 command -v redis-server >/dev/null 2>&1 && echo "Redis: present"
+# kubectl renders deploy/kubernetes (tests/integration/test_kubernetes_manifests.py). It
+# must bring kustomize v5 (kubectl 1.27 or later): Debian's kubernetes-client is older,
+# so it is not apt-installed here.
+if command -v kubectl >/dev/null 2>&1; then
+  echo "kubectl: present"
+elif ! $fast; then
+  echo "missing: kubectl 1.27 or later (https://kubernetes.io/docs/tasks/tools/);" \
+    "the Kubernetes manifest tests fail without it" >&2
+fi
 
 section "virtualenv (.venv)"
 if [ ! -x .venv/bin/python ]; then
