@@ -180,6 +180,11 @@ def check_config(config_dir: Path, access_file: Path | None = None) -> int:
         inputs = ", ".join(entry.data_key for entry in model.data_filter)
         extra = f"; inputs: {inputs}" if inputs else ""
         print(f"  {model.id}: {model.task.value} [{levels}] -> {redact_urls(model.uri)}{extra}")
+    if config.rules:
+        print(f"{config_dir / 'rules.json'}: {len(config.rules)} prefetch rules")
+        for rule in config.rules:
+            where = f"server {rule.server}" if rule.server else "every server"
+            print(f"  {rule.name!r}: model {rule.model}, each {rule.level}, on {where}")
     if access is None:
         print("no access.json: client authentication is off, any caller may run every model")
     else:

@@ -9,6 +9,7 @@ Every problem of both files is reported at once in one :class:`ConfigError`.
 """
 
 from .loader import ConfigError, ProxyConfig, load_config, parse_models, parse_servers
+from .rules import PrefetchRule, RuleLevel
 from .schema import (
     AuthType,
     CacheValidation,
@@ -28,7 +29,9 @@ __all__ = [
     "InputFormat",
     "Level",
     "ModelConfig",
+    "PrefetchRule",
     "ProxyConfig",
+    "RuleLevel",
     "ServerConfig",
     "Task",
     "load_config",

@@ -35,6 +35,7 @@ from .checks import (
     is_member,
 )
 from .enums import AuthType, Level
+from .rules import RULES_FILE, PrefetchRule, parse_rules
 from .schema import ModelConfig, ServerConfig, missing_auth_fields
 from .spelling import unknown_fields
 
@@ -76,12 +77,15 @@ class ProxyConfig:
     servers: Mapping[str, ServerConfig]
     models: Mapping[str, ModelConfig]
     warnings: tuple[str, ...] = field(default=())
+    # rules.json (optional): models that run by themselves on new studies.
+    rules: tuple[PrefetchRule, ...] = field(default=())
 
     def __post_init__(self) -> None:
         # Read-only views: the config is shared by every request.
         object.__setattr__(self, "servers", MappingProxyType(dict(self.servers)))
         object.__setattr__(self, "models", MappingProxyType(dict(self.models)))
         object.__setattr__(self, "warnings", tuple(self.warnings))
+        object.__setattr__(self, "rules", tuple(self.rules))
 
     def default_server(self) -> ServerConfig | None:
         """The server used when a request has no ``?server=``."""
@@ -94,7 +98,8 @@ class ProxyConfig:
 
 
 def load_config(config_dir: Path) -> ProxyConfig:
-    """Load ``config_dir/servers.json`` and ``config_dir/models.json``."""
+    """Load ``config_dir/servers.json`` and ``config_dir/models.json``, and
+    ``config_dir/rules.json`` when it exists (config/rules.py)."""
     config_dir = Path(config_dir)
     errors: list[str] = []
     warnings: list[str] = []
@@ -122,9 +127,17 @@ def load_config(config_dir: Path) -> ProxyConfig:
             warnings += exc.warnings
 
     errors += _unknown_store_servers(models, servers, str(models_path))
+    rules: tuple[PrefetchRule, ...] = ()
+    rules_path = config_dir / RULES_FILE
+    if rules_path.exists():
+        data = _read_json(rules_path, "the prefetch rules", errors, warnings)
+        if data is not _UNREADABLE:
+            rules, found, found_warnings = parse_rules(data, str(rules_path), models, servers)
+            errors += found
+            warnings += found_warnings
     if errors:
         raise ConfigError(errors, warnings)
-    return ProxyConfig(servers=servers, models=models, warnings=tuple(warnings))
+    return ProxyConfig(servers=servers, models=models, warnings=tuple(warnings), rules=rules)
 
 
 def _unknown_store_servers(

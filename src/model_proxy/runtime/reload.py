@@ -31,7 +31,7 @@ from model_proxy.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILES = ("servers.json", "models.json", "access.json")
+CONFIG_FILES = ("servers.json", "models.json", "access.json", "rules.json")
 
 
 class LiveState:
