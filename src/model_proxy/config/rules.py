@@ -223,7 +223,9 @@ def _parse_match(match: object, problem: Any) -> tuple[tuple[Condition, ...], in
                 min_instances = value
             continue
         if key not in _keywords():
-            meant = near_miss(key, [*_keywords(), MIN_INSTANCES])
+            # Only names near in length can be near misses: a few hundred, not ~5,000.
+            near = [k for k in (*_keywords(), MIN_INSTANCES) if abs(len(k) - len(key)) <= 2]
+            meant = near_miss(key, near)
             hint = f'; did you mean "{meant}"?' if meant else ""
             problem(
                 field, f"{key!r} is not a DICOM keyword (like Modality, SeriesDescription){hint}"
