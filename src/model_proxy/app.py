@@ -31,6 +31,7 @@ from model_proxy.metrics import ProxyMetrics
 from model_proxy.metrics import endpoint as metrics_endpoint
 from model_proxy.metrics.collector import StateCollector
 from model_proxy.metrics.endpoint import MetricsPort
+from model_proxy.prefetch import start_watcher
 from model_proxy.routes import health, inference, jobs, openapi, status
 from model_proxy.routes.not_found import UNKNOWN_PATH
 from model_proxy.runtime.capacity import Capacity
@@ -90,6 +91,9 @@ def create_app(
         app.state.redis = await _connect_redis(settings)
         app.state.jobs = await _start_jobs(settings, state, live)
         app.state.job_progress_interval = settings.job_progress_interval
+        app.state.watcher = await start_watcher(
+            settings, live, app.state.jobs, settings.data_dir / JOB_STORE_FILE, metrics.prefetch_job
+        )
         if metrics_port is not None:
             await metrics_port.start()
         log_posture(
@@ -107,6 +111,8 @@ def create_app(
         try:
             yield
         finally:
+            if app.state.watcher is not None:
+                await app.state.watcher.aclose()  # before the jobs it submits to
             if app.state.jobs is not None:
                 await app.state.jobs.aclose()  # running jobs stay queued for the next start
             if app.state.redis is not None:

@@ -70,6 +70,8 @@ class SampleStudy:
     seed: int = 0
     patient_id: str = "PHANTOM-0"
     frame_of_reference_uid: str = ""
+    # YYYYMMDD; a prefetch rule's lookback window goes by it (docs/jobs.md).
+    study_date: str = "20240101"
 
     def iter_instances(self) -> Iterator[tuple[SampleSeries, str, bytes]]:
         """Yield ``(series, sop_uid, Part-10 file bytes)``, series by series."""
@@ -89,6 +91,7 @@ def make_study(
     columns: int = 128,
     uid_prefix: str | None = None,
     seed: int = 0,
+    study_date: str = "20240101",
 ) -> SampleStudy:
     """Describe a phantom study; UIDs depend only on ``uid_prefix`` and ``seed``."""
     if not series_slices or any(n < 1 for n in series_slices):
@@ -113,6 +116,7 @@ def make_study(
         seed=seed,
         patient_id=f"PHANTOM-{seed}",
         frame_of_reference_uid=generate_uid(prefix, entropy_srcs=[study_uid, "frame"]),
+        study_date=study_date,
     )
 
 
@@ -182,7 +186,7 @@ def _series_template(
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.SOPClassUID = CTImageStorage
-    ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20240101"
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = study.study_date
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
     ds.AccessionNumber = f"PH{study.seed:06d}"
     ds.Modality = "CT"

@@ -77,6 +77,12 @@ class Settings:
     job_progress_interval: float = 0.5
     # A job that found admission full (the GET routes' 503) tries again after this.
     job_retry_interval: float = 1.0
+    # Prefetch (rules.json, docs/jobs.md): seconds between polls of each PACS; 0: off.
+    watch_interval: float = 30.0
+    # Studies of today and this many days before (StudyDate; a folder: file times).
+    watch_lookback_days: int = 1
+    # Studies listed per PACS and poll, at most (QIDO pages of 100).
+    watch_max_studies: int = 5000
     # The largest JSON result converted to DICOM: it is held and parsed whole
     # (docs/dicom-outputs.md, "Not done yet").
     dicom_max_result_bytes: int = 256 * MiB

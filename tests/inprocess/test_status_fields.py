@@ -19,7 +19,14 @@ _ROW = re.compile(r"^\| (?P<where>[a-z, ]+) \| (?P<fields>`[^|]*) \| ", re.MULTI
 def documented_fields() -> dict[str, set[str]]:
     """{"server": {...}, "model": {...}, "process": {...}} from the /status table."""
     section = DOC.read_text().split("## /status", 1)[1].split("\n## ", 1)[0]
-    found: dict[str, set[str]] = {"server": set(), "model": set(), "process": set(), "jobs": set()}
+    found: dict[str, set[str]] = {
+        "server": set(),
+        "model": set(),
+        "process": set(),
+        "jobs": set(),
+        "watcher": set(),
+        "watcher server": set(),
+    }
     for row in _ROW.finditer(section):
         names = set(re.findall(r"`([A-Za-z]+)`", row.group("fields")))
         for where in row.group("where").split(", "):
@@ -37,7 +44,9 @@ async def test_status_fields_are_documented(deployment: Deployment, tmp_path: Pa
     assert response.status_code == 200
     report = response.json()
     assert (
-        {"servers", "models", "process"} <= set(report) <= {"servers", "models", "process", "jobs"}
+        {"servers", "models", "process"}
+        <= set(report)
+        <= {"servers", "models", "process", "jobs", "watcher"}
     )
     documented = documented_fields()
     # Every field the proxy sent is documented (optional ones may be absent here).
@@ -46,6 +55,9 @@ async def test_status_fields_are_documented(deployment: Deployment, tmp_path: Pa
     assert set(report["process"]) == documented["process"]
     if "jobs" in report:
         assert set(report["jobs"]) == documented["jobs"]
+    if "watcher" in report:
+        assert set(report["watcher"]) == documented["watcher"]
+        assert fields_of(report["watcher"]["servers"]) <= documented["watcher server"]
     always = {"ok", "latencyMs", "statusUri", "detail"}
     assert always | {"uri", "isDefault"} <= fields_of(report["servers"])
     assert always | {"task", "supports", "breaker"} <= fields_of(report["models"])

@@ -131,6 +131,20 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     )
     add_option(
         serve,
+        "watch-interval",
+        "30",
+        "seconds between polls of each PACS for new studies that rules.json says to run"
+        " models on (0: no prefetch)",
+    )
+    add_option(
+        serve,
+        "watch-lookback",
+        "1",
+        "days before today whose studies the prefetch watcher looks at (by StudyDate;"
+        " a file:// folder: by file time)",
+    )
+    add_option(
+        serve,
         "access-config",
         None,
         "client authentication and per-model access rules (default: access.json in the"

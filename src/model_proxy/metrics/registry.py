@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from model_proxy.config import Task
+from model_proxy.config import PrefetchRule, Task
 from model_proxy.errors import ErrorCode
 
 if TYPE_CHECKING:
@@ -131,6 +131,12 @@ class ProxyMetrics:
             ["server"],
             registry=registry,
         )
+        self.prefetch_jobs = Counter(
+            "model_proxy_prefetch_jobs",
+            "Jobs the prefetch watcher started, by rule name (rules.json), model and server UUID",
+            ["rule", "model", "server"],
+            registry=registry,
+        )
         for code in _ADMISSION_CODES:
             self.admission_rejections.labels(code.value)  # 0 from the start: alerts see it
 
@@ -165,6 +171,10 @@ class ProxyMetrics:
                 failures.inc()
 
         return observe
+
+    def prefetch_job(self, rule: PrefetchRule, server: str) -> None:
+        """What the prefetch watcher calls for each job it starts."""
+        self.prefetch_jobs.labels(rule.name, rule.model, server).inc()
 
     def token_observer(self, server: str, renewed: bool) -> None:
         """What the PACS token sessions call after each renewal."""

@@ -26,6 +26,14 @@ from model_proxy.pacs.multipart import (
     TruncatedMultipart,
     boundary_from_content_type,
 )
+from model_proxy.pacs.qido import (
+    SERIES_INSTANCES,
+    SERIES_UID,
+    STUDY_INSTANCES,
+    STUDY_UID,
+    SearchPage,
+    search,
+)
 from model_proxy.pacs.source import Target
 from model_proxy.pacs.stow import stow
 from model_proxy.upstream.clients import Timeouts, is_transient, make_client, translated
@@ -241,6 +249,39 @@ class DicomWebSource:
             self._server.uri,
             target,
             self._server.cache_validation,
+            limits=self._timeouts.for_probe(),
+            label=self.label,
+        )
+
+    async def find_studies(
+        self, keywords: Sequence[str], *, since: str | None, max_rows: int
+    ) -> SearchPage:
+        """The studies of the PACS (StudyDate ``since`` YYYYMMDD or later), with their
+        instance counts and ``keywords``: QIDO-RS, for the prefetch watcher."""
+        return await search(
+            self._client,
+            f"{self._server.uri}/studies",
+            uid_keyword=STUDY_UID,
+            count_keyword=STUDY_INSTANCES,
+            keywords=keywords,
+            filters={"StudyDate": f"{since}-"} if since else {},
+            max_rows=max_rows,
+            limits=self._timeouts.for_probe(),
+            label=self.label,
+        )
+
+    async def find_series(
+        self, study: str, keywords: Sequence[str], *, max_rows: int
+    ) -> SearchPage:
+        """The series of ``study`` with their instance counts and ``keywords``."""
+        return await search(
+            self._client,
+            f"{self._server.uri}/studies/{study}/series",
+            uid_keyword=SERIES_UID,
+            count_keyword=SERIES_INSTANCES,
+            keywords=keywords,
+            filters={},
+            max_rows=max_rows,
             limits=self._timeouts.for_probe(),
             label=self.label,
         )

@@ -167,6 +167,15 @@ class FolderIndex:
         path = instances.get(target.instance)
         return [path] if path is not None else []
 
+    def newest_times(self) -> dict[str, int]:
+        """Each study's newest file modification time (ns) as of the last scan: when a
+        study arrived, for the prefetch watcher's lookback window."""
+        newest: dict[str, int] = {}
+        for (_size, mtime_ns), entry in self._files.values():
+            if entry is not None and mtime_ns > newest.get(entry.study, -1):
+                newest[entry.study] = mtime_ns
+        return newest
+
     @property
     def instance_count(self) -> int:
         return sum(len(i) for series in self.studies.values() for i in series.values())

@@ -23,6 +23,11 @@ class GuardedSource:
         self.breaker = breaker
         self._inner = inner
 
+    @property
+    def inner(self) -> DicomSource:
+        """The source behind the breaker (the prefetch watcher searches it directly)."""
+        return self._inner
+
     @asynccontextmanager
     async def retrieve(self, target: Target) -> AsyncIterator[AsyncIterator[bytes]]:
         async with self.breaker.guard(), self._inner.retrieve(target) as instances:

@@ -132,6 +132,14 @@ class LocalFolderSource:
         if self._folder.scanned_at is None:
             self._folder.start_scan()
 
+    async def fresh_index(self) -> FolderIndex:
+        """The index after a rescan that started now (the prefetch watcher: it sees new
+        files on its own interval, not only when a request comes)."""
+        await self._folder.refreshed(0.0)
+        if self._index.root_missing:
+            raise PacsError(f"{self.label}: folder {self._index.root} does not exist")
+        return self._index
+
     async def _indexed(self) -> FolderIndex:
         await self._folder.ready()
         if self._index.root_missing:

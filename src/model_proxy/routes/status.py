@@ -3,7 +3,8 @@
 Present only when ZHIVA_SHOW_STATUS_PAGE=true. HTML for a browser, JSON for
 ``Accept: application/json``:
 ``{"servers": {uuid: {"ok": bool, ...}}, "models": {uuid: {"ok": bool, ...}},
-"jobs": {"queued", "running", "failedLastHour", "maxRunning"}}`` (jobs: docs/jobs.md).
+"jobs": {"queued", "running", "failedLastHour", "maxRunning"}, "watcher": {...}}``
+(jobs and the prefetch watcher: docs/jobs.md).
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ async def status(request: Request) -> Response:
     report = await collect_status(state)
     if request.app.state.jobs is not None:
         report["jobs"] = await request.app.state.jobs.counts()
+    watcher = getattr(request.app.state, "watcher", None)
+    if watcher is not None:
+        report["watcher"] = watcher.status()
     accept = request.headers.get("accept", "")
     if "application/json" in accept and "text/html" not in accept:
         return JSONResponse(report, headers={"Cache-Control": "no-store"})
@@ -139,7 +143,9 @@ def render_html(report: dict[str, dict[str, Any]]) -> str:
     )
     probed = report["process"]["probedSecondsAgo"]
     footer = "just now" if probed < 1 else f"{probed:.0f} s ago"
-    page = _PAGE.replace("{sections}", summary + "".join(sections) + _jobs_html(report))
+    page = _PAGE.replace(
+        "{sections}", summary + "".join(sections) + _jobs_html(report) + _watcher_html(report)
+    )
     return page.replace("{probed}", footer)
 
 
@@ -154,6 +160,40 @@ def _jobs_html(report: dict[str, dict[str, Any]]) -> str:
         f" {jobs['maxRunning']}</td></tr>"
         f'<tr><th>failed in the last hour</th><td class="num">{jobs["failedLastHour"]}</td></tr>'
         '</tbody></table><p><a href="/jobs">Recent jobs</a></p>'
+    )
+
+
+def _watcher_html(report: dict[str, dict[str, Any]]) -> str:
+    watcher = report.get("watcher")
+    if watcher is None:
+        return "<h2>Prefetch</h2><p>Off (--watch-interval 0, or jobs are off).</p>"
+    if not watcher["on"]:
+        return f"<h2>Prefetch</h2><p>{html.escape(watcher['detail'])}.</p>"
+    rows = []
+    for uuid, server in watcher["servers"].items():
+        badge = "up" if server["ok"] else "down"
+        outcome = "ok" if server["ok"] else server["error"] or "not polled yet"
+        rows.append(
+            "<tr>"
+            f'<td><span class="badge {badge}">{badge}</span></td>'
+            f"<td><code>{html.escape(uuid)}</code></td>"
+            f"<td>{html.escape(str(server['lastPoll']))}</td>"
+            f'<td class="num">{server["studiesSeen"]}</td>'
+            f"<td>{html.escape(outcome)}</td>"
+            "</tr>"
+        )
+    started = "".join(
+        f'<tr><th>{html.escape(name)}</th><td class="num">{count}</td></tr>'
+        for name, count in watcher["jobsStarted"].items()
+    )
+    return (
+        f"<h2>Prefetch</h2><p>{watcher['rules']} rules, every"
+        f" {watcher['intervalSeconds']:g} s.</p>"
+        '<table id="watcher"><thead><tr><th>state</th><th>server</th><th>last poll</th>'
+        "<th>studies seen</th><th>outcome</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+        f'<table id="prefetch-jobs"><thead><tr><th>rule</th><th>jobs started</th></tr></thead>'
+        f"<tbody>{started}</tbody></table>"
     )
 
 

@@ -1,0 +1,49 @@
+"""Prefetch on arrival (docs/jobs.md, "Prefetch"): rules.json says which models run on
+which new studies; the watcher finds those studies and submits their jobs.
+
+``role.py`` (which replica watches), ``discovery.py`` (QIDO-RS or a folder's index),
+``ledger.py`` (what ran, in jobs.sqlite), ``watcher.py`` (the polling loop). The rules
+themselves are config: config/rules.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from model_proxy.jobs import JobManager
+from model_proxy.prefetch.ledger import PrefetchLedger
+from model_proxy.prefetch.role import SoleReplica, WatcherRole
+from model_proxy.prefetch.watcher import JobObserver, PrefetchWatcher, WatchPolicy
+from model_proxy.runtime.reload import LiveState
+from model_proxy.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PrefetchWatcher", "SoleReplica", "WatchPolicy", "WatcherRole", "start_watcher"]
+
+
+async def start_watcher(
+    settings: Settings,
+    live: LiveState,
+    jobs: JobManager | None,
+    ledger_path: Path,
+    on_job: JobObserver | None = None,
+) -> PrefetchWatcher | None:
+    """The running watcher; None with ``--watch-interval 0`` or without jobs."""
+    if settings.watch_interval <= 0:
+        logger.info("prefetch watcher off (--watch-interval 0)")
+        return None
+    if jobs is None:
+        logger.info("prefetch watcher off: jobs are off (--cache-size 0)")
+        return None
+    ledger = await asyncio.to_thread(PrefetchLedger, ledger_path)
+    policy = WatchPolicy(
+        interval=settings.watch_interval,
+        lookback_days=settings.watch_lookback_days,
+        max_studies=settings.watch_max_studies,
+    )
+    watcher = PrefetchWatcher(live, jobs, ledger, policy, SoleReplica(), on_job)
+    watcher.start()
+    return watcher
