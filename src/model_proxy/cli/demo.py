@@ -1,9 +1,10 @@
 """``model-proxy demo``: the embedded default, from nothing to a result.
 
 Generates a synthetic CT study in a local folder, writes servers.json and
-models.json for it and for the bundled example model, makes a certificate,
-starts the example model and serves the proxy over HTTPS, printing ``curl``
-lines that return real results.
+models.json for it and for the bundled example model, and a rules.json that
+segments every new CT series dropped into the folder by itself (prefetch,
+docs/jobs.md), makes a certificate, starts the example model and serves the
+proxy over HTTPS, printing ``curl`` lines that return real results.
 """
 
 from __future__ import annotations
@@ -28,6 +29,21 @@ MODELS = {
     "3e2d1c0b-9a8f-4e7d-b6c5-a4b3c2d1e0f9": ("prediction", "/prediction"),
 }
 TWO_SERIES_MODEL_ID = "7472e576-d49c-4fbf-9b2a-a52e1f59a906"
+SEGMENTATION_MODEL_ID = "d4e548ad-f365-4c34-918b-4e61a8b896f0"
+# Seconds between looks at the folder for new studies: a study copied in is found
+# stable within two of them, so it is segmented well within a minute.
+DEMO_WATCH_INTERVAL = 5.0
+DEMO_RULES = {
+    "rules": [
+        {
+            "name": "demo: segment new CT series",
+            "model": SEGMENTATION_MODEL_ID,
+            "server": SERVER_ID,
+            "level": "series",
+            "match": {"Modality": "CT", "minInstances": 20},
+        }
+    ]
+}
 ALL_LEVELS = ["/studies", "/studies/series", "/studies/series/instances"]
 
 
@@ -60,6 +76,7 @@ def write_demo_config(folder: Path, dicom_dir: Path, model_url: str) -> None:
     option = orjson.OPT_INDENT_2
     (folder / "servers.json").write_bytes(orjson.dumps(servers, option=option) + b"\n")
     (folder / "models.json").write_bytes(orjson.dumps(models, option=option) + b"\n")
+    (folder / "rules.json").write_bytes(orjson.dumps(DEMO_RULES, option=option) + b"\n")
 
 
 def run_demo(folder: Path, *, host: str, port: int, model_port: int) -> int:
@@ -89,6 +106,7 @@ def run_demo(folder: Path, *, host: str, port: int, model_port: int) -> int:
             data_dir=folder / "data",
             log_dir=folder / "log",
             show_status_page=True,
+            watch_interval=DEMO_WATCH_INTERVAL,
         )
         _print_curl_lines(
             folder,
@@ -163,4 +181,9 @@ def _print_curl_lines(
         f"  curl -i --cacert {cert} -H 'Prefer: respond-async'"
         f" '{base}/segmentations/{seg}/{series}'\n"
         f"  # recent jobs with progress bars: open {base}/jobs in a browser\n"
+    )
+    print(
+        f"  # a new CT study copied into {folder / 'dicom'} is segmented by itself within a"
+        " minute\n  # (rules.json; the watcher looks every"
+        f" {DEMO_WATCH_INTERVAL:g} s): it shows on {base}/jobs, and its GET is then a cache hit\n"
     )
