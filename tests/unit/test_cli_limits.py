@@ -36,6 +36,8 @@ def test_memory_budget_takes_a_size(value: str, expected: int) -> None:
         (["--pacs-concurrency", "two"], "--pacs-concurrency must be a whole number"),
         (["--max-running-jobs", "0"], "--max-running-jobs must be a whole number from 1"),
         (["--job-retention", "forever"], "--job-retention must be a positive duration"),
+        (["--watch-interval", "-1"], "--watch-interval must be zero or a positive number"),
+        (["--watch-lookback", "a week"], "--watch-lookback must be a whole number from 0"),
     ],
 )
 def test_bad_limits_are_one_clear_line_and_exit_2(
