@@ -115,8 +115,6 @@ class PrefetchWatcher:
         while True:
             try:
                 await self.poll()
-            except asyncio.CancelledError:
-                raise
             except Exception:  # the loop must outlive any one poll's surprise
                 logger.exception("prefetch: a poll failed unexpectedly; polling again later")
             await asyncio.sleep(self.policy.interval)
