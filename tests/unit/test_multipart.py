@@ -289,7 +289,7 @@ def test_max_part_bytes_rejects_a_large_part_arriving_in_chunks() -> None:
             parts += decoder.feed(stream[start : start + 256])
     assert parts == [b"small"]
     # Memory stayed bounded: the decoder gave up soon after passing the limit.
-    assert len(decoder._buffer) <= 1000 + 256
+    assert decoder.buffered_bytes <= 1000 + 256
 
 
 def test_max_part_bytes_accepts_parts_within_the_limit() -> None:
@@ -311,7 +311,7 @@ def test_a_part_over_max_part_bytes_is_rejected_even_in_one_chunk() -> None:
 # --- large parts, linear scanning ------------------------------------------------------
 
 
-def test_twenty_megabyte_part_in_64k_chunks_is_byte_exact_and_scanned_once() -> None:
+def test_twenty_megabyte_part_in_64k_chunks_is_byte_exact_and_held_uncopied() -> None:
     rng = random.Random(20)
     big = rng.randbytes(20 * 1024 * 1024)
     assert DELIMITER not in big
@@ -322,14 +322,13 @@ def test_twenty_megabyte_part_in_64k_chunks_is_byte_exact_and_scanned_once() -> 
     body_start = stream.index(big)
     checked = 0
     for start in range(0, len(stream), chunk):
-        parts += decoder.feed(stream[start : start + chunk])
+        piece = stream[start : start + chunk]
+        parts += decoder.feed(piece)
         fed = start + chunk
         if body_start + chunk < fed < body_start + len(big):
-            # Mid-part: the next search starts at most one delimiter's length
-            # before the end of what is buffered, not at 0.
-            buffered = len(decoder._buffer)
-            assert buffered == fed - body_start
-            assert decoder._scan_from == buffered - len(DELIMITER) + 1
+            # Mid-part: what arrived is held as views of the chunks, not copied.
+            assert decoder.buffered_bytes == fed - body_start
+            assert decoder._pieces[-1].obj is piece
             checked += 1
     decoder.close()
     assert checked > 300
@@ -337,6 +336,30 @@ def test_twenty_megabyte_part_in_64k_chunks_is_byte_exact_and_scanned_once() -> 
     assert parts[0] == b"head"
     assert parts[1] == big
     assert parts[2] == b"tail"
+
+
+def test_a_delimiter_split_at_every_point_between_two_large_chunks() -> None:
+    bodies = [b"a" * 5000, b"b" * 7000]
+    stream = build(bodies)
+    delimiter_at = stream.index(DELIMITER, stream.index(b"a" * 5000))
+    for split in range(delimiter_at - 2, delimiter_at + len(DELIMITER) + 2):
+        decoder = MultipartDecoder(BOUNDARY)
+        parts = decoder.feed(stream[:1000]) + decoder.feed(stream[1000:split])
+        parts += decoder.feed(stream[split:])
+        decoder.close()
+        assert parts == bodies, split
+
+
+def test_a_delimiter_spread_over_many_tiny_chunks_after_a_large_one() -> None:
+    body = bytes(range(256)) * 40
+    stream = build([body, b"next"])
+    end = stream.index(body) + len(body)
+    decoder = MultipartDecoder(BOUNDARY)
+    parts = decoder.feed(stream[: end - 3])
+    for index in range(end - 3, len(stream)):
+        parts += decoder.feed(stream[index : index + 1])
+    decoder.close()
+    assert parts == [body, b"next"]
 
 
 # --- Content-Type ----------------------------------------------------------------------

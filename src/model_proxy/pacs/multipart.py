@@ -58,14 +58,27 @@ class MultipartDecoder:
 
     ``max_part_bytes`` bounds the memory one part may take; a larger part raises
     MalformedMultipart instead of growing without limit.
+
+    A part's body is kept as the views of the chunks it arrived in and joined
+    once, when its delimiter has been found: that join is the only copy of its
+    bytes. (Accumulating the stream in a bytearray, as this decoder did before,
+    cost three to four more: the append, the copy of the rest of the buffer each
+    time a part was cut from its front, and the part's own; docs/performance.md,
+    "The read path".) Only what lies between two bodies, a delimiter line and a
+    part's headers, is ever buffered, and only when a chunk ends inside it.
     """
 
     def __init__(self, boundary: str, *, max_part_bytes: int | None = None) -> None:
         self._dash_boundary = b"--" + boundary.encode("latin-1")
         self._delimiter = b"\r\n" + self._dash_boundary
         self._max_part_bytes = max_part_bytes
-        self._buffer = bytearray()
-        self._scan_from = 0
+        # Outside a body: the start of a delimiter line or headers that a chunk cut.
+        self._pending = b""
+        # Inside a body: the pieces received so far, their size, and their last
+        # bytes, where a delimiter split across two chunks would begin.
+        self._pieces: list[memoryview] = []
+        self._body_bytes = 0
+        self._tail = b""
         self._state = _State.PREAMBLE
         self.part_headers: list[dict[str, str]] = []
 
@@ -73,14 +86,23 @@ class MultipartDecoder:
     def done(self) -> bool:
         return self._state is _State.DONE
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes held for the part being received (or the text before it)."""
+        return self._body_bytes + len(self._pending)
+
     def feed(self, chunk: bytes) -> list[bytes]:
         """Add bytes from the stream; return the parts completed by them."""
         if self._state is _State.DONE:
             return []  # the epilogue is ignored, as RFC 2046 says
-        self._buffer += chunk
+        data = bytes(chunk)  # no copy of bytes; the views below need an immutable object
+        if self._pending:
+            # A chunk ended inside a delimiter line or headers: rare, and short.
+            data, self._pending = self._pending + data, b""
         parts: list[bytes] = []
-        while self._step(parts):
-            pass
+        at = 0
+        while at >= 0:
+            at = self._step(data, at, parts)
         return parts
 
     def close(self) -> None:
@@ -94,73 +116,91 @@ class MultipartDecoder:
             }[self._state]
             raise TruncatedMultipart(f"multipart stream ended {where}")
 
-    def _step(self, parts: list[bytes]) -> bool:
-        """Advance one state if the buffer allows it; False when more input is needed."""
-        buffer = self._buffer
+    def _step(self, data: bytes, at: int, parts: list[bytes]) -> int:
+        """Advance one state from ``data[at:]``; where the next step starts, or -1
+        once ``data`` is used up (what is left of it kept for the next chunk)."""
+        if self._state is _State.BODY:
+            return self._body(data, at, parts)
         if self._state is _State.PREAMBLE:
             # The first delimiter may open the stream without a leading CRLF.
-            if buffer.startswith(self._dash_boundary):
-                index = 0
+            if data.startswith(self._dash_boundary, at):
+                index = at
             else:
-                found = buffer.find(self._delimiter)
+                found = data.find(self._delimiter, at)
                 if found < 0:
-                    if len(buffer) > _MAX_PREAMBLE_BYTES:
+                    if len(data) - at > _MAX_PREAMBLE_BYTES:
                         raise MalformedMultipart("no multipart boundary found in the stream")
-                    return False
+                    return self._keep(data, at)
                 index = found + 2
-            del buffer[: index + len(self._dash_boundary)]
             self._state = _State.AFTER_DELIMITER
-            return True
+            return index + len(self._dash_boundary)
         if self._state is _State.AFTER_DELIMITER:
-            if len(buffer) < 2:
-                return False
-            if buffer.startswith(b"--"):
+            if len(data) - at < 2:
+                return self._keep(data, at)
+            if data.startswith(b"--", at):
                 self._state = _State.DONE
-                buffer.clear()
-                return False
+                return -1
             # RFC 2046 allows transport padding (spaces, tabs) before the CRLF.
-            line_end = buffer.find(b"\r\n")
+            line_end = data.find(b"\r\n", at)
             if line_end < 0:
-                if len(buffer) > 1024:
+                if len(data) - at > 1024:
                     raise MalformedMultipart("garbage after a multipart delimiter")
-                return False
-            if buffer[:line_end].strip(b" \t"):
+                return self._keep(data, at)
+            if data[at:line_end].strip(b" \t"):
                 raise MalformedMultipart("garbage after a multipart delimiter")
-            del buffer[: line_end + 2]
             self._state = _State.HEADERS
-            return True
+            return line_end + 2
         if self._state is _State.HEADERS:
-            if buffer.startswith(b"\r\n"):  # a part with no headers at all
-                header_end, skip = 0, 2
+            if data.startswith(b"\r\n", at):  # a part with no headers at all
+                header_end, skip = at, 2
             else:
-                header_end = buffer.find(_HEADER_END)
+                header_end = data.find(_HEADER_END, at)
                 skip = 4
                 if header_end < 0:
-                    if len(buffer) > _MAX_HEADER_BYTES:
+                    if len(data) - at > _MAX_HEADER_BYTES:
                         raise MalformedMultipart("a part's headers are too long")
-                    return False
-            self.part_headers.append(_parse_headers(bytes(buffer[:header_end])))
-            del buffer[: header_end + skip]
+                    return self._keep(data, at)
+            self.part_headers.append(_parse_headers(data[at:header_end]))
             self._state = _State.BODY
-            self._scan_from = 0
-            return True
-        if self._state is _State.BODY:
-            found = buffer.find(self._delimiter, self._scan_from)
-            if found < 0:
-                # Resume the next search just before the tail that could hold
-                # the start of a delimiter split across chunks; everything before
-                # that tail is certainly part content.
-                self._scan_from = max(0, len(buffer) - len(self._delimiter) + 1)
-                self._check_part_size(self._scan_from)
-                return False
-            self._check_part_size(found)
-            # One copy: slicing the bytearray first would make two.
-            with memoryview(buffer) as view:
-                parts.append(bytes(view[:found]))
-            del buffer[: found + len(self._delimiter)]
-            self._state = _State.AFTER_DELIMITER
-            return True
-        return False
+            return header_end + skip
+        return -1
+
+    def _keep(self, data: bytes, at: int) -> int:
+        self._pending = data[at:]
+        return -1
+
+    def _body(self, data: bytes, at: int, parts: list[bytes]) -> int:
+        delimiter = self._delimiter
+        # A delimiter that began in the previous chunk ends in this one.
+        if self._tail:
+            joint = self._tail + data[at : at + len(delimiter) - 1]
+            found = joint.find(delimiter)
+            if 0 <= found < len(self._tail):
+                size = self._body_bytes - len(self._tail) + found
+                self._check_part_size(size)
+                parts.append(b"".join(self._pieces)[:size])
+                return self._end_body(at + found + len(delimiter) - len(self._tail))
+        found = data.find(delimiter, at)
+        if found >= 0:
+            self._check_part_size(self._body_bytes + found - at)
+            with memoryview(data) as view:
+                self._pieces.append(view[at:found])
+                parts.append(b"".join(self._pieces))
+            return self._end_body(found + len(delimiter))
+        # All of it is the part's, but its last bytes may start a delimiter.
+        self._pieces.append(memoryview(data)[at:])
+        self._body_bytes += len(data) - at
+        keep = len(delimiter) - 1
+        self._tail = (self._tail + data[max(at, len(data) - keep) :])[-keep:]
+        self._check_part_size(self._body_bytes - len(self._tail))
+        return -1
+
+    def _end_body(self, after: int) -> int:
+        for piece in self._pieces:
+            piece.release()
+        self._pieces, self._body_bytes, self._tail = [], 0, b""
+        self._state = _State.AFTER_DELIMITER
+        return after
 
     def _check_part_size(self, size: int) -> None:
         if self._max_part_bytes is not None and size > self._max_part_bytes:
