@@ -49,7 +49,7 @@ async def test_chunks_from_a_reused_buffer_arrive_intact_at_a_slow_reader() -> N
 
 
 @pytest.mark.anyio
-async def test_large_chunks_skip_h11s_join_and_small_ones_keep_it(
+async def test_large_chunks_skip_h11s_join_and_small_ones_go_with_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     written: list[list[int]] = []
@@ -72,8 +72,29 @@ async def test_large_chunks_skip_h11s_join_and_small_ones_keep_it(
         async with make_client(tls_verify=True, timeouts=timeouts()) as client:
             response = await client.post(url, content=body())
     assert response.text == digests[0] == hashlib.sha256(b"x" * 100 + b"y" * 256 * 1024).hexdigest()
-    # Only the large chunk, as chunk header, the data object itself, trailer.
-    assert written == [[len(b"40000\r\n"), 256 * 1024, 2]]
+    # One write: the small chunk held, then the large one as chunk header, the
+    # data object itself, trailer.
+    assert written == [[len(b"64\r\n"), 100, 2, len(b"40000\r\n"), 256 * 1024, 2]]
+
+
+@pytest.mark.anyio
+async def test_a_held_small_chunk_is_copied_before_its_buffer_is_reused() -> None:
+    # As models/pipeline.py does: a chunk is a view of a buffer that is written
+    # again once the next chunk has been asked for.
+    buffer = bytearray(b"a" * 100)
+
+    async def body() -> AsyncIterator[bytes]:
+        for letter in b"bcd":
+            yield memoryview(buffer)  # type: ignore[misc]
+            buffer[:] = bytes([letter]) * 100
+        yield b"e" * (128 * 1024)
+        yield b"f" * 10  # small and last: sent with the end of the body
+
+    expected = b"a" * 100 + b"b" * 100 + b"c" * 100 + b"e" * 128 * 1024 + b"f" * 10
+    with slow_reading_server(pause=0) as (url, digests):
+        async with make_client(tls_verify=True, timeouts=timeouts()) as client:
+            response = await client.post(url, content=body())
+    assert response.text == digests[0] == hashlib.sha256(expected).hexdigest()
 
 
 CHUNKED = (

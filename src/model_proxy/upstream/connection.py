@@ -7,9 +7,9 @@ to bytes. On the benchmark's series (631 MB out, 158 MB in) that was about a
 fifth of the proxy's CPU time (docs/performance.md). This connection uses h11
 for what it is good at, the request's framing and the response's head; a body
 chunk of ``PASSTHROUGH_BYTES`` or more goes to the socket as h11's pieces
-(``send_with_data_passthrough``, not joined), and the response body is read
-here: reads are handed on as they come for a Content-Length body, and sliced
-at most once for a chunked one.
+(``send_with_data_passthrough``, not joined), a smaller one with the next chunk,
+and the response body is read here: reads are handed on as they come for a
+Content-Length body, and sliced at most once for a chunked one.
 
 The pool (upstream/transport.py) creates these through its public
 ``create_connection``; the pool's logic (limits, keep-alive, queueing) stays
@@ -179,18 +179,29 @@ async def _send_request(
             )
         await stream.write(head or b"", timeout)
         assert isinstance(request.stream, AsyncIterable)
+        # Small chunks (JSON punctuation, a part's headers) are held and go out
+        # with the next one: one write, not two, per instance of a model's body.
+        # They are copied, as a chunk may be a view of a buffer its producer
+        # reuses once the next chunk is asked for (models/pipeline.py).
+        held: list[bytes] = []
+        held_bytes = 0
         async for chunk in request.stream:
             with _h11_errors():
                 pieces = exchange.send_with_data_passthrough(h11.Data(data=chunk))
             if pieces is None:
                 continue
             if len(chunk) >= PASSTHROUGH_BYTES and stream.plain:
-                await stream.write_pieces(pieces, timeout)
+                await stream.write_pieces([*held, *pieces], timeout)
+            elif held_bytes + len(chunk) < PASSTHROUGH_BYTES:
+                held += map(bytes, pieces)
+                held_bytes += len(chunk)
+                continue
             else:
-                await stream.write(b"".join(pieces), timeout)
+                await stream.write(b"".join([*held, *pieces]), timeout)
+            held, held_bytes = [], 0
         with _h11_errors():
             end = exchange.send(h11.EndOfMessage())
-        await stream.write(end or b"", timeout)
+        await stream.write(b"".join([*held, end or b""]), timeout)
     except httpcore.WriteError:
         # As httpcore does: a server may close early and still answer (a 413, say).
         return False
