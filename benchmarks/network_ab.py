@@ -53,6 +53,12 @@ def main() -> None:
     parser.add_argument("--b", type=Path, required=True, help="the candidate's src folder")
     parser.add_argument("--runs", type=int, default=5, help="series per proxy")
     parser.add_argument(
+        "--input",
+        choices=("json", "dicom-multipart"),
+        default="json",
+        help="the model's input format (docs/model-api.md)",
+    )
+    parser.add_argument(
         "--b-env", action="append", default=[], metavar="NAME=VALUE", help="for B only"
     )
     args = parser.parse_args()
@@ -67,7 +73,8 @@ def main() -> None:
         upload(orthanc, (data for _, _, data in study.iter_instances()))
         model_id = new_uid()
         servers = {new_uid(): server_entry(orthanc)}
-        models = {model_id: {"uri": f"{sink_url}/infer", "task": "prediction", "supports": LEVELS}}
+        model = {"uri": f"{sink_url}/infer", "task": "prediction", "supports": LEVELS}
+        models = {model_id: {**model, "input": args.input}}
         path = (
             f"/predictions/{model_id}/studies/{study.study_uid}"
             f"/series/{study.main_series.series_uid}"
