@@ -64,8 +64,9 @@ class MultipartDecoder:
     bytes. (Accumulating the stream in a bytearray, as this decoder did before,
     cost three to four more: the append, the copy of the rest of the buffer each
     time a part was cut from its front, and the part's own; docs/performance.md,
-    "The read path".) Only what lies between two bodies, a delimiter line and a
-    part's headers, is ever buffered, and only when a chunk ends inside it.
+    "The read and write paths at 10 Gbit/s".) Only what lies between two bodies, a
+    delimiter line and a part's headers, is ever buffered, and only when a chunk
+    ends inside it.
     """
 
     def __init__(self, boundary: str, *, max_part_bytes: int | None = None) -> None:
