@@ -378,6 +378,19 @@ async def test_a_slice_whose_future_was_cancelled_is_dropped_quietly() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_slice_cancelled_by_the_pool_shutting_down_cancels_its_future() -> None:
+    loop = asyncio.get_running_loop()
+    gate = threading.Event()
+    pool = ThreadPoolExecutor(1)
+    pool.submit(gate.wait)  # the slice waits behind this
+    future = _encoded(loop, pool, b"\x01\x02", 0, 2, bytearray(16))
+    pool.shutdown(wait=False, cancel_futures=True)
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(future, timeout=30)
+
+
+@pytest.mark.anyio
 async def test_leaving_mid_series_gives_back_the_memory_of_the_request() -> None:
     uids = [f"1.2.3.21.{i}" for i in range(30)]
     source = FakeSource(

@@ -23,6 +23,7 @@ writes to the model. Slices are encoded into recycled buffers
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
@@ -281,7 +282,14 @@ def _encoded(
         else:
             _settle_soon(loop, future, text)
 
-    executor.submit(encode)
+    def cancelled_in_pool(work: concurrent.futures.Future[None]) -> None:
+        # The pool was shut down before the slice's turn: whoever awaits it must
+        # not wait forever (run_in_executor cancels its future the same way).
+        if work.cancelled():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(future.cancel)
+
+    executor.submit(encode).add_done_callback(cancelled_in_pool)
     return future
 
 
