@@ -30,6 +30,7 @@ from model_proxy.inference.dicom_outputs import (
     dicom_media,
     run_with_dicom_outputs,
 )
+from model_proxy.inference.store_target import dicom_outputs_for
 from model_proxy.jobs import JobManager, JobSpec
 from model_proxy.models.body import plan_body
 from model_proxy.pacs.source import Target
@@ -213,6 +214,8 @@ async def _respond_async(request: Request, inference: InferenceRequest) -> Respo
             instance=target.instance,
             server=request.query_params.get("server"),
             data_filters=None if filters is None else filters_json(filters),
+            # ?store=true goes with the job (its result is the JSON; docs/jobs.md).
+            store=_store_asked(request),
             caller=inference.caller,
         )
     )
@@ -223,23 +226,24 @@ def _dicom_outputs(
     request: Request, state: ProxyState, model: ModelConfig, inference: InferenceRequest
 ) -> DicomOutputs:
     """What the request wants as DICOM: ``Accept``, ``?store=``, the model's ``"store"``."""
-    media = dicom_media(request.headers.get("accept"))
+    return dicom_outputs_for(
+        state,
+        model,
+        inference.server,
+        media=dicom_media(request.headers.get("accept")),
+        store_asked=_store_asked(request),
+    )
+
+
+def _store_asked(request: Request) -> bool:
+    """``?store=true``; ``false`` or none is False, anything else a 400."""
     store = request.query_params.getlist("store")
     if len(store) > 1 or (store and store[0] not in ("true", "false")):
         raise BadRequest(
             "?store= takes true or false, once (true stores the result in the PACS as DICOM)",
             code=ErrorCode.BAD_REQUEST,
         )
-    asked = store == ["true"]
-    configured = model.store
-    if configured is None and not asked:
-        return DicomOutputs(media)
-    server = inference.server
-    if configured is not None and configured.server is not None:
-        server, _ = state.source_for(configured.server)
-    # Asked for in the request, a failed store is the answer; by config, as configured.
-    required = asked or configured is None or configured.required
-    return DicomOutputs(media, server, required)
+    return store == ["true"]
 
 
 # Every inference route starts with one of these (the audit log covers them all).
