@@ -410,3 +410,45 @@ def stalling_relay(target_url: str, stall: Stall) -> Iterator[StallingRelay]:
             yield relay_server
         finally:
             stall.release()
+
+
+class HeldPosts:
+    """A relay in front of a real server that holds each POST (a STOW-RS) after its
+    request head, before passing it on, until ``release()``; other requests pass at
+    once. ``holding`` is set when a POST is held.
+
+        with held_posts(orthanc.url) as relay:
+            ...  # a servers.json entry with uri f"{relay.url}/dicom-web"
+    """
+
+    def __init__(self, target_url: str) -> None:
+        self.target_port = int(target_url.rsplit(":", 1)[1].split("/", 1)[0])
+        self.url = ""
+        self.holding = threading.Event()
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def handle(self, connection: socket.socket) -> None:
+        with connection:
+            connection.settimeout(30)
+            try:
+                head, rest = _read_head(connection)
+                if head.startswith(b"POST "):
+                    self.holding.set()
+                    self._released.wait()
+                Exchange(connection, _close_after_response(head), rest, self.target_port).relay()
+            except OSError:
+                return
+
+
+@contextmanager
+def held_posts(target_url: str) -> Iterator[HeldPosts]:
+    relay_server = HeldPosts(target_url)
+    with listening(relay_server.handle) as url:
+        relay_server.url = url
+        try:
+            yield relay_server
+        finally:
+            relay_server.release()

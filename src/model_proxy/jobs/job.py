@@ -43,6 +43,10 @@ class Job:
     # The result cache key of the result (its ETag, W/"<key>").
     result_key: str | None = None
     progress: Progress = field(default_factory=Progress)
+    # The store step (docs/jobs.md): the SOP Instance UIDs stored, and why a store that
+    # was not required failed ({message, code}); both None when nothing was stored.
+    stored: list[str] | None = None
+    store_error: dict[str, str] | None = None
     # Figures kept from the store for a job this process did not run.
     stored_progress: dict[str, Any] | None = None
     cancel_requested: bool = False
@@ -86,6 +90,8 @@ class Job:
             "attempts": self.attempts,
             "progress": self.progress_json(),
             "error": self.error,
+            "stored": self.stored,
+            "storeError": self.store_error,
             "links": links(self.id),
         }
 

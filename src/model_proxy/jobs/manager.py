@@ -19,15 +19,17 @@ import hashlib
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from model_proxy.errors import ErrorCode, NotFound, Overloaded, ProxyError
 from model_proxy.inference import InferenceRequest, InferenceRunner
-from model_proxy.inference.progress import Progress
+from model_proxy.inference.progress import Phase, Progress
 from model_proxy.jobs.job import Job, JobStatus
 from model_proxy.jobs.spec import JobSpec
 from model_proxy.jobs.store import JobStore
+from model_proxy.jobs.storing import store_outputs, store_results
 from model_proxy.runtime.reload import LiveState
 from model_proxy.runtime.state import ProxyState
 
@@ -47,12 +49,34 @@ class JobPolicy:
     retry_interval: float = 1.0
 
 
+def _ignore(*_: object) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class JobHooks:
+    """What the metrics learn of jobs (metrics/registry.py hands in plain callables)."""
+
+    # (model, seconds queued) when a run starts
+    started: Callable[[str, float], None] = _ignore
+    # (model, final status, seconds running or None when it never ran)
+    finished: Callable[[str, str, float | None], None] = _ignore
+    # (server, objects stored, failed) after each store step
+    stored: Callable[[str, int, bool], None] = _ignore
+
+
 class JobManager:
     def __init__(
-        self, store: JobStore, live: LiveState, build: RequestBuilder, policy: JobPolicy
+        self,
+        store: JobStore,
+        live: LiveState,
+        build: RequestBuilder,
+        policy: JobPolicy,
+        hooks: JobHooks | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
+        self.hooks = hooks or JobHooks()
         self._live = live
         self._build = build
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
@@ -106,8 +130,15 @@ class JobManager:
         job = await self.get(job_id)
         if job.status.finished:
             return job
-        job.cancel_requested = True
         task = self._tasks.get(job_id)
+        if task is not None and job.progress.phase is Phase.STORING:
+            # Too late: the model has answered and the PACS is being sent the objects.
+            # Broken off, a STOW-RS may leave some stored and the job would not list
+            # them; the store ends and the job with it (docs/jobs.md).
+            logger.info("job %s: cancel asked while storing; the store finishes first", job.id)
+            await asyncio.wait({task})
+            return job
+        job.cancel_requested = True
         if task is not None:
             task.cancel()
             # Until the retrieval and the model call have stopped.
@@ -129,6 +160,10 @@ class JobManager:
             "failedLastHour": failed,
             "maxRunning": self.policy.max_running,
         }
+
+    def active_by_model(self) -> dict[tuple[str, str], int]:
+        """Queued and running jobs by (model, status), for the metrics."""
+        return dict(Counter((job.spec.model, job.status.value) for job in self._active.values()))
 
     def _enqueue(self, job: Job) -> None:
         self._active[job.id] = job
@@ -156,8 +191,11 @@ class JobManager:
         try:
             job.status, job.started = JobStatus.RUNNING, time.time()
             job.attempts += 1
+            job.stored = job.store_error = None  # a re-run stores again
+            self.hooks.started(job.spec.model, job.started - job.created)
             await self._save(job)
             job.result_key = await self._produce(job)
+            await self._store(job, job.result_key)
         except asyncio.CancelledError:
             if not job.cancel_requested:
                 raise  # shutdown: the store keeps it running, the next start re-runs it
@@ -195,7 +233,32 @@ class JobManager:
                     job.notify()
             await asyncio.sleep(self.policy.retry_interval)
 
+    async def _store(self, job: Job, result_key: str) -> None:
+        """The store step, when the job or its model's "store" asks for one."""
+        state = self._live.current
+        async with self._live.hold(state):
+            request = self._build(job.spec, state)
+            outputs = store_outputs(request, state, store_asked=job.spec.store)
+            if outputs is None or outputs.store_in is None:
+                return
+            job.progress.phase = Phase.STORING
+            await self._save(job)
+            server = outputs.store_in.id
+            try:
+                done = await store_results(request, state, self._live, result_key, outputs)
+            except ProxyError:
+                self.hooks.stored(server, 0, True)
+                raise
+        self.hooks.stored(server, len(done.stored), done.error is not None)
+        job.stored, job.store_error = done.stored, done.error
+        if done.error is None:
+            logger.info("job %s stored %d DICOM objects", job.id, len(done.stored))
+
     async def _finish(self, job: Job, status: JobStatus) -> None:
+        ran = None if job.started is None else time.time() - job.started
+        if status is JobStatus.CANCELLED and job.status is JobStatus.QUEUED:
+            ran = None  # cancelled before it ran (again)
+        self.hooks.finished(job.spec.model, status.value, ran)
         job.status, job.finished = status, time.time()
         self._active.pop(job.id, None)
         await self._save(job)

@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts    INTEGER NOT NULL DEFAULT 0,
     progress    TEXT,
     error       TEXT,
-    result_key  TEXT
+    result_key  TEXT,
+    outputs     TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created);
 CREATE INDEX IF NOT EXISTS jobs_by_finished ON jobs (finished);
@@ -41,12 +42,12 @@ CREATE INDEX IF NOT EXISTS jobs_by_finished ON jobs (finished);
 
 # Constant SQL only: every value is bound as a parameter.
 _SELECT = (
-    "SELECT id, spec, status, created, started, finished, attempts, progress, error, result_key"
-    " FROM jobs"
+    "SELECT id, spec, status, created, started, finished, attempts, progress, error, result_key,"
+    " outputs FROM jobs"
 )
 _SAVE = (
     "INSERT OR REPLACE INTO jobs (id, spec, status, created, started, finished, attempts,"
-    " progress, error, result_key, model) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " progress, error, result_key, model, outputs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _RECENT = (
     _SELECT + " WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR model = ?2)"
@@ -67,6 +68,7 @@ class JobStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            _add_missing_columns(self._db)
         except sqlite3.Error:
             self._db.close()  # not a job store: leave no handle behind
             raise
@@ -89,6 +91,7 @@ class JobStore:
                     orjson.dumps(job.error).decode() if job.error else None,
                     job.result_key,
                     job.spec.model,
+                    _outputs_json(job),
                 ),
             )
 
@@ -139,8 +142,22 @@ class JobStore:
             self._db.close()
 
 
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """A jobs.sqlite written before the store step has no ``outputs`` column."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    if "outputs" not in columns:
+        db.execute("ALTER TABLE jobs ADD COLUMN outputs TEXT")
+
+
+def _outputs_json(job: Job) -> str | None:
+    if job.stored is None and job.store_error is None:
+        return None
+    return orjson.dumps({"stored": job.stored, "storeError": job.store_error}).decode()
+
+
 def _job(row: tuple[Any, ...]) -> Job:
-    job_id, spec, status, created, started, finished, attempts, progress, error, key = row
+    job_id, spec, status, created, started, finished, attempts, progress, error, key, outputs = row
+    stored = orjson.loads(outputs) if outputs else {}
     return Job(
         id=job_id,
         spec=JobSpec.loads(spec),
@@ -152,4 +169,6 @@ def _job(row: tuple[Any, ...]) -> Job:
         error=orjson.loads(error) if error else None,
         result_key=key,
         stored_progress=orjson.loads(progress) if progress else None,
+        stored=stored.get("stored"),
+        store_error=stored.get("storeError"),
     )
