@@ -26,10 +26,11 @@ from model_proxy.audit.request_log import log_request
 from model_proxy.config import ProxyConfig
 from model_proxy.errors import ErrorCode, ProxyError
 from model_proxy.jobs import JobManager, JobPolicy, JobStore
+from model_proxy.jobs.manager import JobHooks
 from model_proxy.jobs.store import JOB_STORE_FILE
 from model_proxy.metrics import ProxyMetrics
 from model_proxy.metrics import endpoint as metrics_endpoint
-from model_proxy.metrics.collector import StateCollector
+from model_proxy.metrics.collector import JobsCollector, StateCollector
 from model_proxy.metrics.endpoint import MetricsPort
 from model_proxy.prefetch import start_watcher
 from model_proxy.routes import health, inference, jobs, openapi, status
@@ -56,6 +57,16 @@ def create_app(
     live = LiveState()
     metrics = ProxyMetrics()
     metrics.registry.register(StateCollector(lambda: getattr(app.state, "proxy", None)))
+    metrics.registry.register(
+        JobsCollector(
+            lambda: (
+                jobs_manager.active_by_model()
+                if (jobs_manager := getattr(app.state, "jobs", None)) is not None
+                else None
+            ),
+            lambda: getattr(app.state, "proxy", None),
+        )
+    )
     metrics_port = (
         MetricsPort(
             settings.metrics_host,
@@ -89,7 +100,7 @@ def create_app(
         if audit is not None:
             audit.start()
         app.state.redis = await _connect_redis(settings)
-        app.state.jobs = await _start_jobs(settings, state, live)
+        app.state.jobs = await _start_jobs(settings, state, live, metrics)
         app.state.job_progress_interval = settings.job_progress_interval
         app.state.watcher = await start_watcher(
             settings, live, app.state.jobs, settings.data_dir / JOB_STORE_FILE, metrics.prefetch_job
@@ -184,7 +195,9 @@ async def _connect_redis(settings: Settings) -> RedisLink | None:
     return link
 
 
-async def _start_jobs(settings: Settings, state: ProxyState, live: LiveState) -> JobManager | None:
+async def _start_jobs(
+    settings: Settings, state: ProxyState, live: LiveState, metrics: ProxyMetrics
+) -> JobManager | None:
     """The job manager on <data-dir>/jobs.sqlite; None without the result cache,
     which holds job results (the jobs routes then answer 404 jobs_unavailable)."""
     if not state.result_cache.enabled:
@@ -200,6 +213,7 @@ async def _start_jobs(settings: Settings, state: ProxyState, live: LiveState) ->
             retention=settings.job_retention,
             retry_interval=settings.job_retry_interval,
         ),
+        JobHooks(metrics.job_started, metrics.job_finished, metrics.job_stored),
     )
     await manager.start()
     return manager

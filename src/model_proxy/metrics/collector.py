@@ -8,7 +8,7 @@ Prometheus asks rather than kept up to date on every request.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -103,3 +103,38 @@ def _breakers(state: ProxyState) -> GaugeMetricFamily:
                 [kind.value, upstream, candidate.value], 1.0 if candidate is current else 0.0
             )
     return family
+
+
+# The states a job is in before it ends; finished jobs are counted by registry.py.
+_ACTIVE_JOB_STATES = ("queued", "running")
+
+
+class JobsCollector(Collector):
+    """Jobs by state and model UUID: ``counts()`` gives the queued and running ones by
+    (model, state), None when jobs are off; ``state()`` the config in force, whose
+    models appear with 0 so that a query sees every model from the start."""
+
+    def __init__(
+        self,
+        counts: Callable[[], Mapping[tuple[str, str], int] | None],
+        state: Callable[[], ProxyState | None],
+    ) -> None:
+        self._counts = counts
+        self._state = state
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._counts()
+        if counts is None:
+            return
+        state = self._state()
+        models = set(state.config.models) if state is not None else set()
+        models.update(model for model, _ in counts)
+        family = GaugeMetricFamily(
+            "model_proxy_jobs",
+            "Jobs queued or running now, by model UUID and state",
+            labels=["model", "state"],
+        )
+        for model in sorted(models):
+            for job_state in _ACTIVE_JOB_STATES:
+                family.add_metric([model, job_state], counts.get((model, job_state), 0))
+        yield family

@@ -42,6 +42,8 @@ _FAMILIES = frozenset(
 # An inference may stream a 2,000-slice study for minutes; a cached answer takes ms.
 _REQUEST_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _ADMISSION_CODES = (ErrorCode.TOO_MANY_INFERENCES, ErrorCode.MEMORY_BUDGET_EXHAUSTED)
+# A job may wait behind --max-running-jobs others for a long time, and run for minutes.
+_JOB_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
 class UpstreamKind(StrEnum):
@@ -139,6 +141,57 @@ class ProxyMetrics:
         )
         for code in _ADMISSION_CODES:
             self.admission_rejections.labels(code.value)  # 0 from the start: alerts see it
+        self._job_metrics(registry)
+
+    def _job_metrics(self, registry: CollectorRegistry) -> None:
+        # Jobs by state (queued, running) are read at each scrape: collector.py.
+        self.jobs_finished = Counter(
+            "model_proxy_jobs_finished",
+            "Jobs that ended, by model UUID and final status (succeeded, failed, cancelled)",
+            ["model", "status"],
+            registry=registry,
+        )
+        self.job_queue_wait = Histogram(
+            "model_proxy_job_queue_wait_seconds",
+            "Time from a job's submission to the start of its run, by model UUID",
+            ["model"],
+            buckets=_JOB_BUCKETS,
+            registry=registry,
+        )
+        self.job_run_duration = Histogram(
+            "model_proxy_job_run_duration_seconds",
+            "Time from the start of a job's run to its end (model call and store step),"
+            " by model UUID",
+            ["model"],
+            buckets=_JOB_BUCKETS,
+            registry=registry,
+        )
+        self.dicom_results_stored = Counter(
+            "model_proxy_dicom_results_stored",
+            "DICOM objects (SEG, SR) that jobs stored, by server UUID",
+            ["server"],
+            registry=registry,
+        )
+        self.dicom_store_failures = Counter(
+            "model_proxy_dicom_store_failures",
+            "Store steps of jobs that failed (required or not), by server UUID",
+            ["server"],
+            registry=registry,
+        )
+
+    def job_started(self, model: str, queued_seconds: float) -> None:
+        self.job_queue_wait.labels(model).observe(max(queued_seconds, 0.0))
+
+    def job_finished(self, model: str, status: str, run_seconds: float | None) -> None:
+        self.jobs_finished.labels(model, status).inc()
+        if run_seconds is not None:
+            self.job_run_duration.labels(model).observe(max(run_seconds, 0.0))
+
+    def job_stored(self, server: str, objects: int, failed: bool) -> None:
+        if failed:
+            self.dicom_store_failures.labels(server).inc()
+        else:
+            self.dicom_results_stored.labels(server).inc(objects)
 
     def observe_request(self, record: AuditRecord) -> None:
         """Count a finished request from its audit record."""
