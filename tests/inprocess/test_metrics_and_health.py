@@ -7,11 +7,13 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
-from app_proxy import Deployment, Proxy
+from app_proxy import Deployment, Proxy, new_uid
 from prometheus_client.parser import text_string_to_metric_families
 
 from model_proxy.access import digest_of, new_api_key
@@ -98,13 +100,54 @@ async def test_metrics_count_requests_cache_bytes_and_upstream_calls(
     assert deployment.study.series[0].series_uid not in text
 
 
+async def finished_job(proxy: Proxy, body: dict[str, Any]) -> dict[str, Any]:
+    """Submit a job and poll it until it has ended (a bound, not an expected time)."""
+    answer = await proxy.client.post("/jobs", json=body)
+    assert answer.status_code == 202, answer.text
+    deadline = time.monotonic() + 60
+    while True:
+        job: dict[str, Any] = (await proxy.client.get(f"/jobs/{answer.json()['id']}")).json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        assert time.monotonic() < deadline, job
+        await anyio.sleep(0.05)
+
+
 async def test_promtool_accepts_the_exposition(deployment: Deployment, tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.fail("promtool is not installed (Debian/Ubuntu package: prometheus)")
-    async with deployment.proxy(tmp_path) as proxy:
+    # Jobs that store into a folder of their own and into a PACS that refuses STOW-RS
+    # (this double answers 405), so that every job metric has samples.
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    outbox_id, storing = new_uid(), new_uid()
+    servers = deployment.servers_json() | {outbox_id: {"uri": outbox.as_uri()}}
+    models = deployment.models_json() | {
+        storing: deployment.model(
+            "/segmentation", "segmentation", ["/studies/series"], store={"server": outbox_id}
+        )
+    }
+    study = deployment.study
+    series = {"study": study.study_uid, "series": study.series[0].series_uid}
+    async with deployment.proxy(tmp_path, servers=servers, models=models) as proxy:
         await proxy.client.get(deployment.path("seg", "series"))
+        stored = await finished_job(proxy, {"model": storing, **series})
+        refused = await finished_job(
+            proxy,
+            {"model": deployment.models["seg"], "server": deployment.servers["pacs"], "store": True}
+            | series,
+        )
         text = await scrape(proxy)
+    assert stored["status"] == "succeeded" and len(stored["stored"]) == 1, stored
+    assert list(outbox.glob(f"*/{stored['stored'][0]}.dcm"))
+    assert refused["status"] == "failed" and refused["error"]["code"] == "pacs_store_failed"
+    found = samples(text)
+    assert value(found, "model_proxy_dicom_results_stored_total", server=outbox_id) == 1
+    failures = "model_proxy_dicom_store_failures_total"
+    assert value(found, failures, server=deployment.servers["pacs"]) == 1
+    assert value(found, "model_proxy_jobs_finished_total", model=storing, status="succeeded") == 1
+    assert value(found, "model_proxy_jobs", model=storing, state="queued") == 0
     checked = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
     )

@@ -3,6 +3,7 @@ figures, the --job-retention duration."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,49 @@ def test_a_job_survives_closing_and_reopening_the_store(tmp_path: Path) -> None:
     assert found.to_json()["progress"] == job.progress_json()
     assert reopened.get("b" * 32) is None
     reopened.close()
+
+
+def test_the_store_steps_outcome_survives_reopening(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    stored = Job(id="s" * 32, spec=SPEC, status=JobStatus.SUCCEEDED, stored=["2.25.1", "2.25.2"])
+    refused = Job(id="r" * 32, spec=SPEC, status=JobStatus.SUCCEEDED, stored=[])
+    refused.store_error = {"message": "PACS 1234: did not store", "code": "pacs_store_failed"}
+    for job in (stored, refused, Job(id="n" * 32, spec=SPEC)):
+        store.save(job)
+    store.close()
+    reopened = JobStore(tmp_path / "jobs.sqlite")
+    found = {job.id: job.to_json() for job in reopened.recent()}
+    reopened.close()
+    assert (found["s" * 32]["stored"], found["s" * 32]["storeError"]) == (
+        ["2.25.1", "2.25.2"],
+        None,
+    )
+    assert (found["r" * 32]["stored"], found["r" * 32]["storeError"]) == ([], refused.store_error)
+    assert (found["n" * 32]["stored"], found["n" * 32]["storeError"]) == (None, None)
+
+
+def test_a_job_store_from_before_the_store_step_gets_its_column(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE jobs (id TEXT PRIMARY KEY, spec TEXT NOT NULL, model TEXT NOT NULL,"
+        " status TEXT NOT NULL, created REAL NOT NULL, started REAL, finished REAL,"
+        " attempts INTEGER NOT NULL DEFAULT 0, progress TEXT, error TEXT, result_key TEXT);"
+    )
+    old.execute(
+        "INSERT INTO jobs (id, spec, model, status, created) VALUES (?, ?, ?, ?, ?)",
+        ("q" * 32, SPEC.dumps(), SPEC.model, "queued", 1.0),
+    )
+    old.commit()
+    old.close()
+    store = JobStore(path)
+    (queued,) = store.unfinished()
+    assert (queued.id, queued.stored, queued.store_error) == ("q" * 32, None, None)
+    queued.stored = ["2.25.3"]
+    store.save(queued)
+    found = store.get(queued.id)
+    store.close()
+    assert found is not None and found.stored == ["2.25.3"]
 
 
 def test_recent_filters_and_unfinished_order(tmp_path: Path) -> None:

@@ -57,8 +57,9 @@ SCHEMAS: dict[str, Any] = {
             "dataFilters": {"$ref": "#/components/schemas/DataFilters"},
             "store": {
                 "type": "boolean",
-                "description": "Store DICOM results in the PACS: accepted and kept, not yet"
-                " acted on (docs/jobs.md)",
+                "description": "Also store the result in the PACS as DICOM (SEG or SR) once"
+                " the model has answered, as `?store=true` does; a model whose models.json"
+                " entry has `store` always stores (docs/jobs.md)",
             },
         },
     },
@@ -99,6 +100,16 @@ SCHEMAS: dict[str, Any] = {
             },
             "error": {
                 "anyOf": [{"$ref": "#/components/schemas/Error"}, {"type": "null"}],
+            },
+            "stored": {
+                "type": ["array", "null"],
+                "items": {"type": "string"},
+                "description": "The SOP Instance UIDs the store step stored; null without one",
+            },
+            "storeError": {
+                "anyOf": [{"$ref": "#/components/schemas/Error"}, {"type": "null"}],
+                "description": "Why a store that models.json does not require failed"
+                " (the job still succeeds)",
             },
             "links": _LINKS,
         },
