@@ -248,7 +248,7 @@ def test_the_store_field_takes_a_boolean_and_defaults_to_false(
     example_model: ExampleModel,
     sample_study: SampleStudy,
 ) -> None:
-    # Storing itself is in test_job_store.py, on a study of its own: a SEG stored into
+    # Storing itself is in test_job_dicom_store.py, on a study of its own: a SEG stored into
     # the shared sample study would reach other tests' study-level requests.
     setup = start_jobs_proxy(start_proxy, example_model, sample_study, orthanc.dicomweb_url)
     with setup.proxy.client() as client:
