@@ -11,7 +11,7 @@ import anyio
 import jsonschema_rs
 import orjson
 import pytest
-from app_proxy import Deployment, Proxy
+from app_proxy import Deployment, Proxy, new_uid
 from test_access_and_audit import access_json
 
 from model_proxy.access import digest_of, new_api_key
@@ -216,3 +216,54 @@ async def test_jobs_follow_the_server_rules_of_the_get_routes(
     assert refused.json()["code"] == "no_server_access"
     assert on_pacs.status_code == on_folder.status_code == 202
     assert [entry["id"] for entry in batch_list.json()["jobs"]] == [on_pacs.json()["id"]]
+
+
+async def test_the_store_step_into_a_folder_and_when_the_conversion_fails(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    outbox_id, required, optional = new_uid(), new_uid(), new_uid()
+    servers = deployment.servers_json() | {outbox_id: {"uri": outbox.as_uri()}}
+    seg = ("/segmentation", "segmentation", ["/studies/series"])
+    models = deployment.models_json() | {
+        required: deployment.model(*seg, store={"server": outbox_id}),
+        optional: deployment.model(*seg, store={"server": outbox_id, "required": False}),
+    }
+    for each in ("a", "b"):
+        (tmp_path / each).mkdir()
+    study = {
+        "study": deployment.study.study_uid,
+        "series": deployment.study.series[0].series_uid,
+    }
+
+    async def run(proxy: Proxy, model: str) -> Any:
+        posted = await proxy.client.post("/jobs", json={"model": model, **study})
+        assert posted.status_code == 202, posted.text
+        job = await finished_job(proxy, posted.json()["id"])
+        assert_documented(job, "Job")
+        return job
+
+    async with deployment.proxy(tmp_path / "a", servers=servers, models=models) as proxy:
+        stored = await run(proxy, required)
+        assert stored["status"] == "succeeded" and stored["storeError"] is None, stored
+        (sop_uid,) = stored["stored"]
+        assert list(outbox.glob(f"*/{sop_uid}.dcm"))
+
+    # A result over --dicom-max-result cannot be converted: a required store fails the
+    # job with the GET route's error; one that is not required is recorded on the job.
+    async with deployment.proxy(
+        tmp_path / "b", servers=servers, models=models, dicom_max_result_bytes=1024
+    ) as proxy:
+        failed = await run(proxy, required)
+        kept = await run(proxy, optional)
+        result = await proxy.client.get(f"/jobs/{kept['id']}/result", headers=IDENTITY)
+        status = (await proxy.client.get("/status", headers={"Accept": "application/json"})).json()
+    assert failed["status"] == "failed" and failed["stored"] is None
+    assert failed["error"]["code"] == "model_result_too_large"
+    assert kept["status"] == "succeeded" and kept["stored"] == []
+    assert kept["storeError"]["code"] == "model_result_too_large"
+    assert result.status_code == 200 and deployment.study.study_uid in result.json()
+    failure = status["servers"][outbox_id]["lastStoreFailure"]
+    assert failure["message"] == kept["storeError"]["message"]
+    assert [path.name for path in outbox.rglob("*.dcm")] == [f"{sop_uid}.dcm"]
