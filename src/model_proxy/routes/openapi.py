@@ -97,7 +97,8 @@ _STORE = {
     "required": False,
     "description": "true: also store the result in the PACS as DICOM (SEG or SR) with STOW-RS,"
     " or into a local folder; the stored SOP Instance UIDs come back in `DICOM-Stored`"
-    " (docs/dicom-outputs.md)",
+    " (docs/dicom-outputs.md). With `Prefer: respond-async` the job stores, and lists"
+    " them in its `stored` (docs/jobs.md)",
     "schema": {"type": "string", "enum": ["true", "false"]},
 }
 
