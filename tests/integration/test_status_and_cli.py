@@ -178,17 +178,19 @@ def test_pacs_tls_verification_is_configurable(
 
 def test_check_config_reports_what_it_found(tmp_path: Path, orthanc: OrthancServer) -> None:
     server_id, model_id = new_uid(), new_uid()
-    (tmp_path / "servers.json").write_text(json.dumps({server_id: server_entry(orthanc)}))
+    (tmp_path / "servers.json").write_text(
+        json.dumps({server_id: server_entry(orthanc, name="Main PACS")})
+    )
     (tmp_path / "models.json").write_text(
         json.dumps(
             {model_id: {"uri": "http://127.0.0.1:9/seg", "task": "segmentation",
-                        "supports": ["/studies/series"], "extra": 1}}
+                        "supports": ["/studies/series"], "extra": 1, "name": "Lungs"}}
         )
     )  # fmt: skip
     done = run_cli("check-config", "--config-dir", str(tmp_path), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert server_id in done.stdout and model_id in done.stdout
-    assert "(default)" in done.stdout
+    assert f'{server_id} "Main PACS" (default): ' in done.stdout
+    assert f'{model_id} "Lungs": segmentation' in done.stdout
     assert "extra" in done.stdout  # the unknown field is warned about
     assert "configuration is valid" in done.stdout
 

@@ -275,11 +275,11 @@ def test_duplicate_json_keys_warn(tmp_path: Path) -> None:
 
 
 def test_unknown_fields_warn(caplog: pytest.LogCaptureFixture) -> None:
-    entry = BASIC | {"name": "Main PACS", "timeout": 5}
+    entry = BASIC | {"label": "Main PACS", "timeout": 5}
     with caplog.at_level(logging.WARNING, logger="model_proxy.config"):
         _, warnings = parse_servers({S1: entry})
     message = only(warnings)
-    assert message == f'servers.json: entry "{S1}": unknown field(s) "name", "timeout" ignored'
+    assert message == f'servers.json: entry "{S1}": unknown field(s) "label", "timeout" ignored'
     assert [r.getMessage() for r in caplog.records] == [message]
     assert caplog.records[0].name == "model_proxy.config"
 

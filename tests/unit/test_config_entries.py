@@ -246,3 +246,31 @@ def test_tls_verify(tmp_path: Path) -> None:
 def test_tls_verify_refusals(value: object, tmp_path: Path) -> None:
     message = only(server_errors({"uri": "https://a", "tlsVerify": value}, base_dir=tmp_path))
     assert 'field "tlsVerify": expected true, false or the path of a CA bundle file' in message
+
+
+# --- names (ours: shown on /status and by check-config) ------------------------------
+
+
+def test_names_are_optional_display_names() -> None:
+    servers, _ = parse_servers({S1: BASIC | {"name": "Main PACS"}, S2: BASIC | {"name": ""}})
+    assert (servers[S1].name, servers[S2].name) == ("Main PACS", None)
+    models, _ = parse_models({M1: model(supports=["/studies"], name="Lung segmenter")})
+    assert models[M1].name == "Lung segmenter"
+
+
+@pytest.mark.parametrize(
+    ("value", "got"),
+    [(42, "got 42"), ("x" * 65, "got 65 characters"), ("Main\nPACS", 'got "Main\\nPACS"')],
+)
+def test_a_bad_name_is_refused(value: object, got: str) -> None:
+    expected = "expected a string of 1 to 64 characters, no control characters"
+    message = only(server_errors(BASIC | {"name": value}))
+    assert message.startswith(f'servers.json: entry "{S1}", field "name": {expected}'), message
+    assert message.endswith(got), message
+    message = only(model_errors(model(supports=["/studies"], name=value)))
+    assert f'field "name": {expected}' in message and message.endswith(got), message
+
+
+def test_a_misspelt_name_gets_did_you_mean() -> None:
+    message = only(server_errors(BASIC | {"Name": "Main PACS"}))
+    assert message.endswith('unknown field "Name"; did you mean "name"?'), message

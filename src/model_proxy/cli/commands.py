@@ -173,13 +173,17 @@ def check_config(config_dir: Path, access_file: Path | None = None) -> int:
     for server in config.servers.values():
         flags = " (default)" if default is not None and default.id == server.id else ""
         auth = server.auth_type.value or "no auth"
-        print(f"  {server.id}{flags}: {redact_urls(server.uri)} [{auth}]")
+        name = f' "{server.name}"' if server.name else ""
+        print(f"  {server.id}{name}{flags}: {redact_urls(server.uri)} [{auth}]")
     print(f"{config_dir / 'models.json'}: {len(config.models)} models")
     for model in config.models.values():
         levels = ", ".join(level.value for level in model.supports)
         inputs = ", ".join(entry.data_key for entry in model.data_filter)
         extra = f"; inputs: {inputs}" if inputs else ""
-        print(f"  {model.id}: {model.task.value} [{levels}] -> {redact_urls(model.uri)}{extra}")
+        name = f' "{model.name}"' if model.name else ""
+        print(
+            f"  {model.id}{name}: {model.task.value} [{levels}] -> {redact_urls(model.uri)}{extra}"
+        )
     if config.rules:
         print(f"{config_dir / 'rules.json'}: {len(config.rules)} prefetch rules")
         for rule in config.rules:

@@ -36,8 +36,11 @@ class EntryProblems(ValueError):
 # What each JSON field must hold, keyed by its name in the file. The loader uses
 # these to phrase type errors and, through the keys, to spot unknown fields.
 SECRET_REFERENCE = 'a string, {"env": "VARIABLE"} or {"file": "/path/of/file"}'  # noqa: S105 (describes, holds none)
+# A display name (ours): /status and check-config show it next to the UUID.
+NAME_FIELD = "a string of 1 to 64 characters, no control characters"
 SERVER_FIELDS: dict[str, str] = {
     "uri": "a string (an http(s):// or file:// URL)",
+    "name": NAME_FIELD,
     "isDefault": "true or false",
     "statusUri": "a string (an http(s):// URL)",
     "authType": 'one of "", "basicAuth", "token", "zhivaAuth", "oauth2", "bearer"',
@@ -75,7 +78,7 @@ MODEL_FIELDS: dict[str, str] = {
     "tlsVerify": SERVER_FIELDS["tlsVerify"],
     "retries": "an integer from 0 to 5",
     "input": 'one of "json", "dicom-multipart"',
-    "name": "a string (the algorithm name in DICOM results)",
+    "name": f"{NAME_FIELD} (also the algorithm name in DICOM results)",
     "version": "a string (the algorithm version in DICOM results)",
     "store": 'an object {"server": "<servers.json uuid>", "required": true|false}',
 }
@@ -188,6 +191,19 @@ def check_tls_verify(value: object, info: ValidationInfo) -> bool | str:
     if not path.is_file():
         raise ValueError(f"expected {expected}, got {describe(value)} (no such file: {path})")
     return str(path.resolve())
+
+
+NAME_MAX = 64  # a DICOM LO, where a model's name also goes (AlgorithmName)
+
+
+def check_name(value: str) -> str:
+    """A display name: shown in HTML (escaped) and one-line CLI output, so short and
+    without line breaks or other control characters."""
+    if len(value) > NAME_MAX:
+        raise ValueError(f"expected {NAME_FIELD}, got {len(value)} characters")
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise ValueError(f"expected {NAME_FIELD}, got {describe(value)}")
+    return value
 
 
 def empty_is_unset(value: object) -> object:

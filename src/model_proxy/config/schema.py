@@ -38,6 +38,7 @@ from .checks import (
     MODEL_FIELDS,
     EntryProblems,
     check_http_url,
+    check_name,
     check_server_uri,
     check_tls_verify,
     describe,
@@ -163,6 +164,8 @@ class ServerConfig(_Schema):
 
     id: StrictStr
     uri: StrictStr
+    # Ours: shown on /status and by check-config (absent: the UUID is shown).
+    name: StrictStr | None = None
     is_default: StrictBool = Field(False, alias="isDefault")
     status_uri: StrictStr | None = Field(None, alias="statusUri")
     auth_type: AuthType = Field(AuthType.NONE, alias="authType")
@@ -198,6 +201,7 @@ class ServerConfig(_Schema):
         return Path(url2pathname(urlsplit(self.uri).path))
 
     @field_validator(
+        "name",
         "status_uri",
         "login",
         "sign_in_server",
@@ -229,6 +233,11 @@ class ServerConfig(_Schema):
     @classmethod
     def _check_uri(cls, value: str) -> str:
         return check_server_uri(value)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_name(value)
 
     @field_validator(
         "status_uri", "sign_in_server", "sign_in_token_server", "refresh_server", "token_url"
@@ -288,8 +297,9 @@ class ModelConfig(_Schema):
     retries: StrictInt = Field(0, ge=0, le=5)
     # Ours: "dicom-multipart" sends Part-10 files instead of the original's JSON.
     input: InputFormat = InputFormat.JSON
-    # Ours (docs/dicom-outputs.md): the algorithm identification of DICOM results
-    # (defaults: the model's id and "1"), and storing them in a PACS on every call.
+    # Ours: the name /status and check-config show; also (docs/dicom-outputs.md) the
+    # algorithm identification of DICOM results (defaults: the model's id and "1"),
+    # and storing them in a PACS on every call.
     name: StrictStr | None = None
     version: StrictStr | None = None
     store: StoreConfig | None = None
@@ -308,10 +318,15 @@ class ModelConfig(_Schema):
         # POSTed to exactly as written: validated, never rewritten.
         return check_http_url(value)
 
-    @field_validator("status_uri", mode="before")
+    @field_validator("status_uri", "name", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return empty_is_unset(value)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_name(value)
 
     @field_validator("status_uri")
     @classmethod
