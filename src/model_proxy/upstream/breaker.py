@@ -64,6 +64,9 @@ class CircuitBreaker:
         self._opened_at: float | None = None
         self._trial_running = False
         self.last_failure: str | None = None
+        # Wall-clock time of the last failure, kept after a success: /status shows the
+        # last error of each upstream with its time.
+        self.last_failure_at: float | None = None
 
     @property
     def state(self) -> BreakerState:
@@ -111,6 +114,7 @@ class CircuitBreaker:
     def record_failure(self, reason: str) -> None:
         self._failures += 1
         self.last_failure = reason
+        self.last_failure_at = time.time()
         if self._trial_running or self._failures >= self._policy.failure_threshold:
             if self._opened_at is None or self._trial_running:
                 logger.warning(

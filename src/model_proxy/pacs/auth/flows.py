@@ -114,6 +114,10 @@ class PacsAuth:
             self._sessions[server.id] = session
         return session
 
+    def existing_session(self, server_id: str) -> TokenSession | None:
+        """The server's token session if a request has needed one yet (for /status)."""
+        return self._sessions.get(server_id)
+
     def _renewal_observer(self, server_id: str) -> Callable[[bool], None] | None:
         on_renewal = self._on_renewal
         if on_renewal is None:

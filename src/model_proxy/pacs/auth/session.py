@@ -101,6 +101,9 @@ class TokenSession:
         self._current: AccessToken | None = None
         self._renewing: asyncio.Future[AccessToken] | None = None
         self._failure: _Failure | None = None
+        # When renewals started failing in a row, and the last reason (for /status).
+        self.failing_since: float | None = None
+        self.last_failure: str | None = None
 
     @property
     def current(self) -> AccessToken | None:
@@ -151,6 +154,9 @@ class TokenSession:
                 else self._memory.unavailable
             )
             self._failure = _Failure(type(exc), exc.message, exc.code, self._clock() + memory)
+            self.last_failure = exc.message
+            if self.failing_since is None:
+                self.failing_since = self._clock()
             logger.warning("%s", exc.message)
             if self._on_renewal is not None:
                 self._on_renewal(False)
@@ -159,6 +165,7 @@ class TokenSession:
             self._renewing = None
         self._current = token
         self._failure = None
+        self.failing_since = None
         if self._on_renewal is not None:
             self._on_renewal(True)
         return token
