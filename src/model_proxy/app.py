@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -32,6 +33,7 @@ from model_proxy.metrics import ProxyMetrics
 from model_proxy.metrics import endpoint as metrics_endpoint
 from model_proxy.metrics.collector import JobsCollector, StateCollector
 from model_proxy.metrics.endpoint import MetricsPort
+from model_proxy.metrics.recent import RecentTraffic
 from model_proxy.prefetch import start_watcher
 from model_proxy.routes import health, inference, jobs, openapi, status
 from model_proxy.routes.not_found import UNKNOWN_PATH
@@ -56,6 +58,7 @@ def create_app(
 
     live = LiveState()
     metrics = ProxyMetrics()
+    recent_traffic = RecentTraffic()  # /status's last 5 and 60 minutes per model
     metrics.registry.register(StateCollector(lambda: getattr(app.state, "proxy", None)))
     metrics.registry.register(
         JobsCollector(
@@ -169,13 +172,15 @@ def create_app(
                 AuditMiddleware,
                 writer=audit,
                 prefixes=(*inference.prefixes, "/jobs"),
-                observers=[metrics.observe_request, log_request],
+                observers=[metrics.observe_request, recent_traffic.observe_request, log_request],
             ),
         ],
         exception_handlers=_EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.metrics = metrics
+    app.state.recent_traffic = recent_traffic
+    app.state.started = (time.time(), time.monotonic())  # /status: started at, uptime
     app.state.access_in_force = lambda: app.state.proxy.access
     # Replaced by cli/serve.py with uvicorn's view: /readyz fails while it drains.
     app.state.is_draining = lambda: False

@@ -20,15 +20,20 @@ def documented_fields() -> dict[str, set[str]]:
     """{"server": {...}, "model": {...}, "process": {...}} from the /status table."""
     section = DOC.read_text().split("## /status", 1)[1].split("\n## ", 1)[0]
     found: dict[str, set[str]] = {
-        "server": set(),
-        "model": set(),
-        "process": set(),
-        "jobs": set(),
-        "watcher": set(),
-        "watcher server": set(),
+        where: set()
+        for where in (
+            "server",
+            "model",
+            "process",
+            "jobs",
+            "capacity",
+            "cache",
+            "watcher",
+            "watcher server",
+        )
     }
     for row in _ROW.finditer(section):
-        names = set(re.findall(r"`([A-Za-z]+)`", row.group("fields")))
+        names = set(re.findall(r"`([A-Za-z0-9]+)`", row.group("fields")))
         for where in row.group("where").split(", "):
             found[where.strip()] |= names
     return found
@@ -43,11 +48,8 @@ async def test_status_fields_are_documented(deployment: Deployment, tmp_path: Pa
         response = await proxy.client.get("/status", headers={"Accept": "application/json"})
     assert response.status_code == 200
     report = response.json()
-    assert (
-        {"servers", "models", "process"}
-        <= set(report)
-        <= {"servers", "models", "process", "jobs", "watcher"}
-    )
+    always_there = {"servers", "models", "process", "capacity", "cache"}
+    assert always_there <= set(report) <= always_there | {"jobs", "watcher"}
     documented = documented_fields()
     # Every field the proxy sent is documented (optional ones may be absent here).
     assert fields_of(report["servers"]) <= documented["server"]
@@ -58,6 +60,8 @@ async def test_status_fields_are_documented(deployment: Deployment, tmp_path: Pa
     if "watcher" in report:
         assert set(report["watcher"]) == documented["watcher"]
         assert fields_of(report["watcher"]["servers"]) <= documented["watcher server"]
-    always = {"ok", "latencyMs", "statusUri", "detail"}
+    assert set(report["capacity"]) == documented["capacity"]
+    assert set(report["cache"]) == documented["cache"]
+    always = {"ok", "latencyMs", "statusUri", "detail", "name"}
     assert always | {"uri", "isDefault"} <= fields_of(report["servers"])
-    assert always | {"task", "supports", "breaker"} <= fields_of(report["models"])
+    assert always | {"task", "supports", "breaker", "traffic"} <= fields_of(report["models"])

@@ -1,27 +1,43 @@
-"""``/status``: every server and model probed through its statusUri (docs/compatibility.md §8).
+"""``/status``: every server and model probed through its statusUri (docs/compatibility.md §8),
+with what an operator watches: names, traffic per model over the last 5 and 60 minutes,
+breakers, PACS token expiry, the last error per upstream, capacity, the result cache
+and the jobs queue (docs/operations.md, "The status page").
 
-Present only when ZHIVA_SHOW_STATUS_PAGE=true. HTML for a browser, JSON for
-``Accept: application/json``:
+Present only when ZHIVA_SHOW_STATUS_PAGE=true. HTML for a browser (``status_page.py``
+draws this same report), JSON for ``Accept: application/json``:
 ``{"servers": {uuid: {"ok": bool, ...}}, "models": {uuid: {"ok": bool, ...}},
-"jobs": {"queued", "running", "failedLastHour", "maxRunning"}, "watcher": {...}}``
+"process": {...}, "capacity": {...}, "cache": {...}, "jobs"?: {...}, "watcher"?: {...}}``
 (jobs and the prefetch watcher: docs/jobs.md).
+
+A section of the report is one function in ``_SECTIONS`` (and one in status_page.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import html
+import datetime as dt
+import re
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from model_proxy.errors import NotFound, redact_urls
+from model_proxy import __version__
+from model_proxy.errors import NotFound, redact_urls, shorten
+from model_proxy.metrics.recent import WINDOWS_MINUTES, RecentTraffic
+from model_proxy.pacs.auth.flows import TOKEN_AUTH_TYPES
 from model_proxy.routes.not_found import STATUS_PAGE_OFF
+from model_proxy.routes.status_page import render_html
 from model_proxy.runtime.state import ProxyState
 from model_proxy.upstream.breaker import CircuitBreaker
 from model_proxy.upstream.probe import ProbeResult
+
+# DICOM UIDs (dotted digits): an upstream's message may quote the study it failed on.
+_UID = re.compile(r"\b\d+(?:\.\d+){3,}\b")
 
 
 async def collect_status(state: ProxyState) -> dict[str, dict[str, Any]]:
@@ -42,16 +58,19 @@ async def collect_status(state: ProxyState) -> dict[str, dict[str, Any]]:
     servers = {
         server_id: _entry(result, state.config.servers[server_id].status_uri, kind="server")
         | {
+            "name": state.config.servers[server_id].name,
             "uri": redact_urls(state.config.servers[server_id].uri),
             "isDefault": _is_default(state, server_id),
         }
         | _breaker_entry(state.breaker_of_server(server_id))
         | _store_entry(state, server_id)
+        | _token_entry(state, server_id)
         for server_id, result in zip(server_ids, results[: len(server_ids)], strict=True)
     }
     models = {
         model_id: _entry(result, state.config.models[model_id].status_uri, kind="model")
         | {
+            "name": state.config.models[model_id].name,
             "task": state.config.models[model_id].task.value,
             "supports": [level.value for level in state.config.models[model_id].supports],
         }
@@ -63,13 +82,55 @@ async def collect_status(state: ProxyState) -> dict[str, dict[str, Any]]:
     return {"servers": servers, "models": models, "process": process}
 
 
+def public_message(message: str) -> str:
+    """An upstream's error as the page may show it: no password in a URL, no DICOM UID
+    (which names a patient's study), one line of at most 300 characters."""
+    return shorten(_UID.sub("<uid>", redact_urls(" ".join(message.split()))), 300)
+
+
+def _when(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
+
+
 def _breaker_entry(breaker: CircuitBreaker | None) -> dict[str, Any]:
-    return {} if breaker is None else {"breaker": breaker.snapshot()}
+    if breaker is None:
+        return {}
+    snapshot = breaker.snapshot()
+    if snapshot.get("lastFailure"):
+        snapshot["lastFailure"] = public_message(snapshot["lastFailure"])
+    entry: dict[str, Any] = {"breaker": snapshot}
+    if breaker.last_failure is not None and breaker.last_failure_at is not None:
+        entry["lastError"] = {
+            "at": _when(breaker.last_failure_at),
+            "message": public_message(breaker.last_failure),
+        }
+    return entry
 
 
 def _store_entry(state: ProxyState, server_id: str) -> dict[str, Any]:
     failure = state.store_failures.get(server_id)
     return {} if failure is None else {"lastStoreFailure": failure}
+
+
+def _token_entry(state: ProxyState, server_id: str) -> dict[str, Any]:
+    """The access token of a token, zhivaAuth or oauth2 server: ``state`` is ``valid``,
+    ``expired``, ``failing`` (renewals fail: since when, why) or ``none`` (no request
+    has needed one since the start or the last reload)."""
+    if state.config.servers[server_id].auth_type not in TOKEN_AUTH_TYPES:
+        return {}
+    session = state.auth.existing_session(server_id)
+    token = session.current if session is not None else None
+    expires_at = token.expires_at if token is not None else None
+    entry: dict[str, Any] = {"expiresAt": _when(expires_at) if expires_at else None}
+    if session is not None and session.failing_since is not None:
+        entry["state"] = "failing"
+        entry["failingSince"] = _when(session.failing_since)
+        entry["lastFailure"] = public_message(session.last_failure or "")
+    elif token is None:
+        entry["state"] = "none"
+    else:
+        entry["state"] = "expired" if token.is_expired(time.time()) else "valid"
+    return {"token": entry}
 
 
 def _is_default(state: ProxyState, server_id: str) -> bool:
@@ -91,6 +152,79 @@ def _entry(result: ProbeResult, status_uri: str | None, *, kind: str) -> dict[st
     return entry
 
 
+# --- sections beyond servers and models: (key, function); None leaves the key out ------
+
+Section = Callable[[Starlette, ProxyState], Awaitable[dict[str, Any] | None]]
+
+
+async def _capacity_section(app: Starlette, state: ProxyState) -> dict[str, Any]:
+    admission = state.capacity.admission
+    return {
+        "memoryBudgetBytes": admission.budget.total,
+        "memoryBudgetUsedBytes": admission.budget.used,
+        "inferencesRunning": admission.running,
+        "inferencesMax": admission.max_concurrent,
+    }
+
+
+async def _cache_section(app: Starlette, state: ProxyState) -> dict[str, Any]:
+    store = state.result_cache.store
+    section: dict[str, Any] = {
+        "enabled": state.result_cache.enabled,
+        "sizeBytes": store.total_bytes,
+        "maxBytes": store.max_bytes,
+    }
+    recent: RecentTraffic = app.state.recent_traffic
+    for minutes in WINDOWS_MINUTES:
+        figures = [recent.of_model(model_id)[f"{minutes}m"] for model_id in state.config.models]
+        lookups = sum(figure.cache_lookups for figure in figures)
+        hits = sum(figure.cache_hits for figure in figures)
+        section[f"{minutes}m"] = {
+            "lookups": lookups,
+            "hits": hits,
+            "hitRate": round(hits / lookups, 4) if lookups else None,
+        }
+    return section
+
+
+async def _jobs_section(app: Starlette, state: ProxyState) -> dict[str, Any] | None:
+    return None if app.state.jobs is None else dict(await app.state.jobs.counts())
+
+
+async def _watcher_section(app: Starlette, state: ProxyState) -> dict[str, Any] | None:
+    watcher = getattr(app.state, "watcher", None)
+    return None if watcher is None else dict(watcher.status())
+
+
+_SECTIONS: list[tuple[str, Section]] = [
+    ("capacity", _capacity_section),
+    ("cache", _cache_section),
+    ("jobs", _jobs_section),
+    ("watcher", _watcher_section),
+]
+
+
+async def build_report(app: Starlette, state: ProxyState) -> dict[str, dict[str, Any]]:
+    """The whole /status report: probes, then traffic, process figures and sections."""
+    report = await collect_status(state)
+    recent: RecentTraffic = app.state.recent_traffic
+    recent.keep_only(state.config.models)
+    for model_id, entry in report["models"].items():
+        windows = recent.of_model(model_id)
+        entry["traffic"] = {key: figures.to_json() for key, figures in windows.items()}
+    started_at, started = app.state.started
+    report["process"] |= {
+        "version": __version__,
+        "startedAt": _when(started_at),
+        "uptimeSeconds": round(time.monotonic() - started),
+    }
+    for key, section in _SECTIONS:
+        value = await section(app, state)
+        if value is not None:
+            report[key] = value
+    return report
+
+
 async def status(request: Request) -> Response:
     state: ProxyState = request.state.proxy  # leased by reload.LeaseMiddleware
     if not state.settings.show_status_page:
@@ -98,142 +232,11 @@ async def status(request: Request) -> Response:
     # With client auth on, the page (it names every PACS and model) needs a caller too.
     caller = await state.access.authenticate(request.headers)
     state.access.authorize_monitoring(caller)
-    report = await collect_status(state)
-    if request.app.state.jobs is not None:
-        report["jobs"] = await request.app.state.jobs.counts()
-    watcher = getattr(request.app.state, "watcher", None)
-    if watcher is not None:
-        report["watcher"] = watcher.status()
+    report = await build_report(request.app, state)
     accept = request.headers.get("accept", "")
     if "application/json" in accept and "text/html" not in accept:
         return JSONResponse(report, headers={"Cache-Control": "no-store"})
     return HTMLResponse(render_html(report), headers={"Cache-Control": "no-store"})
-
-
-def render_html(report: dict[str, dict[str, Any]]) -> str:
-    sections = []
-    for title, key, extra in (
-        ("PACS servers", "servers", "uri"),
-        ("Models", "models", "task"),
-    ):
-        rows = []
-        for uuid, entry in report[key].items():
-            badge = "up" if entry["ok"] else "down"
-            rows.append(
-                "<tr>"
-                f'<td><span class="badge {badge}">{badge}</span></td>'
-                f"<td><code>{html.escape(uuid)}</code></td>"
-                f"<td>{html.escape(str(entry.get(extra, '')))}</td>"
-                f'<td class="num">{entry["latencyMs"]:.0f} ms</td>'
-                f"<td>{html.escape(entry['detail'])}{_breaker_html(entry)}</td>"
-                "</tr>"
-            )
-        body = "".join(rows) or '<tr><td colspan="5">none configured</td></tr>'
-        sections.append(
-            f"<h2>{title}</h2><table><thead><tr><th>state</th><th>uuid</th>"
-            f"<th>{extra}</th><th>latency</th><th>detail</th></tr></thead>"
-            f"<tbody>{body}</tbody></table>"
-        )
-    entries = [*report["servers"].values(), *report["models"].values()]
-    down = sum(not entry["ok"] for entry in entries)
-    summary = (
-        f'<p class="summary ok">All {len(entries)} up.</p>'
-        if not down
-        else f'<p class="summary bad">{down} of {len(entries)} down.</p>'
-    )
-    probed = report["process"]["probedSecondsAgo"]
-    footer = "just now" if probed < 1 else f"{probed:.0f} s ago"
-    page = _PAGE.replace(
-        "{sections}", summary + "".join(sections) + _jobs_html(report) + _watcher_html(report)
-    )
-    return page.replace("{probed}", footer)
-
-
-def _jobs_html(report: dict[str, dict[str, Any]]) -> str:
-    jobs = report.get("jobs")
-    if jobs is None:
-        return "<h2>Jobs</h2><p>Off: the result cache is off (--cache-size 0).</p>"
-    return (
-        '<h2>Jobs</h2><table id="jobs"><tbody>'
-        f'<tr><th>queued</th><td class="num">{jobs["queued"]}</td></tr>'
-        f'<tr><th>running</th><td class="num">{jobs["running"]} of at most'
-        f" {jobs['maxRunning']}</td></tr>"
-        f'<tr><th>failed in the last hour</th><td class="num">{jobs["failedLastHour"]}</td></tr>'
-        '</tbody></table><p><a href="/jobs">Recent jobs</a></p>'
-    )
-
-
-def _watcher_html(report: dict[str, dict[str, Any]]) -> str:
-    watcher = report.get("watcher")
-    if watcher is None:
-        return "<h2>Prefetch</h2><p>Off (--watch-interval 0, or jobs are off).</p>"
-    if not watcher["on"]:
-        return f"<h2>Prefetch</h2><p>{html.escape(watcher['detail'])}.</p>"
-    rows = []
-    for uuid, server in watcher["servers"].items():
-        badge = "up" if server["ok"] else "down"
-        outcome = "ok" if server["ok"] else server["error"] or "not polled yet"
-        rows.append(
-            "<tr>"
-            f'<td><span class="badge {badge}">{badge}</span></td>'
-            f"<td><code>{html.escape(uuid)}</code></td>"
-            f"<td>{html.escape(str(server['lastPoll']))}</td>"
-            f'<td class="num">{server["studiesSeen"]}</td>'
-            f"<td>{html.escape(outcome)}</td>"
-            "</tr>"
-        )
-    started = "".join(
-        f'<tr><th>{html.escape(name)}</th><td class="num">{count}</td></tr>'
-        for name, count in watcher["jobsStarted"].items()
-    )
-    return (
-        f"<h2>Prefetch</h2><p>{watcher['rules']} rules, every"
-        f" {watcher['intervalSeconds']:g} s.</p>"
-        '<table id="watcher"><thead><tr><th>state</th><th>server</th><th>last poll</th>'
-        "<th>studies seen</th><th>outcome</th></tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table>"
-        f'<table id="prefetch-jobs"><thead><tr><th>rule</th><th>jobs started</th></tr></thead>'
-        f"<tbody>{started}</tbody></table>"
-    )
-
-
-def _breaker_html(entry: dict[str, Any]) -> str:
-    breaker = entry.get("breaker")
-    if breaker is None or breaker["state"] == "closed":
-        return ""
-    when = (
-        f"a trial call in {breaker['retryInSeconds']:.0f} s"
-        if breaker["state"] == "open"
-        else "the next call is a trial"
-    )
-    return (
-        f'<br><span class="breaker">circuit breaker {breaker["state"]} after'
-        f" {breaker['failures']} failures; {when}: {html.escape(str(breaker['lastFailure']))}"
-        "</span>"
-    )
-
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>model-proxy status</title>
-<style>
-body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:70rem;padding:0 1rem;color:#222}
-h1{font-size:1.5rem}h2{font-size:1.1rem;margin-top:2rem}
-table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.45rem .6rem;
-border-bottom:1px solid #e3e3e3;vertical-align:top}th{font-weight:600;color:#555}
-td.num{text-align:right;white-space:nowrap}code{font-size:.85rem}
-.badge{display:inline-block;padding:.1rem .5rem;border-radius:.8rem;font-size:.8rem;
-font-weight:600;color:#fff}.up{background:#2e7d32}.down{background:#c62828}
-footer{margin-top:2rem;color:#777;font-size:.85rem}
-.breaker{color:#c62828;font-size:.85rem}
-.summary{font-weight:600}.summary.ok{color:#2e7d32}.summary.bad{color:#c62828}
-</style></head><body>
-<h1>model-proxy status</h1>
-{sections}
-<footer>JSON: send <code>Accept: application/json</code>. Probed {probed}.</footer>
-</body></html>
-"""
 
 
 routes = [Route("/status", status, methods=["GET"])]
