@@ -218,6 +218,16 @@ DOCUMENT: dict[str, Any] = {
             "get": {
                 "summary": "Every PACS and model, probed (only with ZHIVA_SHOW_STATUS_PAGE=true)",
                 "operationId": "status",
+                "parameters": [
+                    {
+                        "name": "refresh",
+                        "in": "query",
+                        "required": False,
+                        "description": "The HTML page reloads itself every N seconds"
+                        " (0: never; default 15)",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 3600},
+                    }
+                ],
                 "responses": {
                     "200": {
                         "description": "HTML for a browser; JSON with Accept: application/json",
@@ -235,6 +245,7 @@ DOCUMENT: dict[str, Any] = {
                             "text/html": {"schema": {"type": "string"}},
                         },
                     },
+                    "400": _error("?refresh= is not a whole number of seconds, 0 to 3600"),
                     "401": _error(
                         "access.json is in force and the request has no valid credentials"
                     ),

@@ -27,11 +27,11 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from model_proxy import __version__
-from model_proxy.errors import NotFound, redact_urls, shorten
+from model_proxy.errors import BadRequest, NotFound, redact_urls, shorten
 from model_proxy.metrics.recent import WINDOWS_MINUTES, RecentTraffic
 from model_proxy.pacs.auth.flows import TOKEN_AUTH_TYPES
 from model_proxy.routes.not_found import STATUS_PAGE_OFF
-from model_proxy.routes.status_page import render_html
+from model_proxy.routes.status_page import REFRESH_SECONDS, render_html
 from model_proxy.runtime.state import ProxyState
 from model_proxy.upstream.breaker import CircuitBreaker
 from model_proxy.upstream.probe import ProbeResult
@@ -232,11 +232,27 @@ async def status(request: Request) -> Response:
     # With client auth on, the page (it names every PACS and model) needs a caller too.
     caller = await state.access.authenticate(request.headers)
     state.access.authorize_monitoring(caller)
+    refresh = _refresh_seconds(request.query_params.get("refresh"))
     report = await build_report(request.app, state)
     accept = request.headers.get("accept", "")
     if "application/json" in accept and "text/html" not in accept:
         return JSONResponse(report, headers={"Cache-Control": "no-store"})
-    return HTMLResponse(render_html(report), headers={"Cache-Control": "no-store"})
+    return HTMLResponse(render_html(report, refresh), headers={"Cache-Control": "no-store"})
+
+
+def _refresh_seconds(value: str | None) -> int:
+    """``?refresh=N``: the page reloads every N seconds (0: never; default 15)."""
+    if value is None:
+        return REFRESH_SECONDS
+    if not value.isdigit() or not 0 <= int(value) <= _MAX_REFRESH:
+        raise BadRequest(
+            f"?refresh= takes whole seconds from 0 (no auto-refresh) to {_MAX_REFRESH},"
+            f" got {shorten(value, 20)!r}"
+        )
+    return int(value)
+
+
+_MAX_REFRESH = 3600
 
 
 routes = [Route("/status", status, methods=["GET"])]

@@ -2,9 +2,10 @@
 
 Self-contained and script-free, so the default CSP of HTML pages
 (web/security_headers.py) holds: inline styles, a ``<meta http-equiv="refresh">``
-every ``REFRESH_SECONDS``. Cards in a grid that falls to one column on a phone, long
-UUIDs and URLs wrap: no horizontal scrolling at 390 px. Every value from the config
-or an upstream is escaped. A section is one function in ``_SECTIONS``.
+every ``REFRESH_SECONDS`` (``?refresh=N``: N seconds, 0 never). Cards in a grid that
+falls to one column on a phone, long UUIDs and URLs wrap: no horizontal scrolling at
+390 px. Every value from the config or an upstream is escaped. A section is one
+function in ``_SECTIONS``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ REFRESH_SECONDS = 15
 Report = dict[str, dict[str, Any]]
 
 
-def render_html(report: Report) -> str:
+def render_html(report: Report, refresh: int = REFRESH_SECONDS) -> str:
+    """The page; it reloads itself every ``refresh`` seconds (0: never)."""
     entries = [*report["servers"].values(), *report["models"].values()]
     down = sum(not entry["ok"] for entry in entries)
     summary = (
@@ -28,13 +30,15 @@ def render_html(report: Report) -> str:
     process = report["process"]
     meta = (
         f'<p class="meta">version {_e(process.get("version", "?"))} &middot; up'
-        f' <span id="uptime">{_duration(process.get("uptimeSeconds", 0))}</span> &middot;'
-        f" refreshes every {REFRESH_SECONDS} s</p>"
+        f' <span id="uptime">{_duration(process.get("uptimeSeconds", 0))}</span>'
+        + (f" &middot; refreshes every {refresh} s" if refresh else "")
+        + "</p>"
     )
     body = meta + summary + "".join(section(report) for section in _SECTIONS)
     probed = process["probedSecondsAgo"]
     footer = "just now" if probed < 1 else f"{probed:.0f} s ago"
-    page = _PAGE.replace("{refresh}", str(REFRESH_SECONDS))
+    reload = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
+    page = _PAGE.replace("{refresh}", reload)
     return page.replace("{sections}", body).replace("{probed}", footer)
 
 
@@ -267,7 +271,7 @@ def _duration(seconds: float) -> str:
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="refresh" content="{refresh}">
+{refresh}
 <title>model-proxy status</title>
 <style>
 *{box-sizing:border-box}
