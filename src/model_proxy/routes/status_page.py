@@ -46,6 +46,11 @@ def _e(value: object) -> str:
     return html.escape(str(value))
 
 
+def _time(iso: str) -> str:
+    """``2026-12-05T21:28:53+00:00`` as ``2026-12-05 21:28:53 UTC``."""
+    return _e(iso.replace("T", " ").replace("+00:00", " UTC"))
+
+
 def _title(uuid: str, entry: dict[str, Any]) -> str:
     """The name, or the UUID where there is none; the UUID always shows below."""
     name = entry.get("name")
@@ -114,13 +119,13 @@ def _token_html(token: dict[str, Any] | None) -> str:
         return ""
     state = token["state"]
     if state == "failing":
-        text = f"refresh failing since {_e(token['failingSince'])}: {_e(token['lastFailure'])}"
+        text = f"refresh failing since {_time(token['failingSince'])}: {_e(token['lastFailure'])}"
     elif state == "none":
         text = "no token yet (obtained at the first request that needs one)"
     elif token["expiresAt"] is None:
         text = "valid, no expiry known"
     else:
-        text = f"{state} until {_e(token['expiresAt'])}" if state == "valid" else "expired"
+        text = f"valid until {_time(token['expiresAt'])}" if state == "valid" else "expired"
     css = "bad" if state in ("failing", "expired") else ""
     return f'<p class="token {css}">Access token: {text}</p>'
 
@@ -141,12 +146,12 @@ def _problems_html(entry: dict[str, Any]) -> str:
     last = entry.get("lastError")
     if last is not None:
         parts.append(
-            f'<p class="last-error">Last error {_e(last["at"])}: {_e(last["message"])}</p>'
+            f'<p class="last-error">Last error {_time(last["at"])}: {_e(last["message"])}</p>'
         )
     store = entry.get("lastStoreFailure")
     if store is not None:
         parts.append(
-            f'<p class="last-error">Last failed store {_e(store.get("at", ""))}:'
+            f'<p class="last-error">Last failed store {_time(store.get("at", ""))}:'
             f" {_e(store.get('message', ''))}</p>"
         )
     return "".join(parts)
@@ -276,17 +281,19 @@ _PAGE = """<!doctype html>
 <style>
 *{box-sizing:border-box}
 body{font-family:system-ui,sans-serif;margin:1.5rem auto;max-width:80rem;padding:0 1rem;
-color:#222;overflow-wrap:anywhere}
+color:#222;overflow-wrap:break-word}
 h1{font-size:1.5rem;margin-bottom:.2rem}h2{font-size:1.15rem;margin-top:2rem}
 h3{font-size:1rem;margin:0 0 .3rem}
 .meta{color:#555;margin-top:0}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,27rem),1fr));gap:1rem}
 .card{border:1px solid #ddd;border-radius:.5rem;padding:.8rem;min-width:0}
 .card p{margin:.35rem 0}.sub,.uri,.detail{color:#555;font-size:.85rem}
-.name{font-weight:600}code{font-size:.8rem}
+.name{font-weight:600}code{font-size:.8rem;overflow-wrap:anywhere}
+.detail,.last-error,.breaker,.token{overflow-wrap:anywhere}
 table{border-collapse:collapse;width:100%}
 th,td{text-align:left;padding:.35rem .4rem;border-bottom:1px solid #e3e3e3;vertical-align:top}
-th{font-weight:600;color:#555}td.num,th.num{text-align:right;white-space:nowrap}
+th{font-weight:600;color:#555}td.num,th.num{text-align:right}td.num{white-space:nowrap}
+#capacity td.num{white-space:normal}.traffic tbody th{white-space:nowrap}
 .traffic{font-size:.85rem;margin:.4rem 0}.traffic th,.traffic td{padding:.25rem .3rem}
 .badge{display:inline-block;padding:.05rem .45rem;border-radius:.8rem;font-size:.75rem;
 font-weight:600;color:#fff;vertical-align:middle}.up{background:#2e7d32}.down{background:#c62828}
