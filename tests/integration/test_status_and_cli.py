@@ -95,7 +95,7 @@ def test_status_json_and_html(
         report = client.get("/status", headers={"Accept": "application/json"}).json()
         page = client.get("/status", headers={"Accept": "text/html"})
     # jobs: the queue's counts (docs/jobs.md), present with the result cache on.
-    assert set(report) == {"servers", "models", "process", "jobs"}
+    assert set(report) == {"servers", "models", "process", "capacity", "cache", "jobs"}
     assert report["jobs"]["queued"] == report["jobs"]["running"] == 0
     assert report["process"]["asyncioTasks"] > 0
     assert set(report["servers"]) == set(servers)

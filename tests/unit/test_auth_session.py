@@ -148,3 +148,24 @@ def test_auth_errors_by_kind() -> None:
     assert auth_error(label, down).code == "pacs_auth_unavailable"
     slow = TokenCallFailed(TokenStep.REFRESH, "timed out", rejected=False, timed_out=True)
     assert isinstance(auth_error(label, slow), UpstreamTimeout)
+
+
+async def test_failing_since_is_the_first_failure_in_a_row_until_a_renewal_works() -> None:
+    session, renewal, clock = make_session()
+    assert (session.failing_since, session.last_failure) == (None, None)
+    renewal.error = PacsAuthUnavailable("PACS b1407f18…: token server unreachable")
+    started = clock.now
+    for _ in range(2):
+        with pytest.raises(PacsAuthUnavailable):
+            await session.token()
+        clock.now += FailureMemory().unavailable  # the next call tries again
+    renewal.error = PacsAuthRejected("PACS b1407f18…: refresh rejected (401)")
+    with pytest.raises(PacsAuthRejected):
+        await session.token()
+    assert len(renewal.calls) == 3
+    assert session.failing_since == started  # the first of the three
+    assert session.last_failure == "PACS b1407f18…: refresh rejected (401)"
+    clock.now += FailureMemory().rejected
+    renewal.error = None
+    assert await session.token() == "token-4"
+    assert session.failing_since is None

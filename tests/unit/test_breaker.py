@@ -4,6 +4,7 @@ DICOM source behind one."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -164,6 +165,17 @@ def test_snapshot_for_status() -> None:
     }
     clock.now += 25
     assert breaker.snapshot()["state"] == "half-open"
+
+
+def test_the_last_failure_and_its_time_outlive_a_success() -> None:
+    breaker, _ = make(threshold=5)
+    assert (breaker.last_failure, breaker.last_failure_at) == (None, None)
+    before = time.time()
+    fail(breaker, 1)
+    breaker.before_call()
+    breaker.record(None)
+    assert breaker.last_failure == f"{LABEL}: unreachable"
+    assert breaker.last_failure_at is not None and before <= breaker.last_failure_at <= time.time()
 
 
 @pytest.mark.anyio

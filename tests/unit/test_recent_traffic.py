@@ -137,3 +137,18 @@ def test_traffic_counts_inference_routes_and_5xx_as_errors() -> None:
     assert traffic.of_model("m2")["60m"].requests == 0
     traffic.keep_only(["m2"])
     assert traffic.of_model("m1")["60m"].requests == 0
+
+
+def test_messages_shown_on_the_page_lose_passwords_and_uids() -> None:
+    from model_proxy.routes.status import public_message
+
+    message = (
+        "PACS b1407f18…: https://proxy:s3cret@pacs.local/dicom-web/studies/"
+        "1.2.826.0.1.3680043.8.498.1/series/1.2.3.4.5 answered 500\n  Internal"
+    )
+    shown = public_message(message)
+    assert shown == (
+        "PACS b1407f18…: https://proxy:***@pacs.local/dicom-web/studies/<uid>/series/<uid>"
+        " answered 500 Internal"
+    )
+    assert len(public_message("x " * 400)) == 300
