@@ -182,9 +182,9 @@ def test_a_token_pacs_shows_its_expiry_then_its_failing_refresh(
     assert_segmentation(setup.infer(), sample_study)
     token = setup.status()["token"]
     assert token["state"] == "valid", token
-    # The token server's access tokens last an hour.
+    # The token server's access tokens last an hour (its exp is in whole seconds).
     left = dt.datetime.fromisoformat(token["expiresAt"]) - dt.datetime.now(dt.UTC)
-    assert dt.timedelta(minutes=50) < left <= dt.timedelta(hours=1), token
+    assert dt.timedelta(minutes=50) < left < dt.timedelta(hours=1, minutes=1), token
 
     token_server.expire_access_tokens()
     token_server.revoke_refresh_tokens()
