@@ -252,7 +252,8 @@ def test_the_page_in_headless_chromium_at_desktop_and_phone_widths(
         assert "Main PACS" in main and "default" in main
         assert ids["down"] in cards[f"server-{ids['down']}"]["title"]
         rate, errors, p50, p95, hits = cards[f"model-{ids['lungs']}"]["five"]
-        assert rate == f"{lungs['requestsPerMinute']:.1f}"
+        # Read before the browser came: with no new traffic a rate can only fall since.
+        assert 0 < float(rate) <= lungs["requestsPerMinute"] + 0.05, (rate, lungs)
         assert errors == "0"
         assert p50.endswith(("ms", "s")) and p95.endswith(("ms", "s"))
         assert hits == f"{lungs['cacheHitRate'] * 100:.0f}%"
