@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from auth_setup import AuthSetupFactory
+from jobs_client import finished, wait_for_job
 from processes import LOOPBACK, free_port, http_client
 from prometheus_server import Prometheus, start_prometheus
 from token_gateway import Gateway
@@ -161,6 +162,10 @@ def test_the_dashboard_covers_what_issue_13_asks_for() -> None:
         "model_proxy_pacs_token_refresh_failures_total",
         "model_proxy_cache_size_bytes",
         "model_proxy_cache_max_bytes",
+        "model_proxy_jobs",
+        "model_proxy_jobs_finished_total",
+        "model_proxy_job_queue_wait_seconds_bucket",
+        "model_proxy_job_run_duration_seconds_bucket",
     } <= used
     quantiles = {
         q for _, expr in expressions() for q in re.findall(r"histogram_quantile\(([\d.]+)", expr)
@@ -193,12 +198,23 @@ def scraped(
             assert client.get(setup.series_path).status_code == 200
             assert client.get(setup.series_path).status_code == 200
             assert client.get("/no-such-route").status_code == 404
+            # A job, for the jobs row: its result is the cached one, so it ends at once.
+            series = setup.study.series[0].series_uid
+            submitted = client.post(
+                "/jobs",
+                json={"model": setup.model_id, "study": setup.study.study_uid, "series": series},
+            )
+            assert submitted.status_code == 202, submitted.text
+            job = wait_for_job(client, submitted.json()["id"], finished)
+            assert job["status"] == "succeeded", job
         prometheus.wait_for('model_proxy_cache_lookups_total{result="hit"}', 1)
         prometheus.wait_for("model_proxy_pacs_token_refreshes_total", 1)
-        prometheus.wait_for('model_proxy_requests_total{route="other"}', 1)
+        prometheus.wait_for('model_proxy_jobs_finished_total{status="succeeded"}', 1)
+        prometheus.wait_for('model_proxy_requests_total{route="other",status="404"}', 1)
         # Two scrapes after the traffic: rate() and increase() need two samples of it.
         prometheus.wait_for(
-            'count_over_time(model_proxy_requests_total{route="other"}[1m]) >= bool 2', 1
+            'count_over_time(model_proxy_requests_total{route="other",status="404"}[1m]) >= bool 2',
+            1,
         )
         with http_client(timeout=30.0) as client:
             exposition = client.get(f"http://{LOOPBACK}:{metrics_port}/metrics").text

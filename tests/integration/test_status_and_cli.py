@@ -94,8 +94,10 @@ def test_status_json_and_html(
     with proxy.client() as client:
         report = client.get("/status", headers={"Accept": "application/json"}).json()
         page = client.get("/status", headers={"Accept": "text/html"})
-    # jobs: the queue's counts (docs/jobs.md), present with the result cache on.
-    assert set(report) == {"servers", "models", "process", "capacity", "cache", "jobs"}
+    # jobs: the queue's counts, and the prefetch watcher (docs/jobs.md), present with
+    # the result cache on; without a rules.json the watcher says it is off.
+    assert set(report) == {"servers", "models", "process", "capacity", "cache", "jobs", "watcher"}
+    assert report["watcher"]["on"] is False
     assert report["jobs"]["queued"] == report["jobs"]["running"] == 0
     assert report["process"]["asyncioTasks"] > 0
     assert set(report["servers"]) == set(servers)
