@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -65,9 +66,32 @@ def test_group_or_world_access_is_warned(tmp_path: Path) -> None:
     servers = tmp_path / "servers.json"
     servers.write_text("{}")
     files = [(servers, "PACS passwords or tokens"), (tmp_path / "missing.json", "x")]
-    for mode in (0o644, 0o640, 0o604, 0o660):
+    for mode in (0o644, 0o604, 0o660, 0o650):
         servers.chmod(mode)
         (warning,) = exposure_warnings(files)
         assert f"mode {mode:04o}" in warning and f"chmod 600 {servers}" in warning
     servers.chmod(0o600)
     assert exposure_warnings(files) == []
+
+
+def test_read_access_for_the_proxys_own_group_is_not_warned(tmp_path: Path) -> None:
+    # The systemd recipe (root:model-proxy 0640) and Kubernetes secret mounts
+    # (fsGroup, 0440): the file's group is one the proxy runs with.
+    servers = tmp_path / "servers.json"
+    servers.write_text("{}")
+    files = [(servers, "PACS passwords or tokens")]
+    assert servers.stat().st_gid in {os.getgid(), *os.getgroups()}
+    for mode in (0o640, 0o440):
+        servers.chmod(mode)
+        assert exposure_warnings(files) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root gives a file another group")
+def test_read_access_for_another_group_is_warned(tmp_path: Path) -> None:
+    servers = tmp_path / "servers.json"
+    servers.write_text("{}")
+    foreign = max({os.getgid(), *os.getgroups()}) + 4242
+    os.chown(servers, -1, foreign)
+    servers.chmod(0o640)
+    (warning,) = exposure_warnings([(servers, "PACS passwords or tokens")])
+    assert "mode 0640" in warning

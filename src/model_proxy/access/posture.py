@@ -96,16 +96,25 @@ def _secrets_in_servers(path: Path) -> tuple[bool, list[Path]]:
 
 
 def exposure_warnings(files: Iterable[tuple[Path, str]]) -> list[str]:
-    """A warning for each file that users other than its owner may read or change."""
+    """A warning for each file that users other than its owner may read or change.
+
+    Read access for the proxy's own group is not a warning: it is how the systemd
+    recipe (root:model-proxy 0640) and Kubernetes secret mounts (fsGroup, 0440) give
+    the service its secrets without making it their owner (docs/deployment.md)."""
     if os.name != "posix":
         return []  # Windows has ACLs, not mode bits
+    own_groups = {os.getgid(), *os.getgroups()}
     warnings = []
     for path, holds in files:
         try:
-            mode = stat.S_IMODE(path.stat().st_mode)
+            info = path.stat()
         except OSError:
             continue
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        mode = stat.S_IMODE(info.st_mode)
+        exposed = stat.S_IRWXO | stat.S_IWGRP | stat.S_IXGRP
+        if info.st_gid not in own_groups:
+            exposed |= stat.S_IRGRP
+        if mode & exposed:
             warnings.append(
                 f"{path} holds {holds} and is readable or writable by group or others"
                 f" (mode {mode:04o}); restrict it with: chmod 600 {path}"
