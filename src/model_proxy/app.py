@@ -34,6 +34,10 @@ from model_proxy.metrics import endpoint as metrics_endpoint
 from model_proxy.metrics.collector import JobsCollector, StateCollector
 from model_proxy.metrics.endpoint import MetricsPort
 from model_proxy.metrics.recent import RecentTraffic
+from model_proxy.metrics.redis_collector import RedisCollector
+from model_proxy.pacs.auth.shared_tokens import SharedTokenStore
+from model_proxy.pacs.auth.token_cipher import TokenCipher
+from model_proxy.pacs.auth.tokens import TokenStore
 from model_proxy.prefetch import start_watcher
 from model_proxy.routes import health, inference, jobs, openapi, status
 from model_proxy.routes.not_found import UNKNOWN_PATH
@@ -70,6 +74,7 @@ def create_app(
             lambda: getattr(app.state, "proxy", None),
         )
     )
+    metrics.registry.register(RedisCollector(lambda: getattr(app.state, "redis", None)))
     metrics_port = (
         MetricsPort(
             settings.metrics_host,
@@ -91,7 +96,16 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         capacity = Capacity.create(settings, metrics)
         jwks_caches = JwksCaches(JWKS_TIMEOUTS)
-        state = ProxyState.build(settings, config, capacity, access=access, jwks_caches=jwks_caches)
+        # Before the first state: its PACS sessions keep their tokens in Redis.
+        app.state.redis = await _connect_redis(settings)
+        state = ProxyState.build(
+            settings,
+            config,
+            capacity,
+            access=access,
+            jwks_caches=jwks_caches,
+            shared_tokens=_shared_tokens(settings, app.state.redis),
+        )
         await live.replace(state)
         put_in_force(state)
         state.start_indexing()
@@ -102,7 +116,6 @@ def create_app(
         app.state.audit = audit  # audit.reopen() after an external log rotation
         if audit is not None:
             audit.start()
-        app.state.redis = await _connect_redis(settings)
         app.state.jobs = await _start_jobs(settings, state, live, metrics)
         app.state.job_progress_interval = settings.job_progress_interval
         app.state.watcher = await start_watcher(
@@ -198,6 +211,22 @@ async def _connect_redis(settings: Settings) -> RedisLink | None:
     if await link.ping():
         logger.info("shared state: Redis at %s", link.where)
     return link
+
+
+def _shared_tokens(settings: Settings, link: RedisLink | None) -> SharedTokenStore | None:
+    """The PACS tokens in Redis (--redis), encrypted with --redis-key-file."""
+    if link is None or settings.redis is None:
+        return None
+    key_file = settings.redis.key_file
+    # Checked readable by the CLI; without it, token servers fail clearly at first use.
+    cipher = TokenCipher.from_file(key_file) if key_file is not None else None
+    return SharedTokenStore(
+        link,
+        cipher,
+        TokenStore(settings.data_dir / "tokens"),
+        lease=settings.redis.token_lock_lease,
+        wait=settings.redis.token_lock_wait,
+    )
 
 
 async def _start_jobs(

@@ -17,6 +17,7 @@ Exception tree::
     +-- UpstreamTimeout             504  the PACS or the model did not answer in time
     +-- UpstreamUnavailable         503  an upstream's circuit breaker is open: failing fast
     +-- Overloaded                  503  no room for another inference now (Retry-After)
+    +-- SharedStateUnavailable      503  the shared Redis (--redis) is needed and cannot serve
 
 An error caused by an upstream's own failure (unreachable, timed out, broke the
 exchange, answered 5xx or garbage) carries that upstream's label in ``upstream``:
@@ -103,6 +104,10 @@ class ErrorCode(StrEnum):
     MODEL_CONNECTIONS_BUSY = "model_connections_busy"
     TOO_MANY_INFERENCES = "too_many_inferences"
     MEMORY_BUDGET_EXHAUSTED = "memory_budget_exhausted"
+
+    # the shared Redis of several replicas (503; docs/replicas.md)
+    REDIS_UNAVAILABLE = "redis_unavailable"
+    REDIS_TOKENS_UNREADABLE = "redis_tokens_unreadable"
 
     # the proxy itself, and the audit log's word for a response cut short
     INTERNAL_ERROR = "internal_error"
@@ -215,6 +220,21 @@ class Overloaded(ProxyError):
     default_code = ErrorCode.OVERLOADED
 
     def __init__(self, message: str, code: ErrorCode | None = None, *, retry_after: int) -> None:
+        super().__init__(message, code)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class SharedStateUnavailable(ProxyError):
+    """Something only the shared Redis may decide (a PACS token exchange) while Redis
+    does not answer; ``retry_after`` seconds is a hint."""
+
+    status_code = 503
+    default_code = ErrorCode.REDIS_UNAVAILABLE
+
+    def __init__(self, message: str, code: ErrorCode | None = None, *, retry_after: int = 5):
         super().__init__(message, code)
         self.retry_after = retry_after
 

@@ -32,6 +32,7 @@ from model_proxy.cli.tracing import otlp_url_of, tracing_to
 from model_proxy.config import ProxyConfig
 from model_proxy.jobs.store import JOB_STORE_FILE, JobStore
 from model_proxy.pacs.auth.session import FailureMemory
+from model_proxy.pacs.auth.shared_tokens import SHARED_TOKEN_TYPES
 from model_proxy.prefetch.ledger import PrefetchLedger
 from model_proxy.settings import Settings, env_flag
 from model_proxy.shared import RedisSettings
@@ -102,7 +103,7 @@ def serve(args: argparse.Namespace) -> int:
         ready_requires_upstreams=args.ready_requires_upstreams,
         allow_symlinks_outside_folder=args.allow_symlinks_outside_folder,
         browser_revalidation=args.browser_revalidation,
-        redis=_redis_settings(args.redis, args.redis_password_file),
+        redis=_redis_settings(args),
     )
     log_format = parse_choice(args.log_format, "log-format", LogFormat)
     log_level = parse_choice(args.log_level, "log-level", LogLevel)
@@ -127,6 +128,7 @@ def serve(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot create {where}: {exc.strerror}") from None
     _check_job_store(settings)
     config = load_checked_config(settings.config_dir)
+    _check_shared_tokens(settings, config)
     access = load_checked_access(settings.config_dir, settings.access_file, config)
     tls_key = tls_files[1] if tls_files else None
     for warning in secret_file_warnings(settings.config_dir, access, tls_key):
@@ -272,12 +274,19 @@ def run_server(
         raise CommandError(f"the server did not start on {host}:{port}; see the log above")
 
 
-def _redis_settings(url: str | None, password_file: str | None) -> RedisSettings | None:
-    from model_proxy.shared.redis_link import check_redis_url, read_password_file
+def _redis_settings(args: argparse.Namespace) -> RedisSettings | None:
+    from model_proxy.pacs.auth.token_cipher import TokenCipher
+    from model_proxy.shared.redis_link import (
+        check_namespace,
+        check_redis_url,
+        read_password_file,
+    )
 
+    url, password_file, key_file = args.redis, args.redis_password_file, args.redis_key_file
     if not url:
-        if password_file:
-            raise CommandError("--redis-password-file needs --redis")
+        for flag, given in (("password-file", password_file), ("key-file", key_file)):
+            if given:
+                raise CommandError(f"--redis-{flag} needs --redis")
         return None
     try:
         check_redis_url(url)
@@ -285,7 +294,35 @@ def _redis_settings(url: str | None, password_file: str | None) -> RedisSettings
             read_password_file(Path(password_file))  # fail at start, not at first use
     except ValueError as exc:
         raise CommandError(f"--redis: {exc}") from None
-    return RedisSettings(url=url, password_file=Path(password_file) if password_file else None)
+    try:
+        namespace = check_namespace(args.redis_namespace)
+    except ValueError as exc:
+        raise CommandError(f"--redis-namespace: {exc}") from None
+    if key_file:
+        try:
+            TokenCipher.from_file(Path(key_file))
+        except ValueError as exc:
+            raise CommandError(f"--redis-key-file: {exc}") from None
+    return RedisSettings(
+        url=url,
+        password_file=Path(password_file) if password_file else None,
+        namespace=namespace,
+        key_file=Path(key_file) if key_file else None,
+    )
+
+
+def _check_shared_tokens(settings: Settings, config: ProxyConfig) -> None:
+    """Refuse --redis without --redis-key-file when a server's tokens would go to Redis:
+    they are never stored there in clear (docs/replicas.md, "PACS tokens")."""
+    if settings.redis is None or settings.redis.key_file is not None:
+        return
+    shared = [s.id for s in config.servers.values() if s.auth_type in SHARED_TOKEN_TYPES]
+    if shared:
+        raise CommandError(
+            f"--redis shares the PACS tokens of {', '.join(shared)} (authType token or"
+            " zhivaAuth) between replicas, encrypted: give --redis-key-file (the same"
+            " secret file on every replica)"
+        )
 
 
 def _uid_root(value: str) -> str:

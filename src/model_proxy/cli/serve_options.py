@@ -220,6 +220,21 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         None,
         "file holding the Redis password (a mounted secret; default: none, or the URL's)",
     )
+    add_option(
+        serve,
+        "redis-key-file",
+        None,
+        "file holding the secret the PACS tokens are encrypted with in Redis, the same"
+        " on every replica (at least 32 characters: openssl rand -base64 32); needed with"
+        " --redis when servers.json has a token or zhivaAuth server",
+    )
+    add_option(
+        serve,
+        "redis-namespace",
+        "default",
+        "this deployment's part of the Redis key names (model-proxy:<namespace>:...), so"
+        " that deployments sharing one Redis never mix",
+    )
     add_option(serve, "log-format", "text", "log lines as text or json")
     add_option(serve, "log-level", "info", "debug, info, warning or error")
     add_option(

@@ -196,11 +196,21 @@ async def _watcher_section(app: Starlette, state: ProxyState) -> dict[str, Any] 
     return None if watcher is None else dict(watcher.status())
 
 
+async def _redis_section(app: Starlette, state: ProxyState) -> dict[str, Any] | None:
+    redis = getattr(app.state, "redis", None)
+    if redis is None:
+        return None
+    await redis.ping()  # --redis: reachable now? (docs/replicas.md, "Redis down")
+    snapshot: dict[str, Any] = redis.health.snapshot()
+    return snapshot
+
+
 _SECTIONS: list[tuple[str, Section]] = [
     ("capacity", _capacity_section),
     ("cache", _cache_section),
     ("jobs", _jobs_section),
     ("watcher", _watcher_section),
+    ("redis", _redis_section),
 ]
 
 

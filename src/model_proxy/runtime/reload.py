@@ -157,13 +157,14 @@ class Reloader:
             current = self.live.current
             try:
                 config, access = await asyncio.to_thread(self._load_files, current.access.policy)
-                # The memory budget, encoder threads and JWKS keys outlive the config.
+                # Budget, encoder threads, JWKS keys and shared tokens outlive the config.
                 state = ProxyState.build(
                     self.settings,
                     config,
                     current.capacity,
                     access=access,
                     jwks_caches=current.jwks_caches,
+                    shared_tokens=current.auth.shared,
                 )
             except ConfigError as exc:
                 problems = "\n".join(f"  - {line}" for line in exc.messages)

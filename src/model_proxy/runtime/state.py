@@ -13,6 +13,7 @@ from model_proxy.errors import BadRequest, ErrorCode, NotFound, shorten
 from model_proxy.metrics.registry import UpstreamKind
 from model_proxy.models.client import ModelClient
 from model_proxy.pacs.auth.flows import PacsAuth
+from model_proxy.pacs.auth.shared_tokens import SharedTokenStore
 from model_proxy.pacs.dicomweb import DicomWebSource
 from model_proxy.pacs.guarded import GuardedSource
 from model_proxy.pacs.local_folder import LocalFolderSource
@@ -52,9 +53,10 @@ class ProxyState:
         *,
         access: AccessPolicy | None = None,
         jwks_caches: JwksCaches | None = None,
+        shared_tokens: SharedTokenStore | None = None,
     ) -> ProxyState:
-        """The state of ``config`` and ``access``; ``capacity`` and ``jwks_caches``
-        carry over from the state in force on a reload."""
+        """The state of ``config`` and ``access``; ``capacity``, ``jwks_caches`` and
+        ``shared_tokens`` (--redis) carry over from the state in force on a reload."""
         capacity = capacity or Capacity.create(settings)
         metrics = capacity.metrics
         auth = PacsAuth(
@@ -62,6 +64,7 @@ class ProxyState:
             settings.pacs_timeouts,
             settings.auth_failure_memory,
             on_renewal=metrics.token_observer if metrics else None,
+            shared=shared_tokens,
         )
         sources: dict[str, DicomSource] = {}
         for server_id, server in config.servers.items():

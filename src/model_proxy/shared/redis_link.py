@@ -8,6 +8,7 @@ the proxy serving when Redis is down (docs/replicas.md).
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -15,9 +16,15 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from model_proxy.shared.redis_health import RedisHealth
+
 logger = logging.getLogger("model_proxy")
 
 SCHEMES = ("redis", "rediss", "unix")
+# Every key starts with model-proxy:<namespace>: so that two deployments share a Redis
+# without meeting.
+KEY_PREFIX = "model-proxy"
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,17 @@ class RedisSettings:
     # Seconds one Redis command may take: a Redis that hangs must not hang requests,
     # which fall back to the replica's own state (docs/replicas.md, "Redis down").
     timeout: float = 2.0
+    # --redis-namespace: the deployment's part of the key names.
+    namespace: str = "default"
+    # --redis-key-file: the secret the PACS tokens are encrypted with in Redis
+    # (pacs/auth/token_cipher.py); the same file on every replica.
+    key_file: Path | None = None
+    # The lease of the lock one replica holds while it renews a server's PACS tokens:
+    # longer than a token server call may take (connect plus idle, 40 s at most).
+    token_lock_lease: float = 60.0
+    # How long a replica waits for another one's renewal (then answers 502): past the
+    # lease, so that the lock of a replica that died is taken over.
+    token_lock_wait: float = 70.0
 
 
 def check_redis_url(url: str) -> str:
@@ -45,6 +63,15 @@ def check_redis_url(url: str) -> str:
     if parts.scheme == "unix" and not parts.path:
         raise ValueError(f"no socket path in {redacted_redis_url(url)!r}")
     return url
+
+
+def check_namespace(namespace: str) -> str:
+    """``namespace`` if it fits in a key name; ValueError saying what is allowed."""
+    if not _NAMESPACE.fullmatch(namespace):
+        raise ValueError(
+            f"expected 1 to 64 letters, digits, '.', '_' or '-', got {namespace[:80]!r}"
+        )
+    return namespace
 
 
 def redacted_redis_url(url: str) -> str:
@@ -75,9 +102,16 @@ def read_password_file(path: Path) -> str:
 class RedisLink:
     """One asyncio Redis client for the process, with a URL that is safe to show."""
 
-    def __init__(self, client: Redis, where: str) -> None:
+    def __init__(self, client: Redis, where: str, namespace: str = "default") -> None:
         self.client = client
         self.where = where
+        self.namespace = namespace
+        # What the users of the link saw of Redis lately (/status, /metrics).
+        self.health = RedisHealth(where)
+
+    def key(self, *parts: str) -> str:
+        """``model-proxy:<namespace>:<parts...>``: a key of this deployment."""
+        return ":".join((KEY_PREFIX, self.namespace, *parts))
 
     @classmethod
     def connect(cls, settings: RedisSettings) -> RedisLink:
@@ -92,20 +126,17 @@ class RedisLink:
             # Keys and values are bytes: tokens are encrypted, results are binary.
             decode_responses=False,
         )
-        return cls(client, redacted_redis_url(settings.url))
+        return cls(client, redacted_redis_url(settings.url), settings.namespace)
 
     async def ping(self) -> bool:
         """Whether Redis answers now; a failure is logged without the URL's secret."""
         try:
-            return bool(await self.client.ping())
+            answered = bool(await self.client.ping())
         except (RedisError, OSError) as exc:
-            logger.warning("Redis at %s does not answer: %s", self.where, _reason(exc))
+            self.health.failed(exc)  # logs the warning once per outage
             return False
+        self.health.succeeded()
+        return answered
 
     async def aclose(self) -> None:
         await self.client.aclose()
-
-
-def _reason(exc: BaseException) -> str:
-    # redis-py's messages name host and port, never the password.
-    return str(exc) or type(exc).__name__

@@ -23,6 +23,7 @@ from model_proxy.errors import short_id
 from model_proxy.pacs.auth.calls import TokenServerClient
 from model_proxy.pacs.auth.oauth2 import ClientCredentialsRenewal
 from model_proxy.pacs.auth.session import FailureMemory, Renewal, TokenSession
+from model_proxy.pacs.auth.shared_tokens import SharedTokenStore
 from model_proxy.pacs.auth.token_server import TokenServerRenewal
 from model_proxy.pacs.auth.tokens import TokenStore
 from model_proxy.upstream.clients import Timeouts
@@ -81,8 +82,12 @@ class PacsAuth:
         timeouts: Timeouts,
         failure_memory: FailureMemory | None = None,
         on_renewal: Callable[[str, bool], None] | None = None,
+        shared: SharedTokenStore | None = None,
     ) -> None:
         self.store = TokenStore(Path(data_dir) / "tokens")
+        # --redis: token and zhivaAuth tokens live in Redis, shared by the replicas; the
+        # store is the process's, handed on from state to state across reloads.
+        self.shared = shared
         self._timeouts = timeouts
         self._failure_memory = failure_memory or FailureMemory()
         # (server id, renewed?) after each token renewal: the metrics count them.
@@ -129,7 +134,7 @@ class PacsAuth:
         if server.auth_type is AuthType.OAUTH2:
             return ClientCredentialsRenewal(server, calls)
         if server.auth_type in (AuthType.TOKEN, AuthType.ZHIVA):
-            return TokenServerRenewal(server, calls, self.store)
+            return TokenServerRenewal(server, calls, self.store, self.shared)
         raise ValueError(f"authType {server.auth_type.value!r} has no token session")
 
     async def aclose(self) -> None:

@@ -10,7 +10,10 @@ The order of preference when a new access token is needed (docs/compatibility.md
    exchanged before: it is single-use, and the token server would refuse it
    anyway. The administrator is told to configure a new one.
 
-Every token obtained is written to the token file before it is used.
+Every token obtained is written to the token file before it is used. With
+``--redis`` the record lives in Redis instead (shared_tokens.py) and steps 2 and 3 run
+only under the server's shared lock, after reading the record again: a replica that
+waited for another one's renewal uses its result.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from model_proxy.config import AuthType, ServerConfig
@@ -29,6 +33,7 @@ from model_proxy.pacs.auth.calls import (
     TokenStep,
 )
 from model_proxy.pacs.auth.session import PacsAuthRejected, auth_error
+from model_proxy.pacs.auth.shared_tokens import SharedTokenStore
 from model_proxy.pacs.auth.tokens import (
     AccessToken,
     StoredTokens,
@@ -42,11 +47,19 @@ logger = logging.getLogger("model_proxy.auth")
 
 NEW_AUTH_TOKEN_ADVICE = "put a new authToken in servers.json"  # noqa: S105
 
+Save = Callable[[StoredTokens], Awaitable[None]]
+
 
 class TokenServerRenewal:
     """Obtains access tokens for one ``token`` or ``zhivaAuth`` server."""
 
-    def __init__(self, server: ServerConfig, calls: TokenServerClient, store: TokenStore) -> None:
+    def __init__(
+        self,
+        server: ServerConfig,
+        calls: TokenServerClient,
+        store: TokenStore,
+        shared: SharedTokenStore | None = None,
+    ) -> None:
         assert server.auth_type in (AuthType.TOKEN, AuthType.ZHIVA)
         assert server.sign_in_token_server is not None  # config validated
         self.server = server
@@ -64,33 +77,73 @@ class TokenServerRenewal:
             self.credential = fingerprint("zhivaAuth", server.sign_in_server, server.login)
         # Auth tokens exchanged by this process, should the token file be unwritable.
         self._exchanged_here: set[str] = set()
+        self._shared = shared
+        # With --redis: the last record this replica read or wrote, written back should
+        # Redis come back empty (restarted without persistence).
+        self._last_shared = StoredTokens()
 
     @property
     def token_file(self) -> str:
         return str(self._store.path_for(self.server.id))
 
     async def renew(self, current: AccessToken | None, *, rejected: bool) -> AccessToken:
+        if self._shared is not None:
+            return await self._renew_shared(self._shared, current)
         stored = await self.load()
-        if stored.access_token and (current is None or stored.access_token != current.value):
-            candidate = access_token(stored.access_token, just_issued=False)
-            if candidate.is_fresh(time.time()):
-                return candidate
+        fresher = _fresher(stored, current)
+        if fresher is not None:
+            return fresher
+        return await self._renew_from(stored, self._save)
+
+    async def _renew_shared(
+        self, shared: SharedTokenStore, current: AccessToken | None
+    ) -> AccessToken:
+        fresher = _fresher(await self._load_shared(shared), current)
+        if fresher is not None:
+            return fresher  # another replica renewed it: no lock needed
+        async with shared.renewing(self.server.id, self.label) as held:
+            stored = await self._load_shared(shared)  # renewed while this one waited?
+            fresher = _fresher(stored, current)
+            if fresher is not None:
+                return fresher
+            if stored == StoredTokens() and self._last_shared != StoredTokens():
+                logger.warning(
+                    "%s: Redis holds no PACS tokens for this server (restarted without"
+                    " persistence?); writing back the ones this replica holds",
+                    self.label,
+                )
+                stored = self._last_shared
+
+            async def save(tokens: StoredTokens) -> None:
+                self._last_shared = tokens
+                await held.save(tokens)
+
+            return await self._renew_from(stored, save)
+
+    async def _load_shared(self, shared: SharedTokenStore) -> StoredTokens:
+        stored = await shared.load(self.server.id, self.label)
+        stored = stored.tokens_for(self.server.auth_type.value, self.credential)
+        if stored != StoredTokens():
+            self._last_shared = stored
+        return stored
+
+    async def _renew_from(self, stored: StoredTokens, save: Save) -> AccessToken:
         refresh_problem = "there is no refresh token"
         if stored.refresh_token and self.server.refresh_server:
             try:
-                return await self.refresh(stored)
+                return await self.refresh(stored, save)
             except TokenCallFailed as failure:
                 if not failure.rejected:
                     raise auth_error(self.label, failure) from None
                 refresh_problem = failure.reason
                 logger.warning("%s: %s; the refresh token is dropped", self.label, failure.reason)
                 stored = replace(stored, access_token=None, refresh_token=None)
-                await self._save(stored)
+                await save(stored)
         elif not self.server.refresh_server:
             refresh_problem = 'no "refreshServer" is configured'
         if self.server.auth_type is AuthType.ZHIVA:
             try:
-                return await self.exchange(await self.sign_in(), stored)
+                return await self.exchange(await self.sign_in(), stored, save)
             except TokenCallFailed as failure:
                 raise auth_error(self.label, failure, self.advice(failure)) from None
         if self.already_exchanged(stored):
@@ -101,7 +154,7 @@ class TokenServerRenewal:
             )
         assert self.server.auth_token is not None
         try:
-            return await self.exchange(self.server.auth_token.get_secret_value(), stored)
+            return await self.exchange(self.server.auth_token.get_secret_value(), stored, save)
         except TokenCallFailed as failure:
             raise auth_error(self.label, failure, self.advice(failure)) from None
 
@@ -123,7 +176,9 @@ class TokenServerRenewal:
         logger.info("%s: signed in at the token server as %s", self.label, server.login)
         return auth_token
 
-    async def exchange(self, auth_token: str, stored: StoredTokens) -> AccessToken:
+    async def exchange(
+        self, auth_token: str, stored: StoredTokens, save: Save | None = None
+    ) -> AccessToken:
         """Exchange ``auth_token`` for access and refresh tokens, and store them."""
         exchanged: ExchangedTokens = await self._calls.exchange(self._exchange_url, auth_token)
         token = access_token(exchanged.access_token)
@@ -137,7 +192,7 @@ class TokenServerRenewal:
         if self.server.auth_type is AuthType.TOKEN:
             self._exchanged_here.add(self._auth_token_seen)
             updated = updated.with_exchanged(self._auth_token_seen)
-        await self._save(updated)
+        await (save or self._save)(updated)
         logger.info(
             "%s: exchanged the auth token; access token %s, %s",
             self.label,
@@ -146,12 +201,12 @@ class TokenServerRenewal:
         )
         return token
 
-    async def refresh(self, stored: StoredTokens) -> AccessToken:
+    async def refresh(self, stored: StoredTokens, save: Save | None = None) -> AccessToken:
         """A new access token for the stored refresh token, stored."""
         assert stored.refresh_token and self.server.refresh_server
         value = await self._calls.refresh(self.server.refresh_server, stored.refresh_token)
         token = access_token(value)
-        await self._save(replace(stored, access_token=value))
+        await (save or self._save)(replace(stored, access_token=value))
         logger.info("%s: refreshed the access token, %s", self.label, describe_expiry(token))
         return token
 
@@ -187,3 +242,13 @@ class TokenServerRenewal:
         if self.server.auth_type is AuthType.TOKEN:
             return f": the auth token was already used or is invalid; {NEW_AUTH_TOKEN_ADVICE}"
         return ": the token server refused the auth token it had just issued at sign-in"
+
+
+def _fresher(stored: StoredTokens, current: AccessToken | None) -> AccessToken | None:
+    """The stored access token if it is another one than ``current`` and still fresh
+    (another process, an earlier run or another replica renewed it)."""
+    if stored.access_token and (current is None or stored.access_token != current.value):
+        candidate = access_token(stored.access_token, just_issued=False)
+        if candidate.is_fresh(time.time()):
+            return candidate
+    return None
