@@ -7,12 +7,16 @@ several runs never meet::
 
     nginx = start_nginx(tmp / "nginx", upstream="127.0.0.1:8123", cert=tls_cert)
     nginx.url  # https://127.0.0.1:PORT
+
+Several upstreams (``upstream=["127.0.0.1:8123", "127.0.0.1:8124"]``) are the
+replicas of one deployment, taken in turn (nginx's default round-robin).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,12 +63,14 @@ def find_nginx() -> str:
     return binary
 
 
-def site_config(port: int, upstream: str, cert: TlsCert) -> str:
+def site_config(port: int, upstream: str | Sequence[str], cert: TlsCert) -> str:
     """The repository's config, rewritten for this run; each line must be found once."""
     text = REPO_CONFIG.read_text()
+    upstreams = [upstream] if isinstance(upstream, str) else list(upstream)
+    servers = "\n    ".join(f"server {address};" for address in upstreams)
     for shipped, local in (
         ("listen 443 ssl;", f"listen {LOOPBACK}:{port} ssl;"),
-        ("server 127.0.0.1:8002;", f"server {upstream};"),
+        ("server 127.0.0.1:8002;", servers),
         ("/etc/nginx/tls/model-proxy.crt;", f"{cert.cert};"),
         ("/etc/nginx/tls/model-proxy.key;", f"{cert.key};"),
     ):
@@ -96,7 +102,7 @@ http {{
 """
 
 
-def start_nginx(prefix: Path, *, upstream: str, cert: TlsCert) -> NginxServer:
+def start_nginx(prefix: Path, *, upstream: str | Sequence[str], cert: TlsCert) -> NginxServer:
     binary = find_nginx()
     prefix.mkdir(parents=True, exist_ok=True)
     (prefix / "nginx.conf").write_text(main_config(prefix))
