@@ -3,13 +3,14 @@ password never shows in what the proxy prints."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
 
 from model_proxy.cli.options import CommandError
 from model_proxy.cli.serve import _redis_settings
-from model_proxy.shared import RedisSettings, redacted_redis_url
+from model_proxy.shared import RedisLink, RedisSettings, redacted_redis_url
 from model_proxy.shared.redis_link import check_redis_url, read_password_file
 
 
@@ -73,19 +74,50 @@ def test_empty_or_missing_password_file_is_refused(tmp_path: Path) -> None:
         read_password_file(tmp_path / "missing")
 
 
+def flags(
+    url: str | None,
+    password_file: str | None,
+    key_file: str | None = None,
+    namespace: str = "default",
+) -> argparse.Namespace:
+    """serve's parsed --redis flags."""
+    return argparse.Namespace(
+        redis=url,
+        redis_password_file=password_file,
+        redis_key_file=key_file,
+        redis_namespace=namespace,
+    )
+
+
 def test_flags_make_settings(tmp_path: Path) -> None:
     secret = tmp_path / "redis-password"
     secret.write_text("s3cret")
-    assert _redis_settings(None, None) is None
-    assert _redis_settings("redis://redis:6379/0", str(secret)) == RedisSettings(
+    key = tmp_path / "token-key"
+    key.write_text("k" * 32 + "\n")
+    assert _redis_settings(flags(None, None)) is None
+    assert _redis_settings(flags("redis://redis:6379/0", str(secret))) == RedisSettings(
         url="redis://redis:6379/0", password_file=secret
     )
+    assert _redis_settings(
+        flags("redis://redis:6379/0", None, str(key), "site-a.prod")
+    ) == RedisSettings(url="redis://redis:6379/0", namespace="site-a.prod", key_file=key)
 
 
 def test_flag_mistakes_are_command_errors(tmp_path: Path) -> None:
     with pytest.raises(CommandError, match="--redis-password-file needs --redis"):
-        _redis_settings(None, str(tmp_path / "pw"))
+        _redis_settings(flags(None, str(tmp_path / "pw")))
+    with pytest.raises(CommandError, match="--redis-key-file needs --redis"):
+        _redis_settings(flags(None, None, str(tmp_path / "key")))
     with pytest.raises(CommandError, match="--redis: expected a redis://"):
-        _redis_settings("http://redis", None)
+        _redis_settings(flags("http://redis", None))
     with pytest.raises(CommandError, match="--redis: cannot read the Redis password file"):
-        _redis_settings("redis://redis:6379/0", str(tmp_path / "missing"))
+        _redis_settings(flags("redis://redis:6379/0", str(tmp_path / "missing")))
+    with pytest.raises(CommandError, match="--redis-key-file: cannot read the key file"):
+        _redis_settings(flags("redis://redis:6379/0", None, str(tmp_path / "missing")))
+    with pytest.raises(CommandError, match="--redis-namespace: expected 1 to 64 letters"):
+        _redis_settings(flags("redis://redis:6379/0", None, None, "a:b"))
+
+
+def test_keys_are_under_the_deployments_namespace() -> None:
+    link = RedisLink.connect(RedisSettings(url="redis://redis:6379/0", namespace="site-a"))
+    assert link.key("tokens", "b1407f18") == "model-proxy:site-a:tokens:b1407f18"

@@ -88,6 +88,7 @@ class SharedTokenStore:
     async def load(self, server_id: str, label: str) -> StoredTokens:
         """The server's record; a token file of before --redis is migrated into Redis."""
         keys = self.keys(server_id)
+        self._require_cipher(label)  # before anything is obtained that could not be stored
         async with self._redis(label, "reading the shared PACS tokens"):
             value = _as_bytes(await self.link.client.get(keys.record))
         if value is None:
