@@ -213,11 +213,15 @@ def test_redis_down_valid_tokens_serve_an_exchange_is_refused_then_recovery(
     assert "Redis" in message and redis.url in message
     assert refused.headers["retry-after"]
     assert token_server.calls["exchange"] == 1
+    # Nor refresh without it: the token refused by the PACS stays refused, clearly.
+    token_server.expire_access_tokens()
+    with replicas.balanced() as client:
+        expect_error(client.get(deployment.path), 503, "redis_unavailable")
+    assert token_server.calls["refresh"] == 0
 
     # Redis back, empty (no persistence): a replica writes back the tokens it holds
     # when it next renews; the new replica then reads them, still one exchange.
     redis.start()
-    token_server.expire_access_tokens()
     assert_statuses(replicas.get_concurrently(deployment.path, 9), 200)
     assert token_server.calls["refresh"] == 1
     with fourth.client() as client:
