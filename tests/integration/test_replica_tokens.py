@@ -203,6 +203,9 @@ def test_redis_down_valid_tokens_serve_an_exchange_is_refused_then_recovery(
     assert status["reachable"] is False and status["lastError"]["message"]
     assert status["url"] == redis.url
     assert metric(replicas.replicas[0], "model_proxy_redis_up") == 0.0
+    with replicas.replicas[0].client() as client:
+        page = client.get("/status", headers={"Accept": "text/html"}).text
+    assert '<p id="redis"><span class="badge down">' in page
     assert metric(replicas.replicas[0], "model_proxy_redis_command_failures_total") >= 1
 
     # A replica with no token must not exchange without the lock: a clear 503.

@@ -235,12 +235,26 @@ def _watcher_html(report: Report) -> str:
     )
 
 
+def _redis_html(report: Report) -> str:
+    redis = report.get("redis")
+    if redis is None:
+        return ""  # no --redis: nothing shared
+    badge = "up" if redis["reachable"] is not False else "down"
+    last = redis.get("lastError")
+    error = f"; last error {last['at']}: {html.escape(last['message'])}" if last else ""
+    return (
+        f'<h2>Shared state</h2><p id="redis"><span class="badge {badge}">{badge}</span>'
+        f" Redis at <code>{html.escape(redis['url'])}</code> since {redis['since']}{error}</p>"
+    )
+
+
 _SECTIONS: list[Callable[[Report], str]] = [
     _models_html,
     _servers_html,
     _capacity_html,
     _jobs_html,
     _watcher_html,
+    _redis_html,
 ]
 
 
