@@ -41,7 +41,7 @@ ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 # The oldest Kubernetes the guide supports, and the newest kubernetes-validate knows here.
 KUBERNETES_VERSIONS = ["1.30.0", "1.37.0"]
 # What the overlay's README-style header asks the user to create; secrets, never committed.
-SITE_SECRETS = ("zhiva.crt", "zhiva.key", "redis-password")
+SITE_SECRETS = ("zhiva.crt", "zhiva.key", "redis-password", "redis-token-key")
 GiB = 1024**3
 MiB = 1024**2
 
@@ -63,6 +63,7 @@ def manifests(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     assert not [name for name in SITE_SECRETS if (EXAMPLE / name).exists()], "secrets committed"
     gen_cert(overlay)
     (overlay / "redis-password").write_text("correct-horse-battery-staple\n")
+    (overlay / "redis-token-key").write_text("0123456789abcdef" * 4 + "\n")
     done = subprocess.run(
         [kubectl(), "kustomize", str(overlay)], capture_output=True, text=True, timeout=120
     )
@@ -157,12 +158,15 @@ def test_the_container_runs_serve_with_flags_it_accepts(manifests: list[dict[str
     # What it writes are volumes of the pod's own (the root file system is read-only).
     for folder in (args.data_dir, args.log_dir, "/tmp"):
         assert "emptyDir" in by_path[folder], folder
-    # Every MODEL_PROXY_* variable is a serve flag; the Redis password is a mounted file.
+    # Every MODEL_PROXY_* variable is a serve flag; the Redis password and the token key
+    # are files of one mounted Secret.
     flags = {"MODEL_PROXY_" + dest.upper() for dest in vars(build_parser().parse_args(["serve"]))}
     env = {entry["name"]: entry["value"] for entry in container(manifests)["env"]}
     assert set(env) <= flags, set(env) - flags
     password = Path(env["MODEL_PROXY_REDIS_PASSWORD_FILE"])
-    assert projected_paths(by_path[str(password.parent)]) == {password.name}
+    token_key = Path(env["MODEL_PROXY_REDIS_KEY_FILE"])
+    assert password.parent == token_key.parent
+    assert projected_paths(by_path[str(password.parent)]) == {password.name, token_key.name}
     assert urlsplit(env["MODEL_PROXY_REDIS"]).scheme in ("redis", "rediss")
 
 
