@@ -38,7 +38,8 @@ from model_proxy.metrics.redis_collector import RedisCollector
 from model_proxy.pacs.auth.shared_tokens import SharedTokenStore
 from model_proxy.pacs.auth.token_cipher import TokenCipher
 from model_proxy.pacs.auth.tokens import TokenStore
-from model_proxy.prefetch import start_watcher
+from model_proxy.prefetch import WatcherRole, start_watcher
+from model_proxy.prefetch.lease import RedisWatcherLease
 from model_proxy.routes import health, inference, jobs, openapi, status
 from model_proxy.routes.not_found import UNKNOWN_PATH
 from model_proxy.runtime.capacity import Capacity
@@ -119,7 +120,12 @@ def create_app(
         app.state.jobs = await _start_jobs(settings, state, live, metrics)
         app.state.job_progress_interval = settings.job_progress_interval
         app.state.watcher = await start_watcher(
-            settings, live, app.state.jobs, settings.data_dir / JOB_STORE_FILE, metrics.prefetch_job
+            settings,
+            live,
+            app.state.jobs,
+            settings.data_dir / JOB_STORE_FILE,
+            metrics.prefetch_job,
+            role=_watcher_role(settings, app.state.redis),
         )
         if metrics_port is not None:
             await metrics_port.start()
@@ -227,6 +233,14 @@ def _shared_tokens(settings: Settings, link: RedisLink | None) -> SharedTokenSto
         lease=settings.redis.token_lock_lease,
         wait=settings.redis.token_lock_wait,
     )
+
+
+def _watcher_role(settings: Settings, redis: RedisLink | None) -> WatcherRole | None:
+    """With --redis one replica polls the PACS, the one holding the lease; it renews it
+    at each poll, so a lease of three intervals outlives a slow poll or two."""
+    if redis is None:
+        return None
+    return RedisWatcherLease(redis, lease_seconds=max(3 * settings.watch_interval, 10.0))
 
 
 async def _start_jobs(

@@ -30,8 +30,10 @@ async def start_watcher(
     jobs: JobManager | None,
     ledger_path: Path,
     on_job: JobObserver | None = None,
+    role: WatcherRole | None = None,
 ) -> PrefetchWatcher | None:
-    """The running watcher; None with ``--watch-interval 0`` or without jobs."""
+    """The running watcher; None with ``--watch-interval 0`` or without jobs. ``role``
+    says which replica polls (default: this one, the only one)."""
     if settings.watch_interval <= 0:
         logger.info("prefetch watcher off (--watch-interval 0)")
         return None
@@ -44,6 +46,6 @@ async def start_watcher(
         lookback_days=settings.watch_lookback_days,
         max_studies=settings.watch_max_studies,
     )
-    watcher = PrefetchWatcher(live, jobs, ledger, policy, SoleReplica(), on_job)
+    watcher = PrefetchWatcher(live, jobs, ledger, policy, role or SoleReplica(), on_job)
     watcher.start()
     return watcher
