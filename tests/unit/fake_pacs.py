@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from model_proxy.errors import ErrorCode, NotFound, PacsError
 from model_proxy.pacs.source import Target
@@ -98,7 +99,7 @@ class FakeSource:
     async def fingerprint(self, target: Target) -> str | None:
         return None
 
-    async def store(self, objects: Sequence[bytes]) -> None:
+    async def store(self, objects: Sequence[Path]) -> None:
         raise NotImplementedError("the body pipeline and the breaker never store")
 
     async def aclose(self) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
@@ -222,7 +223,7 @@ class FakeSource:
         self.fingerprints += 1
         return "count:1"
 
-    async def store(self, objects: Sequence[bytes]) -> None:
+    async def store(self, objects: Sequence[Path]) -> None:
         raise NotImplementedError("the body pipeline and the breaker never store")
 
     async def aclose(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from model_proxy.dicom_results import Algorithm, check_uid_root, convert_result
 from model_proxy.dicom_results.seg import build_segmentation
 from model_proxy.dicom_results.uids import new_uid
 from model_proxy.errors import ModelError
-from model_proxy.inference.dicom_outputs import DicomMedia, dicom_media, read_whole
+from model_proxy.inference.dicom_outputs import DicomMedia, body_chunks, dicom_media, read_whole
 from model_proxy.inference.runner import Outcome
 from model_proxy.sample_data import make_study
 
@@ -149,27 +150,27 @@ def test_segments_by_classname_with_their_colours_and_unknown_colours_left_out()
     assert seg.NumberOfFrames == 2
 
 
-def test_a_result_without_anything_to_convert_makes_no_object() -> None:
+def test_a_result_without_anything_to_convert_makes_no_object(tmp_path: Path) -> None:
     headers, uids, size = _series()
     study = str(headers[uids[0]].StudyInstanceUID)
     series = str(headers[uids[0]].SeriesInstanceUID)
     empty = {study: {series: {uids[0]: {"segments": []}, "metadata": []}}}
-    assert convert_result(Task.SEGMENTATION, empty, headers, ALGORITHM, "2.25.") == []
+    assert convert_result(Task.SEGMENTATION, empty, headers, ALGORITHM, "2.25.", tmp_path) == []
     no_rois: dict[str, Any] = {study: {series: {uids[0]: {"rois": []}}}}
-    assert convert_result(Task.ANNOTATION, no_rois, headers, ALGORITHM, "2.25.") == []
-    assert convert_result(Task.PREDICTION, {study: {}}, headers, ALGORITHM, "2.25.") == []
+    assert convert_result(Task.ANNOTATION, no_rois, headers, ALGORITHM, "2.25.", tmp_path) == []
+    assert convert_result(Task.PREDICTION, {study: {}}, headers, ALGORITHM, "2.25.", tmp_path) == []
     all_zero = {study: {series: {uids[0]: {"segments": [_segment([[0] * size] * size)]}}}}
-    (seg,) = convert_result(Task.SEGMENTATION, all_zero, headers, ALGORITHM, "2.25.")
-    assert pydicom.dcmread(io.BytesIO(seg.data)).Modality == "SEG"
+    (seg,) = convert_result(Task.SEGMENTATION, all_zero, headers, ALGORITHM, "2.25.", tmp_path)
+    assert pydicom.dcmread(seg.path).Modality == "SEG"
 
 
-def test_a_roi_that_is_not_a_polyline_is_refused() -> None:
+def test_a_roi_that_is_not_a_polyline_is_refused(tmp_path: Path) -> None:
     headers, uids, _ = _series()
     study = str(headers[uids[0]].StudyInstanceUID)
     series = str(headers[uids[0]].SeriesInstanceUID)
     result = {study: {series: {uids[0]: {"rois": [{"points": [[1, 2]], "className": "x"}]}}}}
     with pytest.raises(ModelError, match="at least two"):
-        convert_result(Task.ANNOTATION, result, headers, ALGORITHM, "2.25.")
+        convert_result(Task.ANNOTATION, result, headers, ALGORITHM, "2.25.", tmp_path)
 
 
 async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
@@ -185,13 +186,17 @@ async def test_a_result_is_read_whole_up_to_the_limit_and_always_finalized() -> 
         endings.append(error)
 
     outcome = Outcome(200, {}, _chunks(b"[1", b",2]"), finalize)
-    assert await read_whole(outcome, 5, "model-1") == b"[1,2]"
+    async with aclosing(body_chunks(outcome)) as chunks:
+        assert await read_whole(chunks, 5, "model-1") == b"[1,2]"
     assert endings == [None]
 
     outcome = Outcome(200, {}, _chunks(b"[1", b",2", b",3]"), finalize)
     with pytest.raises(ModelError, match="larger than 5 bytes") as raised:
-        await read_whole(outcome, 5, "model-1")
+        async with aclosing(body_chunks(outcome)) as chunks:
+            await read_whole(chunks, 5, "model-1")
     assert raised.value.code == "model_result_too_large"
-    assert endings[1] is raised.value
+    # Not read to its end: the finalizer is told so (the result is not cached).
+    assert endings[1] is not None
     with pytest.raises(ModelError, match="--dicom-max-result"):
-        await read_whole(Outcome(200, {}, b"[1,2,3]"), 5, "model-1")
+        async with aclosing(body_chunks(Outcome(200, {}, b"[1,2,3]"))) as chunks:
+            await read_whole(chunks, 5, "model-1")

@@ -9,6 +9,7 @@ under ``--uid-root``.
 from model_proxy.dicom_results.convert import DicomObject, convert_result, result_series
 from model_proxy.dicom_results.headers import source_headers
 from model_proxy.dicom_results.seg import Algorithm
+from model_proxy.dicom_results.seg_stream import stream_segmentations
 from model_proxy.dicom_results.uids import UUID_ROOT, check_uid_root
 
 __all__ = [
@@ -19,4 +20,5 @@ __all__ = [
     "convert_result",
     "result_series",
     "source_headers",
+    "stream_segmentations",
 ]

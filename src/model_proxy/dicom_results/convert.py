@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset
 
 from model_proxy.config import Task
-from model_proxy.dicom_results.framing import part10
+from model_proxy.dicom_results.framing import write_part10
 from model_proxy.dicom_results.seg import Algorithm, build_segmentation
 from model_proxy.dicom_results.sr import build_annotation_sr, build_prediction_sr
 from model_proxy.errors import ErrorCode, ModelError
@@ -18,20 +19,25 @@ from model_proxy.pacs.source import Target
 
 @dataclass(frozen=True)
 class DicomObject:
-    """A converted object: its Part-10 file and the UIDs a caller reports."""
+    """A converted object: its Part-10 file (spooled under the data dir, so that no
+    object is held whole in memory) and the UIDs a caller reports."""
 
     sop_instance_uid: str
     series_instance_uid: str
     modality: str
-    data: bytes
+    path: Path
 
     @classmethod
-    def of(cls, dataset: Dataset) -> DicomObject:
+    def of(cls, dataset: Dataset, path: Path) -> DicomObject:
+        """``dataset`` written to ``path``; ``dataset`` may then be dropped."""
+        write_part10(dataset, path)
+        return cls.at(dataset, path)
+
+    @classmethod
+    def at(cls, dataset: Dataset, path: Path) -> DicomObject:
+        """The object already written to ``path`` (``dataset``: its UIDs)."""
         return cls(
-            str(dataset.SOPInstanceUID),
-            str(dataset.SeriesInstanceUID),
-            str(dataset.Modality),
-            part10(dataset),
+            str(dataset.SOPInstanceUID), str(dataset.SeriesInstanceUID), str(dataset.Modality), path
         )
 
 
@@ -62,9 +68,12 @@ def convert_result(
     headers: Mapping[str, Dataset],
     algorithm: Algorithm,
     uid_root: str,
+    out_dir: Path,
 ) -> list[DicomObject]:
-    """The objects for ``result`` (CPU-bound: run it in a thread): a SEG per series
-    with segments, an SR per series with rois, an SR per study with metadata."""
+    """The objects for ``result``, written into ``out_dir`` (CPU-bound: run it in a
+    thread): a SEG per series with segments, an SR per series with rois, an SR per
+    study with metadata. A segmentation of a whole series is better streamed
+    (``seg_stream.py``); this builds it whole."""
     built: list[Dataset | None] = []
     if task is Task.PREDICTION:
         built = [
@@ -78,4 +87,8 @@ def convert_result(
             build(result[target.study][target.series], headers, algorithm, uid_root)
             for target in result_series(result, algorithm.model_id)
         ]
-    return [DicomObject.of(dataset) for dataset in built if dataset is not None]
+    return [
+        DicomObject.of(dataset, out_dir / f"{index}.dcm")
+        for index, dataset in enumerate(built)
+        if dataset is not None
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 from pydicom import Dataset
 
@@ -12,3 +13,9 @@ def part10(dataset: Dataset) -> bytes:
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def write_part10(dataset: Dataset, path: Path) -> None:
+    """``dataset`` as a Part-10 file at ``path``."""
+    with open(path, "wb") as file:
+        dataset.save_as(file, enforce_file_format=True)

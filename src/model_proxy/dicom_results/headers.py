@@ -13,20 +13,53 @@ from pydicom.errors import InvalidDicomError
 from model_proxy.errors import ErrorCode, PacsError
 from model_proxy.pacs.source import DicomSource, Target
 
+# What a SEG needs of every source instance but the first (whose patient, study
+# and equipment attributes it copies): its reference and its geometry.
+_GEOMETRY = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "FrameOfReferenceUID",
+    "Rows",
+    "Columns",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "SliceThickness",
+)
 
-async def source_headers(source: DicomSource, targets: Iterable[Target]) -> dict[str, Dataset]:
+
+async def source_headers(
+    source: DicomSource, targets: Iterable[Target], *, geometry_only: bool = False
+) -> dict[str, Dataset]:
     """SOPInstanceUID -> header (pixel data left out) of every instance of ``targets``.
 
     The instances come from the same retrieval the model's input came from; each
     is parsed in a thread and its bytes dropped at once, so only headers are held.
+    With ``geometry_only``, only the first instance of each target keeps its whole
+    header, the others what a SEG needs of them (a few hundred bytes, not tens of
+    KiB, for a 2,000-slice series).
     """
     headers: dict[str, Dataset] = {}
     for target in targets:
+        first = True
         async with source.retrieve(target) as instances:
             async for data in instances:
                 header = await asyncio.to_thread(_header, data, source.label)
+                if geometry_only and not first:
+                    header = _geometry(header)
+                first = False
                 headers[str(header.SOPInstanceUID)] = header
     return headers
+
+
+def _geometry(header: Dataset) -> Dataset:
+    kept = Dataset()
+    for keyword in _GEOMETRY:
+        if keyword in header:
+            kept[keyword] = header[keyword]
+    return kept
 
 
 def _header(data: bytes, label: str) -> Dataset:

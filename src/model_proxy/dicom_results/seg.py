@@ -92,7 +92,7 @@ def build_segmentation(
         images.append(header)
     pixels = _pixel_array(instances, images, class_names, algorithm.model_id)
     descriptions = [
-        _segment_description(number, name, colors[name], algorithm)
+        segment_description(number, name, colors[name], algorithm)
         for number, name in enumerate(class_names, start=1)
     ]
     return hd.seg.Segmentation(
@@ -163,7 +163,7 @@ def _mask(
     return mask.astype(np.bool_)
 
 
-def _segment_description(
+def segment_description(
     number: int, class_name: str, color: str, algorithm: Algorithm
 ) -> hd.seg.SegmentDescription:
     return hd.seg.SegmentDescription(

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import aclosing, asynccontextmanager, contextmanager
+from pathlib import Path
 
 import httpx
 
@@ -297,7 +298,7 @@ class DicomWebSource:
             limits=self._timeouts.for_probe(),
         )
 
-    async def store(self, objects: Sequence[bytes]) -> None:
+    async def store(self, objects: Sequence[Path]) -> None:
         """STOW-RS through the same client, so the same auth, as the reads."""
         await stow(self._client, self._server.uri, self.label, objects)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from model_proxy.pacs.source import DicomSource, Target
 from model_proxy.upstream.breaker import BreakerState, CircuitBreaker
@@ -44,7 +45,7 @@ class GuardedSource:
             return None
         return await self._inner.fingerprint(target)
 
-    async def store(self, objects: Sequence[bytes]) -> None:
+    async def store(self, objects: Sequence[Path]) -> None:
         # Not through the breaker: a refused store says nothing about reads.
         await self._inner.store(objects)
 

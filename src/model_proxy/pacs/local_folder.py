@@ -203,7 +203,7 @@ class LocalFolderSource:
         )
         return ProbeResult(True, elapsed_ms(started), detail)
 
-    async def store(self, objects: Sequence[bytes]) -> None:
+    async def store(self, objects: Sequence[Path]) -> None:
         await store_in_folder(self._index.root, self.label, objects)
         # Found once this rescan ends (or the next, if one was already under way).
         self._folder.start_scan()

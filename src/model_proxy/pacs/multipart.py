@@ -12,10 +12,12 @@ no CRLF before the first delimiter. None of that matters to a delimiter scanner.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import secrets
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from email.message import Message
+from pathlib import Path
 
 
 class MalformedMultipart(ValueError):
@@ -242,3 +244,43 @@ def encode_dicom_multipart(objects: Sequence[bytes]) -> tuple[str, bytes]:
         chunks.append(b"\r\n")
     chunks.append(f"--{boundary}--\r\n".encode())
     return f'multipart/related; type="{DICOM_TYPE}"; boundary={boundary}', b"".join(chunks)
+
+
+_FILE_CHUNK = 1 << 20
+
+
+class DicomMultipartFiles:
+    """A ``multipart/related; type="application/dicom"`` message of Part-10 files on
+    disk, read 1 MiB at a time (in a thread) as it is sent, never held whole.
+
+    Iterable more than once (each ``async for`` reads the files again), so an HTTP
+    client may resend it, as an auth flow does after a 401.
+    """
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self._paths = list(paths)
+        self._boundary = f"model-proxy-{secrets.token_hex(16)}"
+        self.content_type = f'multipart/related; type="{DICOM_TYPE}"; boundary={self._boundary}'
+        self._part_head = f"--{self._boundary}\r\nContent-Type: {DICOM_TYPE}\r\n\r\n".encode()
+        self._end = f"--{self._boundary}--\r\n".encode()
+
+    @property
+    def length(self) -> int:
+        """The size of the whole message (for Content-Length)."""
+        per_part = len(self._part_head) + 2
+        return sum(p.stat().st_size + per_part for p in self._paths) + len(self._end)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        for path in self._paths:
+            yield self._part_head
+            file = await asyncio.to_thread(open, path, "rb")
+            try:
+                while chunk := await asyncio.to_thread(file.read, _FILE_CHUNK):
+                    yield chunk
+            finally:
+                file.close()
+            yield b"\r\n"
+        yield self._end

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from model_proxy.upstream.probe import ProbeResult
@@ -48,8 +49,9 @@ class DicomSource(Protocol):
         tell (the result is then not cached). Cheap: a query, never a retrieval."""
         ...
 
-    async def store(self, objects: Sequence[bytes]) -> None:
-        """Store Part-10 files (STOW-RS, or into the folder); PacsError if any was not."""
+    async def store(self, objects: Sequence[Path]) -> None:
+        """Store Part-10 files on disk (STOW-RS, or into the folder); PacsError if any
+        was not."""
         ...
 
     async def aclose(self) -> None: ...

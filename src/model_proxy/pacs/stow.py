@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,7 +12,7 @@ import httpx
 import pydicom
 
 from model_proxy.errors import ErrorCode, PacsError
-from model_proxy.pacs.multipart import encode_dicom_multipart
+from model_proxy.pacs.multipart import DicomMultipartFiles
 from model_proxy.upstream.clients import translated
 
 # PS3.18 10.5.3: a 200 may still list failures; this is the attribute naming them.
@@ -20,17 +20,22 @@ _FAILED_SOP_SEQUENCE = "00081198"
 
 
 async def stow(
-    client: httpx.AsyncClient, base_uri: str, label: str, objects: Sequence[bytes]
+    client: httpx.AsyncClient, base_uri: str, label: str, objects: Sequence[Path]
 ) -> None:
-    """POST ``objects`` to ``{base_uri}/studies`` with the client's auth and timeouts;
-    PacsError naming the PACS unless every object was stored."""
-    content_type, body = encode_dicom_multipart(objects)
+    """POST the Part-10 files ``objects`` to ``{base_uri}/studies`` with the client's
+    auth and timeouts, streamed from disk with a Content-Length; PacsError naming the
+    PACS unless every object was stored."""
+    body = DicomMultipartFiles(objects)
     count = f"{len(objects)} DICOM object{'s' * (len(objects) != 1)}"
     try:
         response = await client.post(
             f"{base_uri}/studies",
             content=body,
-            headers={"Content-Type": content_type, "Accept": "application/dicom+json"},
+            headers={
+                "Content-Type": body.content_type,
+                "Content-Length": str(body.length),
+                "Accept": "application/dicom+json",
+            },
         )
     except httpx.HTTPError as exc:
         raise translated(exc, label, PacsError, note=f" storing {count}") from exc
@@ -56,7 +61,7 @@ def _lists_failures(response: httpx.Response) -> bool:
     return isinstance(answer, dict) and bool(answer.get(_FAILED_SOP_SEQUENCE, {}).get("Value"))
 
 
-async def store_in_folder(root: Path, label: str, objects: Sequence[bytes]) -> None:
+async def store_in_folder(root: Path, label: str, objects: Sequence[Path]) -> None:
     """Write each object to ``root/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` (the
     layout of the demo data), atomically: the folder index never sees half a file."""
     try:
@@ -68,12 +73,13 @@ async def store_in_folder(root: Path, label: str, objects: Sequence[bytes]) -> N
         ) from exc
 
 
-def _write_all(root: Path, objects: Sequence[bytes]) -> None:
-    for data in objects:
-        header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+def _write_all(root: Path, objects: Sequence[Path]) -> None:
+    for source in objects:
+        header = pydicom.dcmread(source, stop_before_pixels=True)
         folder = root / str(header.SeriesInstanceUID)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{header.SOPInstanceUID}.dcm"
         partial = path.with_suffix(".dcm.part")
-        partial.write_bytes(data)
+        # A copy, not a move: the spool may be on another file system.
+        shutil.copyfile(source, partial)
         os.replace(partial, path)

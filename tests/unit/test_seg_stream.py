@@ -1,0 +1,176 @@
+"""The streamed segmentation (dicom_results/json_split, seg_spool, seg_writer): the
+result split instance by instance whatever the chunking, and a SEG written from
+spooled frames that is highdicom's own SEG but for UIDs and times, masks bit for bit.
+The round trip through the proxy, Orthanc and dciodvfy is in
+tests/integration/test_dicom_outputs.py."""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import orjson
+import pydicom
+import pytest
+from pydicom import Dataset
+
+from model_proxy.dicom_results.framing import part10
+from model_proxy.dicom_results.json_split import InstanceSplitter, SplitError
+from model_proxy.dicom_results.seg import Algorithm, build_segmentation
+from model_proxy.dicom_results.seg_spool import MaskSpool
+from model_proxy.dicom_results.seg_writer import write_segmentation
+from model_proxy.errors import ModelError
+from model_proxy.sample_data import make_study
+
+ALGORITHM = Algorithm("model-1", "Example", "1.0")
+# Differ between two builds of one SEG: made new each time.
+_NEW_EACH_TIME = (
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "InstanceCreationTime",
+    "ContentTime",
+    "ContributingEquipmentSequence",
+    "DimensionOrganizationSequence",
+    "DimensionIndexSequence",
+)
+
+
+def _split(text: bytes, *, max_chunk: int, seed: int) -> list[tuple[str, str, str, Any]]:
+    rng = random.Random(seed)
+    splitter = InstanceSplitter(max_value_bytes=10_000)
+    members = []
+    start = 0
+    while start < len(text):
+        end = start + rng.randint(1, max_chunk)
+        members += splitter.feed(text[start:end])
+        start = end
+    splitter.close()
+    return [(study, series, key, orjson.loads(value)) for study, series, key, value in members]
+
+
+def test_members_come_out_whole_however_the_text_is_cut() -> None:
+    tricky = 'a "quoted" \\ } ] { ['
+    result = {
+        "1.2": {
+            "metadata": [{"title": tricky}],
+            "1.2.3": {
+                "1.2.3.4": {"segments": [{"points": [[0, 1], [1, 0]], "className": tricky}]},
+                "1.2.3.5": {"segments": []},
+                "metadata": [],
+            },
+            "1.2.4": {},
+        },
+        "1.3": {},
+    }
+    expected = [
+        ("1.2", "1.2.3", "1.2.3.4", result["1.2"]["1.2.3"]["1.2.3.4"]),  # type: ignore[index]
+        ("1.2", "1.2.3", "1.2.3.5", {"segments": []}),
+        ("1.2", "1.2.3", "metadata", []),
+    ]
+    for option in (0, orjson.OPT_INDENT_2):
+        text = orjson.dumps(result, option=option)
+        for seed in range(20):
+            assert _split(text, max_chunk=9, seed=seed) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"1.2": {"1.3": {"1.4": [1}}}', "ends early"),
+        (b'{"1.2": 1', "ends early"),
+        (b'{"1.2": 1}}', "after the end"),
+        (b'{"1.2" 1}', "expected ':'"),
+        (b'{"1.2": {"1.3": {"1.4": "' + b"x" * 20_000 + b'"}}}', "larger than"),
+    ],
+)
+def test_what_is_not_a_nested_result_is_refused(text: bytes, message: str) -> None:
+    splitter = InstanceSplitter(max_value_bytes=10_000)
+    with pytest.raises(SplitError, match=message):
+        splitter.feed(text)
+        splitter.close()
+
+
+def _series(rows: int, slices: int = 6) -> tuple[dict[str, Dataset], dict[str, Any], str, str]:
+    study = make_study(series_slices=(slices,), rows=rows, columns=rows, seed=7)
+    rng = np.random.default_rng(rows)
+    headers: dict[str, Dataset] = {}
+    node: dict[str, Any] = {}
+    for index, (_, _, data) in enumerate(study.iter_instances()):
+        header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        headers[str(header.SOPInstanceUID)] = header
+        # Empty masks, an empty plane (index 3), overlapping segments, a repeated class.
+        body = (rng.random((rows, rows)) > 0.5).astype(np.uint8) * (index % 3 != 0)
+        lungs = (rng.random((rows, rows)) > 0.7).astype(np.uint8) * (index % 2 == 0)
+        more = (rng.random((rows, rows)) > 0.9).astype(np.uint8) * (index == 4)
+        node[str(header.SOPInstanceUID)] = {
+            "segments": [
+                {"points": body.tolist(), "color": "red", "className": "Body"},
+                {"points": lungs.tolist(), "color": "#0000ff", "className": "Lungs"},
+                {"points": more.tolist(), "color": "red", "className": "Body"},
+            ]
+        }
+    return headers, node, study.study_uid, study.series[0].series_uid
+
+
+def _streamed(
+    headers: dict[str, Dataset], node: dict[str, Any], study: str, series: str, folder: Path
+) -> Path:
+    spool = MaskSpool(folder / "masks.spool", ALGORITHM.model_id)
+    try:
+        for uid, value in node.items():
+            spool.add_instance(study, series, uid, orjson.dumps(value))
+        (masks,) = spool.series.values()
+        out = folder / "seg.dcm"
+        assert write_segmentation(masks, spool, headers, ALGORITHM, "2.25.", out) is not None
+    finally:
+        spool.close()
+    assert not (folder / "masks.spool").exists()
+    return out
+
+
+@pytest.mark.parametrize("rows", [16, 17])
+def test_the_streamed_seg_is_highdicoms_seg(rows: int, tmp_path: Path) -> None:
+    """17x17: frames that do not end on a byte boundary are packed back to back."""
+    headers, node, study, series = _series(rows)
+    path = _streamed(headers, node, study, series, tmp_path)
+    streamed = pydicom.dcmread(path)
+    built = build_segmentation(node, headers, ALGORITHM, "2.25.")
+    assert built is not None
+    whole = pydicom.dcmread(io.BytesIO(part10(built)))
+    for name in _NEW_EACH_TIME:
+        for dataset in (streamed, whole):
+            delattr(dataset, name)
+    assert [e.keyword for e in streamed] == [e.keyword for e in whole]
+    for element in whole:
+        if element.keyword != "PixelData":
+            assert streamed[element.tag] == element, element.keyword
+    seg = hd.seg.segread(path)
+    for uid, value in node.items():
+        expected: dict[str, np.ndarray[Any, Any]] = {}
+        for segment in value["segments"]:
+            mask = np.asarray(segment["points"], dtype=np.bool_)
+            name = segment["className"]
+            expected[name] = expected[name] | mask if name in expected else mask
+        for number, name in enumerate(["Body", "Lungs"], start=1):
+            pixels = seg.get_pixels_by_source_instance(
+                source_sop_instance_uids=[uid], segment_numbers=[number], combine_segments=False
+            )
+            assert np.array_equal(pixels[0, :, :, 0], expected[name]), (uid, name)
+
+
+def test_a_mask_that_does_not_fit_is_a_bad_model_answer(tmp_path: Path) -> None:
+    spool = MaskSpool(tmp_path / "masks.spool", "model-1")
+    try:
+        spool.add_instance("1", "2", "3", b'{"segments": [{"points": [[0, 1], [1, 1]]}]}')
+        with pytest.raises(ModelError, match="not a 2x2 mask of 0 and 1") as raised:
+            spool.add_instance("1", "2", "4", b'{"segments": [{"points": [[0, 1]]}]}')
+        assert raised.value.code == "model_bad_response"
+        with pytest.raises(ModelError, match="mask of 0 and 1"):
+            spool.add_instance("1", "2", "5", b'{"segments": [{"points": [[0, 2], [1, 1]]}]}')
+    finally:
+        spool.close()
