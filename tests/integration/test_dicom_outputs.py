@@ -45,6 +45,8 @@ class Setup:
     study: SampleStudy
     seg_store_study: SampleStudy
     sr_store_study: SampleStudy
+    later_study: SampleStudy
+    long_study: SampleStudy
     pacs: OrthancServer
     folder: Path
     servers: dict[str, str]
@@ -78,18 +80,23 @@ def setup(
     # Studies of their own: the SEGs and SRs stored here must not reach other tests'
     # studies, nor the study-level requests of this module (a stored SEG series would
     # be sent to the model with the CT series): each store test stores into its own.
-    study, seg_store, sr_store = (
-        make_study(series_slices=(5, 3), rows=64, columns=64, seed=seed) for seed in (41, 42, 43)
+    study, seg_store, sr_store, later = (
+        make_study(series_slices=(5, 3), rows=64, columns=64, seed=seed)
+        for seed in (41, 42, 43, 45)
     )
-    for each in (study, seg_store, sr_store):
+    for each in (study, seg_store, sr_store, later):
         orthanc_basic_auth.upload_many(data for _, _, data in each.iter_instances())
     folder = tmp_path_factory.mktemp("dicom-results-folder")
     write_study(study, folder)
+    # Many slices, small: the streamed SEG's round trip (the memory is the benchmark's).
+    long_study = make_study(series_slices=(300,), rows=64, columns=64, seed=46)
+    write_study(long_study, folder)
     servers = {"pacs": new_uid(), "folder": new_uid(), "down": new_uid()}
     models = {
         "seg": new_uid(),
         "seg-optional": new_uid(),
         "seg-required": new_uid(),
+        "seg-all": new_uid(),
         "ann": new_uid(),
         "pred": new_uid(),
     }
@@ -111,6 +118,7 @@ def setup(
             models["seg-required"]: model_entry(
                 example_model, *seg, store={"server": servers["down"]}
             ),
+            models["seg-all"]: model_entry(example_model, *seg, sendResultObjects=True),
             models["ann"]: model_entry(example_model, "/annotation", "annotation", ALL_LEVELS),
             models["pred"]: model_entry(example_model, "/prediction", "prediction", ALL_LEVELS),
         },
@@ -118,7 +126,18 @@ def setup(
         env={"ZHIVA_SHOW_STATUS_PAGE": "true"},
     )
     try:
-        yield Setup(proxy, study, seg_store, sr_store, orthanc_basic_auth, folder, servers, models)
+        yield Setup(
+            proxy,
+            study,
+            seg_store,
+            sr_store,
+            later,
+            long_study,
+            orthanc_basic_auth,
+            folder,
+            servers,
+            models,
+        )
     finally:
         proxy.stop()
 
@@ -245,6 +264,36 @@ def test_store_into_a_local_folder(setup: Setup) -> None:
     (stored,) = setup.folder.glob(f"*/{sop_uid}.dcm")
     assert pydicom.dcmread(io.BytesIO(stored.read_bytes())).StudyInstanceUID == study.study_uid
     assert dciodvfy_errors(stored) == []
+
+
+def test_a_long_series_streams_into_one_seg_that_round_trips(setup: Setup, tmp_path: Path) -> None:
+    study, series = setup.long_study, setup.long_study.series[0]
+    path = setup.series_path(study=study)
+    params = {"server": setup.servers["folder"]}
+    json_result = setup.get(path, params=params).json()
+    response = setup.get(path, params=params, headers={"Accept": "application/dicom"})
+    assert response.status_code == 200, response.text
+    seg = _checked_seg(response.content, tmp_path)
+    referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    assert {ref.ReferencedSOPInstanceUID for ref in referenced} == set(series.sop_uids)
+    _assert_masks_equal(seg, json_result[study.study_uid][series.series_uid])
+
+
+def test_a_stored_seg_is_not_sent_with_the_study_to_the_model(setup: Setup) -> None:
+    """A study request after a store: the model gets the images, as before the store
+    (it would refuse the SEG); a model with "sendResultObjects": true gets it too."""
+    study = setup.later_study
+    study_path = f"/segmentations/{setup.models['seg']}/studies/{study.study_uid}"
+    before = setup.get(study_path)
+    assert before.status_code == 200, before.text
+    stored = setup.get(setup.series_path(study=study), params={"store": "true"})
+    assert stored.status_code == 200, stored.text
+    assert stored.headers["dicom-stored"]
+    after = setup.get(study_path)
+    assert after.status_code == 200, after.text
+    assert after.json() == before.json()
+    every_object = setup.get(study_path.replace(setup.models["seg"], setup.models["seg-all"]))
+    assert "not a single-frame grayscale image" in every_object.text
 
 
 def test_a_required_store_that_fails_is_a_502_naming_the_pacs(setup: Setup) -> None:

@@ -81,6 +81,7 @@ MODEL_FIELDS: dict[str, str] = {
     "name": f"{NAME_FIELD} (also the algorithm name in DICOM results)",
     "version": "a string (the algorithm version in DICOM results)",
     "store": 'an object {"server": "<servers.json uuid>", "required": true|false}',
+    "sendResultObjects": "true or false (send a study's SEG, SR and RT structure sets too)",
 }
 
 

@@ -303,6 +303,9 @@ class ModelConfig(_Schema):
     name: StrictStr | None = None
     version: StrictStr | None = None
     store: StoreConfig | None = None
+    # Ours (docs/compatibility.md): a study request sends the SEG / SR / RT
+    # structure sets of the study too (default: only what is not a result).
+    send_result_objects: StrictBool = Field(False, alias="sendResultObjects")
 
     @property
     def algorithm_name(self) -> str:

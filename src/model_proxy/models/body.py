@@ -50,6 +50,9 @@ class Retrieval:
     as_array: bool
     series_key: str | None = None
     instance_key: str | None = None
+    # A whole study: leave out the SEG / SR / RT structure sets it holds
+    # (pacs/result_instances.py) unless the model asks for them.
+    leave_out_results: bool = False
 
 
 Token = bytes | Retrieval
@@ -59,16 +62,23 @@ def plan_body(
     level: Level,
     target: Target,
     inputs: Sequence[SeriesInput | InstanceInput] = (),
+    *,
+    send_result_objects: bool = False,
 ) -> list[Token]:
     """Tokens for the body of one inference request.
 
     Without inputs the body is the level's plain shape: one instance string, or
     an array of them. ``inputs`` are SeriesInput at study level and
-    InstanceInput at series level.
+    InstanceInput at series level. A whole study's retrieval leaves out the
+    result objects it holds unless ``send_result_objects``; a series or an
+    instance named by the request is sent as it is.
     """
     tokens: list[Token] = []
     if not inputs:
-        tokens.append(Retrieval(target, as_array=level is not Level.INSTANCE))
+        whole_study = target.series is None and not send_result_objects
+        tokens.append(
+            Retrieval(target, as_array=level is not Level.INSTANCE, leave_out_results=whole_study)
+        )
         return tokens
     tokens.append(b"{")
     for index, item in enumerate(inputs):

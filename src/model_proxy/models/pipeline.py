@@ -36,6 +36,7 @@ from model_proxy.models.body import Retrieval, Token
 from model_proxy.models.encoder import encode_range_into, max_slice_text_size, slice_ranges
 from model_proxy.models.formats import BodyFormat
 from model_proxy.models.slice_buffers import SliceBuffers
+from model_proxy.pacs.result_instances import is_result_instance
 from model_proxy.pacs.source import DicomSource
 from model_proxy.runtime.admission import Grant, RequestMemory
 from model_proxy.upstream import tracing
@@ -188,6 +189,8 @@ class BodyPipeline:
             ):
                 lane.opened.set()
                 async for part10 in instances:
+                    if lane.retrieval.leave_out_results and is_result_instance(part10):
+                        continue
                     size = self._format.accounted_bytes(len(part10))
                     grant = await self._memory.acquire(size, lane.index)
                     lane.queue.put_nowait((part10, grant))

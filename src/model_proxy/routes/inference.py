@@ -186,7 +186,7 @@ def build_request(
         level=level,
         target=target,
         inputs=inputs,
-        plan=tuple(plan_body(level, target, inputs)),
+        plan=tuple(plan_body(level, target, inputs, send_result_objects=model.send_result_objects)),
         encoding=encoding,
         if_none_match=if_none_match,
     )
