@@ -13,11 +13,10 @@ from typing import Any
 
 import highdicom as hd
 import httpx
-import numpy as np
 import pydicom
 import pytest
 from deployment import expect_error
-from dicom_checks import dciodvfy_errors
+from dicom_checks import assert_masks_equal, dciodvfy_errors
 from faults import closed_port_url
 from harness import (
     ExampleModel,
@@ -158,20 +157,6 @@ def _checked_seg(data: bytes, tmp_path: Path) -> hd.seg.Segmentation:
     return hd.seg.segread(path)
 
 
-def _assert_masks_equal(seg: hd.seg.Segmentation, series_node: dict[str, Any]) -> None:
-    """Every JSON mask equals the SEG's frames of its instance and className, bit for bit."""
-    labels = {d.SegmentLabel: d.SegmentNumber for d in seg.SegmentSequence}
-    uids = [uid for uid in series_node if uid != "metadata"]
-    for uid in uids:
-        for segment in series_node[uid]["segments"]:
-            number = labels[segment["className"]]
-            pixels = seg.get_pixels_by_source_instance(
-                source_sop_instance_uids=[uid], segment_numbers=[number], combine_segments=False
-            )
-            expected = np.asarray(segment["points"], dtype=np.uint8)
-            assert np.array_equal(pixels[0, :, :, 0], expected), (uid, segment["className"])
-
-
 def test_series_segmentation_as_dicomweb_seg_round_trips(setup: Setup, tmp_path: Path) -> None:
     study, series = setup.study, setup.study.series[0]
     json_result = setup.get(setup.series_path()).json()
@@ -195,7 +180,7 @@ def test_series_segmentation_as_dicomweb_seg_round_trips(setup: Setup, tmp_path:
         for ref in item.ReferencedInstanceSequence
     }
     assert referenced == set(series.sop_uids)
-    _assert_masks_equal(seg, json_result[study.study_uid][series.series_uid])
+    assert_masks_equal(seg, json_result[study.study_uid][series.series_uid])
 
 
 def test_other_accept_values_get_the_json_byte_for_byte(setup: Setup) -> None:
@@ -249,7 +234,7 @@ def test_store_true_stows_the_seg_into_the_study(setup: Setup, tmp_path: Path) -
     (data,) = _parts(wado)
     seg = _checked_seg(data, tmp_path)
     assert seg.SOPInstanceUID == sop_uid
-    _assert_masks_equal(seg, plain.json()[study.study_uid][study.series[0].series_uid])
+    assert_masks_equal(seg, plain.json()[study.study_uid][study.series[0].series_uid])
 
 
 def test_store_into_a_local_folder(setup: Setup) -> None:
@@ -276,7 +261,7 @@ def test_a_long_series_streams_into_one_seg_that_round_trips(setup: Setup, tmp_p
     seg = _checked_seg(response.content, tmp_path)
     referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
     assert {ref.ReferencedSOPInstanceUID for ref in referenced} == set(series.sop_uids)
-    _assert_masks_equal(seg, json_result[study.study_uid][series.series_uid])
+    assert_masks_equal(seg, json_result[study.study_uid][series.series_uid])
 
 
 def test_a_stored_seg_is_not_sent_with_the_study_to_the_model(setup: Setup) -> None:

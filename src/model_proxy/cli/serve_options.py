@@ -178,7 +178,8 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         serve,
         "dicom-max-result",
         "256MiB",
-        "largest JSON result converted to DICOM SEG/SR (it is held whole while converting)",
+        "most of a model's JSON result held at once to convert it to DICOM: one instance's"
+        " part of a segmentation (which streams), a whole annotation or prediction result",
     )
     add_option(
         serve,
