@@ -43,7 +43,8 @@ class Demo:
         """The path of the first ``curl`` line the demo printed whose URL holds ``fragment``."""
         for url in re.findall(r"curl [^\n]*?'(https://[^']+)'", self.process.log_text()):
             if fragment in url:
-                return "/" + url.split("/", 3)[3]
+                path: str = url.split("/", 3)[3]
+                return "/" + path
         raise AssertionError(f"the demo printed no curl line with {fragment!r}")
 
 

@@ -9,6 +9,7 @@ import pydicom
 import pytest
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
+from pydicom.uid import UID
 
 from model_proxy.config import Level
 from model_proxy.dicom_results.framing import part10
@@ -24,8 +25,8 @@ def _instance(sop_class: str) -> bytes:
     study = make_study(series_slices=(1,), rows=16, columns=16, seed=3)
     _, _, data = next(study.iter_instances())
     dataset = pydicom.dcmread(io.BytesIO(data))
-    dataset.SOPClassUID = sop_class
-    dataset.file_meta.MediaStorageSOPClassUID = sop_class
+    dataset.SOPClassUID = UID(sop_class)
+    dataset.file_meta.MediaStorageSOPClassUID = UID(sop_class)
     return part10(dataset)
 
 

@@ -20,6 +20,7 @@ from pydicom import Dataset
 
 from model_proxy.dicom_results.framing import part10
 from model_proxy.dicom_results.json_split import InstanceSplitter, SplitError
+from model_proxy.dicom_results.mask_text import lift_masks, read_mask
 from model_proxy.dicom_results.seg import Algorithm, build_segmentation
 from model_proxy.dicom_results.seg_spool import MaskSpool
 from model_proxy.dicom_results.seg_writer import write_segmentation
@@ -174,3 +175,43 @@ def test_a_mask_that_does_not_fit_is_a_bad_model_answer(tmp_path: Path) -> None:
             spool.add_instance("1", "2", "5", b'{"segments": [{"points": [[0, 2], [1, 1]]}]}')
     finally:
         spool.close()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"[[0,1,1],[1,0,0]]",
+        b" [ [0, 1, 1] ,\n [1 ,0,0 ] ] ",
+    ],
+)
+def test_a_mask_is_read_from_its_text_with_any_whitespace(text: bytes) -> None:
+    mask = read_mask(text)
+    assert mask is not None
+    assert mask.astype(int).tolist() == [[0, 1, 1], [1, 0, 0]]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b"[[0,1],[1]]", b"[[0,2],[1,0]]", b"[[0,1,],[1,0]]", b"[[0 1],[1,0]]", b"[[]]", b"[[01,1]]"],
+)
+def test_text_that_is_not_exactly_a_mask_is_left_to_orjson(text: bytes) -> None:
+    assert read_mask(text) is None
+
+
+def test_only_points_arrays_are_lifted_and_the_rest_parses_as_before() -> None:
+    value = orjson.dumps(
+        {
+            "segments": [
+                {"className": 'tricky \\"points\\": [[1]]', "points": [[0, 1], [1, 1]]},
+                {"className": "ragged", "points": [[0, 1], [1]]},
+            ],
+            "note": {"points": "not an array"},
+        }
+    )
+    text, marker, masks = lift_masks(value)
+    node = orjson.loads(text)
+    assert node["segments"][0]["points"] == f"{marker}0"
+    assert node["segments"][0]["className"] == 'tricky \\"points\\": [[1]]'
+    assert node["segments"][1]["points"] == [[0, 1], [1]]  # left for orjson and its check
+    assert node["note"] == {"points": "not an array"}
+    assert [m.astype(int).tolist() for m in masks] == [[[0, 1], [1, 1]]]

@@ -16,6 +16,7 @@ from typing import IO, Any
 import numpy as np
 import orjson
 
+from model_proxy.dicom_results.mask_text import Mask, lift_masks
 from model_proxy.errors import ErrorCode, ModelError
 
 
@@ -46,8 +47,10 @@ class MaskSpool:
 
     def add_instance(self, study: str, series: str, sop: str, value: bytes) -> None:
         """Parse one instance's value and spool its masks (CPU-bound: run in a thread)."""
+        # The masks read straight from their text; orjson parses the rest.
+        text, marker, lifted = lift_masks(value)
         try:
-            node = orjson.loads(value)
+            node = orjson.loads(text)
         except orjson.JSONDecodeError:
             raise self._error("the result is not JSON; it cannot be converted to DICOM") from None
         segments = node.get("segments") if isinstance(node, dict) else None
@@ -61,7 +64,7 @@ class MaskSpool:
             if name not in masks.colors:
                 masks.class_names.append(name)
                 masks.colors[name] = str(segment.get("color") or "")
-            mask = self._mask(segment, sop, masks)
+            mask = self._mask(segment, sop, masks, marker, lifted)
             index = masks.class_names.index(name)
             # A className given twice on one instance: the union of its masks.
             merged[index] = merged[index] | mask if index in merged else mask
@@ -89,13 +92,16 @@ class MaskSpool:
         return offset
 
     def _mask(
-        self, segment: Any, sop: str, masks: SeriesMasks
-    ) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        self, segment: Any, sop: str, masks: SeriesMasks, marker: str, lifted: list[Mask]
+    ) -> Mask:
         points = segment.get("points") if isinstance(segment, dict) else None
-        try:
-            mask = np.asarray(points, dtype=np.uint8)
-        except (TypeError, ValueError, OverflowError):
-            mask = np.zeros(0, dtype=np.uint8)
+        if isinstance(points, str) and points.startswith(marker):
+            mask: np.ndarray[Any, Any] = lifted[int(points[len(marker) :])]
+        else:
+            try:
+                mask = np.asarray(points, dtype=np.uint8)
+            except (TypeError, ValueError, OverflowError):
+                mask = np.zeros(0, dtype=np.uint8)
         if masks.shape is None and mask.ndim == 2 and mask.size:
             masks.shape = (int(mask.shape[0]), int(mask.shape[1]))
         if mask.shape != masks.shape or mask.max(initial=0) > 1:
