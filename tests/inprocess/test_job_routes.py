@@ -249,6 +249,8 @@ async def test_the_store_step_into_a_folder_and_when_the_conversion_fails(
         assert stored["status"] == "succeeded" and stored["storeError"] is None, stored
         (sop_uid,) = stored["stored"]
         assert list(outbox.glob(f"*/{sop_uid}.dcm"))
+    # The conversion's spooled files (docs/dicom-outputs.md) are gone with the job's answer.
+    assert not list((tmp_path / "a" / "data" / "dicom-outputs").iterdir())
 
     # A result over --dicom-max-result cannot be converted: a required store fails the
     # job with the GET route's error; one that is not required is recorded on the job.

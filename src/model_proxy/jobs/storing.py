@@ -98,5 +98,8 @@ async def store_results(
             "message": exc.message,
         }
         return StoreOutcome(server, [], exc.to_json())
+    # The answer itself is not wanted: finalizing it removes its spooled files.
+    if outcome.finalize is not None:
+        await outcome.finalize(None)
     header = outcome.headers.get(_STORED_HEADER, "")
     return StoreOutcome(server, [uid.strip() for uid in header.split(",") if uid.strip()])
