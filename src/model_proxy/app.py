@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -24,6 +25,8 @@ from model_proxy.access.jwks import JwksCaches
 from model_proxy.access.posture import log_posture
 from model_proxy.audit import REQUEST_ID_HEADER, AuditMiddleware, AuditWriter, audit_record
 from model_proxy.audit.request_log import log_request
+from model_proxy.cache import ResultCache
+from model_proxy.cache.shared_results import SharedResults, SharedResultsPolicy
 from model_proxy.config import ProxyConfig
 from model_proxy.errors import ErrorCode, ProxyError
 from model_proxy.jobs import JobManager, JobPolicy, JobStore
@@ -117,6 +120,7 @@ def create_app(
         app.state.audit = audit  # audit.reopen() after an external log rotation
         if audit is not None:
             audit.start()
+        redis_watch = _share_results(app.state.redis, state.result_cache, settings)
         app.state.jobs = await _start_jobs(settings, state, live, metrics)
         app.state.job_progress_interval = settings.job_progress_interval
         app.state.watcher = await start_watcher(
@@ -148,6 +152,9 @@ def create_app(
                 await app.state.watcher.aclose()  # before the jobs it submits to
             if app.state.jobs is not None:
                 await app.state.jobs.aclose()  # running jobs stay queued for the next start
+            if redis_watch is not None:
+                redis_watch.cancel()
+                state.result_cache.shared_results = None
             if app.state.redis is not None:
                 await app.state.redis.aclose()
             if metrics_port is not None:
@@ -241,6 +248,35 @@ def _watcher_role(settings: Settings, redis: RedisLink | None) -> WatcherRole | 
     if redis is None:
         return None
     return RedisWatcherLease(redis, lease_seconds=max(3 * settings.watch_interval, 10.0))
+
+
+def _share_results(
+    link: RedisLink | None, cache: ResultCache, settings: Settings
+) -> asyncio.Task[None] | None:
+    """With --redis: the result cache shared through it (docs/replicas.md, "Results"),
+    and a ping every --redis-check-interval, so that a Redis back after a failure is
+    used again (and shown so) without waiting for a request to try it."""
+    if link is None or settings.redis is None:
+        return None
+    watch = asyncio.create_task(_watch(link, settings.redis_check_interval))
+    if cache.enabled and settings.redis_max_entry_bytes > 0:
+        policy = SharedResultsPolicy(
+            max_entry_bytes=settings.redis_max_entry_bytes,
+            ttl=settings.redis_result_ttl,
+            lock_lease=settings.redis_lock_lease,
+            wait_limit=settings.model_timeouts.idle,
+            call_timeout=2 * settings.redis.timeout,
+        )
+        cache.shared_results = SharedResults(
+            link.client, link.health, policy, prefix=link.key("results") + ":"
+        )
+    return watch
+
+
+async def _watch(link: RedisLink, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        await link.ping()  # updates link.health
 
 
 async def _start_jobs(

@@ -96,6 +96,9 @@ class ErrorCode(StrEnum):
     MODEL_BAD_RESPONSE = "model_bad_response"
     MODEL_RESULT_TOO_LARGE = "model_result_too_large"
 
+    # the Redis replicas share (502; docs/replicas.md)
+    REDIS_ERROR = "redis_error"
+
     # time and capacity (503, 504)
     GATEWAY_TIMEOUT = "gateway_timeout"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"

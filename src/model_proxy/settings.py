@@ -105,3 +105,14 @@ class Settings:
     # --redis: the state replicas share (docs/replicas.md); None: each process keeps
     # its own, as a single proxy does.
     redis: RedisSettings | None = None
+    # Results up to this size are shared in Redis; larger ones stay on the disk of the
+    # replica that made them (docs/replicas.md, "Results"). 0: results are not shared.
+    redis_max_entry_bytes: int = 8 * MiB
+    # Seconds a shared result lives in Redis after it was stored or last read.
+    redis_result_ttl: float = 24 * 3600.0
+    # Seconds the lease on a result being computed lasts (renewed while the model runs):
+    # how long the other replicas wait for a replica that died while computing.
+    redis_lock_lease: float = 30.0
+    # Seconds between pings that tell whether Redis is up (/status, model_proxy_redis_up);
+    # while it is down, requests do not try it.
+    redis_check_interval: float = 5.0

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import BinaryIO, ClassVar
 
 from model_proxy.cache.flights import Flights
+from model_proxy.cache.shared_results import SharedResults
 from model_proxy.cache.store import (
     CorruptEntry,
     ResultStore,
@@ -47,6 +48,8 @@ class ResultCache:
         self.store = ResultStore(root, max_bytes)
         self.flights = Flights(self.store)
         self.enabled = max_bytes > 0
+        # --redis: entries shared with the other replicas (set while the app runs).
+        self.shared_results: SharedResults | None = None
         if self.enabled:
             try:
                 self.store.open()

@@ -104,6 +104,10 @@ def serve(args: argparse.Namespace) -> int:
         allow_symlinks_outside_folder=args.allow_symlinks_outside_folder,
         browser_revalidation=args.browser_revalidation,
         redis=_redis_settings(args),
+        redis_max_entry_bytes=parse_size(args.redis_max_entry, "redis-max-entry"),
+        redis_result_ttl=parse_duration(args.redis_result_ttl, "redis-result-ttl"),
+        redis_lock_lease=parse_seconds(args.redis_lock_lease, "redis-lock-lease"),
+        redis_check_interval=parse_seconds(args.redis_check_interval, "redis-check-interval"),
     )
     log_format = parse_choice(args.log_format, "log-format", LogFormat)
     log_level = parse_choice(args.log_level, "log-level", LogLevel)

@@ -236,6 +236,32 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         "this deployment's part of the Redis key names (model-proxy:<namespace>:...), so"
         " that deployments sharing one Redis never mix",
     )
+    add_option(
+        serve,
+        "redis-max-entry",
+        "8MiB",
+        "largest result shared with the other replicas through Redis; larger ones stay"
+        " in this replica's disk cache (0: results are not shared)",
+    )
+    add_option(
+        serve,
+        "redis-result-ttl",
+        "24h",
+        "how long a shared result stays in Redis after it was stored or last read",
+    )
+    add_option(
+        serve,
+        "redis-lock-lease",
+        "30",
+        "seconds the other replicas wait for a replica that stopped while computing a"
+        " result they also need (its lease is renewed while it computes)",
+    )
+    add_option(
+        serve,
+        "redis-check-interval",
+        "5",
+        "seconds between the pings that tell whether Redis is back after a failure",
+    )
     add_option(serve, "log-format", "text", "log lines as text or json")
     add_option(serve, "log-level", "info", "debug, info, warning or error")
     add_option(

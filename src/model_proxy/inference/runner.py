@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from model_proxy.cache import data_fingerprint, entry_key, request_key
-from model_proxy.cache.flights import Flight
+from model_proxy.cache.flights import Flight, Producer
+from model_proxy.cache.shared_results import Source
 from model_proxy.errors import ErrorCode, ProxyError, UpstreamError
 from model_proxy.inference.progress import Phase, Progress, instances_hint
 from model_proxy.inference.request import InferenceRequest
@@ -62,6 +63,7 @@ class CacheOutcome(StrEnum):
     MISS = "miss"  # this request started the model call
     COALESCED = "coalesced"  # joined an identical request's model call under way
     NOT_MODIFIED = "not_modified"  # 304: If-None-Match named the result
+    SHARED = "shared"  # --redis: another replica's result, read from Redis
 
 
 @dataclass
@@ -179,7 +181,7 @@ class InferenceRunner:
         if cache.store.lookup(key, "identity") is not None:
             self.progress.phase = Phase.DONE
             return key
-        flight = cache.flights.join(key, self._produce)
+        flight = cache.flights.join(key, self._producer(key))
         try:
             await flight.finished()
         except asyncio.CancelledError:
@@ -249,12 +251,25 @@ class InferenceRunner:
                 async for chunk in chunks:
                     await append(chunk)
 
+    def _producer(self, key: str) -> Producer:
+        """The flight's work: with --redis, the result another replica stored or is
+        computing (cache/shared_results.py), else the model call."""
+        shared = self._cache.shared_results
+        if shared is None:
+            return self._produce
+
+        async def produce(append: Callable[[bytes], Awaitable[None]]) -> None:
+            if await shared.produce(key, append, self._produce) is Source.REDIS:
+                self.figures.cache = CacheOutcome.SHARED
+
+        return produce
+
     async def _flight(self, key: str, headers: dict[str, str]) -> Outcome:
         self.figures.cache = (
             CacheOutcome.COALESCED if self._cache.flights.under_way(key) else CacheOutcome.MISS
         )
         try:
-            flight = self._cache.flights.join(key, self._produce)
+            flight = self._cache.flights.join(key, self._producer(key))
         except OSError as exc:
             # A full or unwritable disk must not stop inferences: no cache for this one.
             logger.warning("result cache: cannot spool a result (%s); streaming it directly", exc)

@@ -111,7 +111,8 @@ class ProxyMetrics:
         self.cache_lookups = Counter(
             "model_proxy_cache_lookups",
             "Result cache answers: hit, miss (the model was called), coalesced (joined an"
-            " identical request's model call), not_modified (304)",
+            " identical request's model call), not_modified (304), shared (--redis: another"
+            " replica's result, read from Redis)",
             ["model", "result"],
             registry=registry,
         )
