@@ -98,23 +98,31 @@ def build_segmentation(
     return hd.seg.Segmentation(
         source_images=images,
         pixel_array=pixels,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=new_uid(uid_root),
-        series_number=SEG_SERIES_NUMBER,
-        sop_instance_uid=new_uid(uid_root),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=algorithm.name[:64],
-        software_versions=algorithm.version[:64],
-        device_serial_number=algorithm.model_id[:64],
-        series_description=f"{algorithm.name} segmentation"[:64],
-        content_label="SEGMENTATION",
-        content_description=f"{algorithm.name} {algorithm.version}"[:64],
-        # Bit-packed: one bit per pixel, frames that are all zero left out.
-        transfer_syntax_uid=ExplicitVRLittleEndian,
-        omit_empty_frames=True,
+        **seg_attributes(algorithm, uid_root),
     )
+
+
+def seg_attributes(algorithm: Algorithm, uid_root: str) -> dict[str, Any]:
+    """What every SEG of ours says about itself, built whole here or streamed
+    (seg_writer.py): new UIDs, the algorithm as device, the encoding."""
+    return {
+        "segmentation_type": hd.seg.SegmentationTypeValues.BINARY,
+        "series_instance_uid": new_uid(uid_root),
+        "series_number": SEG_SERIES_NUMBER,
+        "sop_instance_uid": new_uid(uid_root),
+        "instance_number": 1,
+        "manufacturer": MANUFACTURER,
+        "manufacturer_model_name": algorithm.name[:64],
+        "software_versions": algorithm.version[:64],
+        "device_serial_number": algorithm.model_id[:64],
+        "series_description": f"{algorithm.name} segmentation"[:64],
+        "content_label": "SEGMENTATION",
+        "content_description": f"{algorithm.name} {algorithm.version}"[:64],
+        # Bit-packed: one bit per pixel, frames that are all zero left out.
+        "transfer_syntax_uid": ExplicitVRLittleEndian,
+        "omit_empty_frames": True,
+    }
 
 
 def _class_name(segment: Any) -> str:

@@ -31,17 +31,10 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
-from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import format_number_as_ds
 
-from model_proxy.dicom_results.seg import (
-    MANUFACTURER,
-    SEG_SERIES_NUMBER,
-    Algorithm,
-    segment_description,
-)
+from model_proxy.dicom_results.seg import Algorithm, seg_attributes, segment_description
 from model_proxy.dicom_results.seg_spool import MaskSpool, SeriesMasks
-from model_proxy.dicom_results.uids import new_uid
 from model_proxy.errors import ErrorCode, ModelError
 
 _PER_FRAME = Tag(0x5200, 0x9230)
@@ -100,24 +93,11 @@ def _template(masks: SeriesMasks, first: Dataset, algorithm: Algorithm, uid_root
     return hd.seg.Segmentation(
         source_images=[first],
         pixel_array=np.ones((1, int(first.Rows), int(first.Columns), count), dtype=np.bool_),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[
             segment_description(number, name, masks.colors[name], algorithm)
             for number, name in enumerate(masks.class_names, start=1)
         ],
-        series_instance_uid=new_uid(uid_root),
-        series_number=SEG_SERIES_NUMBER,
-        sop_instance_uid=new_uid(uid_root),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=algorithm.name[:64],
-        software_versions=algorithm.version[:64],
-        device_serial_number=algorithm.model_id[:64],
-        series_description=f"{algorithm.name} segmentation"[:64],
-        content_label="SEGMENTATION",
-        content_description=f"{algorithm.name} {algorithm.version}"[:64],
-        transfer_syntax_uid=ExplicitVRLittleEndian,
-        omit_empty_frames=True,
+        **seg_attributes(algorithm, uid_root),
     )
 
 
