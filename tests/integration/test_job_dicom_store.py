@@ -16,7 +16,7 @@ import httpx
 import orjson
 import pytest
 from deployment import expect_error
-from faults import HeldPosts, canned_http_server, held_posts
+from faults import canned_http_server
 from harness import (
     ExampleModel,
     OrthancServer,
@@ -27,6 +27,7 @@ from harness import (
     server_entry,
     start_proxy,
 )
+from held_relays import HeldPosts, held_posts
 from jobs_client import finished, wait_for_job
 from prometheus_client.parser import text_string_to_metric_families
 

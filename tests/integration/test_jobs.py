@@ -10,8 +10,8 @@ from typing import Any
 
 import orjson
 from deployment import expect_error
-from faults import Stall, stalling_relay
 from harness import ExampleModel, OrthancServer, ProxyFactory, new_uid
+from held_relays import Stall, stalling_relay
 from jobs_client import finished, start_jobs_proxy, wait_for_job
 
 from model_proxy.sample_data import SampleStudy

@@ -11,8 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from faults import Stall, stalling_relay
 from harness import ExampleModel, OrthancServer, ProxyFactory
+from held_relays import Stall, stalling_relay
 from jobs_client import finished, start_jobs_proxy, wait_for_job
 
 from model_proxy.sample_data import SampleStudy

@@ -10,7 +10,6 @@ import asyncio
 import hashlib
 import json
 import random
-import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -24,14 +23,10 @@ from model_proxy.config import InputFormat, Level
 from model_proxy.errors import NotFound, PacsError
 from model_proxy.models.body import InstanceInput, Retrieval, SeriesInput, Token, plan_body
 from model_proxy.models.encoder import (
-    OPENING,
-    SLICE_BYTES,
     encode_instance,
-    max_slice_text_size,
-    slice_ranges,
 )
 from model_proxy.models.formats import body_format
-from model_proxy.models.pipeline import BodyPipeline, _encoded
+from model_proxy.models.pipeline import BodyPipeline
 from model_proxy.models.slice_buffers import SliceBuffers
 from model_proxy.pacs.multipart import MultipartDecoder, boundary_from_content_type
 from model_proxy.pacs.source import Target
@@ -335,59 +330,6 @@ async def test_slice_buffers_are_recycled_without_mixing_instances() -> None:
     assert buffers.taken == 40
     assert buffers.reused >= 40 - 10  # at most the queue depth plus two are new
     assert buffers.idle <= 8
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize("size", [0, 1, 7, SLICE_BYTES - 1, SLICE_BYTES, 2 * SLICE_BYTES + 3])
-async def test_slices_encoded_in_threads_equal_the_encoding_in_one_piece(size: int) -> None:
-    part10 = random.Random(size).randbytes(size)
-    loop = asyncio.get_running_loop()
-    futures = [
-        _encoded(
-            loop, _POOL, part10, start, stop, bytearray(max_slice_text_size(size, start, stop))
-        )
-        for start, stop in slice_ranges(size)
-    ]
-    texts = [bytes(view) for view in await asyncio.gather(*futures)]
-    assert OPENING + b"".join(texts) == encode_instance(part10)
-
-
-@pytest.mark.anyio
-async def test_an_encoding_error_in_a_thread_is_raised_to_the_awaiting_task() -> None:
-    loop = asyncio.get_running_loop()
-    too_small = bytearray(3)
-    with pytest.raises(ValueError, match="the output buffer holds 3 bytes"):
-        await _encoded(loop, _POOL, b"abcdef", 0, 6, too_small)
-
-
-@pytest.mark.anyio
-async def test_a_slice_whose_future_was_cancelled_is_dropped_quietly() -> None:
-    loop = asyncio.get_running_loop()
-    gate = threading.Event()
-    pool = ThreadPoolExecutor(1)
-    try:
-        pool.submit(gate.wait)  # the slice waits behind this
-        future = _encoded(loop, pool, b"\x01\x02", 0, 2, bytearray(16))
-        future.cancel()
-        gate.set()
-        await loop.run_in_executor(pool, lambda: None)  # the slice has been encoded
-        await asyncio.sleep(0)  # and its outcome delivered to the loop
-        assert future.cancelled()
-    finally:
-        pool.shutdown()
-
-
-@pytest.mark.anyio
-async def test_a_slice_cancelled_by_the_pool_shutting_down_cancels_its_future() -> None:
-    loop = asyncio.get_running_loop()
-    gate = threading.Event()
-    pool = ThreadPoolExecutor(1)
-    pool.submit(gate.wait)  # the slice waits behind this
-    future = _encoded(loop, pool, b"\x01\x02", 0, 2, bytearray(16))
-    pool.shutdown(wait=False, cancel_futures=True)
-    gate.set()
-    with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(future, timeout=30)
 
 
 @pytest.mark.anyio
