@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from model_proxy.cli.options import CommandError
-from model_proxy.cli.serve import _redis_settings
+from model_proxy.cli.redis_options import redis_settings
 from model_proxy.shared import RedisLink, RedisSettings, redacted_redis_url
 from model_proxy.shared.redis_link import check_redis_url, read_password_file
 
@@ -94,28 +94,28 @@ def test_flags_make_settings(tmp_path: Path) -> None:
     secret.write_text("s3cret")
     key = tmp_path / "token-key"
     key.write_text("k" * 32 + "\n")
-    assert _redis_settings(flags(None, None)) is None
-    assert _redis_settings(flags("redis://redis:6379/0", str(secret))) == RedisSettings(
+    assert redis_settings(flags(None, None)) is None
+    assert redis_settings(flags("redis://redis:6379/0", str(secret))) == RedisSettings(
         url="redis://redis:6379/0", password_file=secret
     )
-    assert _redis_settings(
+    assert redis_settings(
         flags("redis://redis:6379/0", None, str(key), "site-a.prod")
     ) == RedisSettings(url="redis://redis:6379/0", namespace="site-a.prod", key_file=key)
 
 
 def test_flag_mistakes_are_command_errors(tmp_path: Path) -> None:
     with pytest.raises(CommandError, match="--redis-password-file needs --redis"):
-        _redis_settings(flags(None, str(tmp_path / "pw")))
+        redis_settings(flags(None, str(tmp_path / "pw")))
     with pytest.raises(CommandError, match="--redis-key-file needs --redis"):
-        _redis_settings(flags(None, None, str(tmp_path / "key")))
+        redis_settings(flags(None, None, str(tmp_path / "key")))
     with pytest.raises(CommandError, match="--redis: expected a redis://"):
-        _redis_settings(flags("http://redis", None))
+        redis_settings(flags("http://redis", None))
     with pytest.raises(CommandError, match="--redis: cannot read the Redis password file"):
-        _redis_settings(flags("redis://redis:6379/0", str(tmp_path / "missing")))
+        redis_settings(flags("redis://redis:6379/0", str(tmp_path / "missing")))
     with pytest.raises(CommandError, match="--redis-key-file: cannot read the key file"):
-        _redis_settings(flags("redis://redis:6379/0", None, str(tmp_path / "missing")))
+        redis_settings(flags("redis://redis:6379/0", None, str(tmp_path / "missing")))
     with pytest.raises(CommandError, match="--redis-namespace: expected 1 to 64 letters"):
-        _redis_settings(flags("redis://redis:6379/0", None, None, "a:b"))
+        redis_settings(flags("redis://redis:6379/0", None, None, "a:b"))
 
 
 def test_keys_are_under_the_deployments_namespace() -> None:

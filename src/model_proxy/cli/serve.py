@@ -28,14 +28,13 @@ from model_proxy.cli.options import (
     secret_file_warnings,
     write_private_files,
 )
+from model_proxy.cli.redis_options import check_shared_tokens, redis_settings
 from model_proxy.cli.tracing import otlp_url_of, tracing_to
 from model_proxy.config import ProxyConfig
 from model_proxy.jobs.store import JOB_STORE_FILE, JobStore
 from model_proxy.pacs.auth.session import FailureMemory
-from model_proxy.pacs.auth.shared_tokens import SHARED_TOKEN_TYPES
 from model_proxy.prefetch.ledger import PrefetchLedger
 from model_proxy.settings import Settings, env_flag
-from model_proxy.shared import RedisSettings
 from model_proxy.upstream.breaker import BreakerPolicy
 from model_proxy.upstream.clients import Timeouts
 from model_proxy.upstream.retry import RetryPolicy
@@ -103,7 +102,7 @@ def serve(args: argparse.Namespace) -> int:
         ready_requires_upstreams=args.ready_requires_upstreams,
         allow_symlinks_outside_folder=args.allow_symlinks_outside_folder,
         browser_revalidation=args.browser_revalidation,
-        redis=_redis_settings(args),
+        redis=redis_settings(args),
         redis_max_entry_bytes=parse_size(args.redis_max_entry, "redis-max-entry"),
         redis_result_ttl=parse_duration(args.redis_result_ttl, "redis-result-ttl"),
         redis_lock_lease=parse_seconds(args.redis_lock_lease, "redis-lock-lease"),
@@ -132,7 +131,7 @@ def serve(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot create {where}: {exc.strerror}") from None
     _check_job_store(settings)
     config = load_checked_config(settings.config_dir)
-    _check_shared_tokens(settings, config)
+    check_shared_tokens(settings.redis, config.servers.values())
     access = load_checked_access(settings.config_dir, settings.access_file, config)
     tls_key = tls_files[1] if tls_files else None
     for warning in secret_file_warnings(settings.config_dir, access, tls_key):
@@ -276,57 +275,6 @@ def run_server(
         listener.close()
     if not server.started:
         raise CommandError(f"the server did not start on {host}:{port}; see the log above")
-
-
-def _redis_settings(args: argparse.Namespace) -> RedisSettings | None:
-    from model_proxy.pacs.auth.token_cipher import TokenCipher
-    from model_proxy.shared.redis_link import (
-        check_namespace,
-        check_redis_url,
-        read_password_file,
-    )
-
-    url, password_file, key_file = args.redis, args.redis_password_file, args.redis_key_file
-    if not url:
-        for flag, given in (("password-file", password_file), ("key-file", key_file)):
-            if given:
-                raise CommandError(f"--redis-{flag} needs --redis")
-        return None
-    try:
-        check_redis_url(url)
-        if password_file:
-            read_password_file(Path(password_file))  # fail at start, not at first use
-    except ValueError as exc:
-        raise CommandError(f"--redis: {exc}") from None
-    try:
-        namespace = check_namespace(args.redis_namespace)
-    except ValueError as exc:
-        raise CommandError(f"--redis-namespace: {exc}") from None
-    if key_file:
-        try:
-            TokenCipher.from_file(Path(key_file))
-        except ValueError as exc:
-            raise CommandError(f"--redis-key-file: {exc}") from None
-    return RedisSettings(
-        url=url,
-        password_file=Path(password_file) if password_file else None,
-        namespace=namespace,
-        key_file=Path(key_file) if key_file else None,
-    )
-
-
-def _check_shared_tokens(settings: Settings, config: ProxyConfig) -> None:
-    """Refuse --redis without --redis-key-file when a server's tokens would go to Redis:
-    they are never stored there in clear (docs/replicas.md, "PACS tokens")."""
-    if settings.redis is None or settings.redis.key_file is not None:
-        return
-    shared = [s.id for s in config.servers.values() if s.auth_type in SHARED_TOKEN_TYPES]
-    if shared:
-        raise CommandError(
-            f"--redis shares the PACS tokens of {', '.join(shared)} (authType token or"
-            " zhivaAuth) between replicas, encrypted: give --redis-key-file (the same"
-            " secret file on every replica)"
-        )
 
 
 def _uid_root(value: str) -> str:

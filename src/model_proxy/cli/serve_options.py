@@ -7,6 +7,7 @@ import argparse
 from model_proxy.cli.options import (
     add_option,
 )
+from model_proxy.cli.redis_options import add_redis_options
 from model_proxy.settings import env_flag
 
 
@@ -208,34 +209,7 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         "send OpenTelemetry traces to this OTLP/HTTP collector, like http://collector:4318"
         " (needs the otel extra; default: no tracing)",
     )
-    add_option(
-        serve,
-        "redis",
-        None,
-        "Redis URL the replicas of one deployment share state through, like"
-        " redis://redis:6379/0 or rediss://... (default: none, each process on its own)",
-    )
-    add_option(
-        serve,
-        "redis-password-file",
-        None,
-        "file holding the Redis password (a mounted secret; default: none, or the URL's)",
-    )
-    add_option(
-        serve,
-        "redis-key-file",
-        None,
-        "file holding the secret the PACS tokens are encrypted with in Redis, the same"
-        " on every replica (at least 32 characters: openssl rand -base64 32); needed with"
-        " --redis when servers.json has a token or zhivaAuth server",
-    )
-    add_option(
-        serve,
-        "redis-namespace",
-        "default",
-        "this deployment's part of the Redis key names (model-proxy:<namespace>:...), so"
-        " that deployments sharing one Redis never mix",
-    )
+    add_redis_options(serve)
     add_option(
         serve,
         "redis-max-entry",
