@@ -39,8 +39,6 @@ from model_proxy.metrics.endpoint import MetricsPort
 from model_proxy.metrics.recent import RecentTraffic
 from model_proxy.metrics.redis_collector import RedisCollector
 from model_proxy.pacs.auth.shared_tokens import SharedTokenStore
-from model_proxy.pacs.auth.token_cipher import TokenCipher
-from model_proxy.pacs.auth.tokens import TokenStore
 from model_proxy.prefetch import WatcherRole, start_watcher
 from model_proxy.prefetch.lease import RedisWatcherLease
 from model_proxy.routes import health, inference, jobs, openapi, status
@@ -230,16 +228,7 @@ def _shared_tokens(settings: Settings, link: RedisLink | None) -> SharedTokenSto
     """The PACS tokens in Redis (--redis), encrypted with --redis-key-file."""
     if link is None or settings.redis is None:
         return None
-    key_file = settings.redis.key_file
-    # Checked readable by the CLI; without it, token servers fail clearly at first use.
-    cipher = TokenCipher.from_file(key_file) if key_file is not None else None
-    return SharedTokenStore(
-        link,
-        cipher,
-        TokenStore(settings.data_dir / "tokens"),
-        lease=settings.redis.token_lock_lease,
-        wait=settings.redis.token_lock_wait,
-    )
+    return SharedTokenStore.from_settings(link, settings.redis, settings.data_dir)
 
 
 def _watcher_role(settings: Settings, redis: RedisLink | None) -> WatcherRole | None:

@@ -25,6 +25,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, RedisError
@@ -34,7 +35,7 @@ from model_proxy.errors import ErrorCode, SharedStateUnavailable
 from model_proxy.pacs.auth.session import PacsAuthUnavailable
 from model_proxy.pacs.auth.token_cipher import TokenCipher
 from model_proxy.pacs.auth.tokens import StoredTokens, TokenStore
-from model_proxy.shared.redis_link import RedisLink
+from model_proxy.shared.redis_link import RedisLink, RedisSettings
 
 logger = logging.getLogger("model_proxy.auth")
 
@@ -79,6 +80,22 @@ class SharedTokenStore:
         self._lease = lease
         self._wait = wait
         self._fenced_set = link.client.register_script(_FENCED_SET)
+
+    @classmethod
+    def from_settings(
+        cls, link: RedisLink, settings: RedisSettings, data_dir: Path
+    ) -> SharedTokenStore:
+        """The store of ``serve`` and ``check-auth``: encrypted with --redis-key-file
+        (checked readable by the CLI; without it, a token server fails clearly at first
+        use), token files of before --redis migrated from ``<data_dir>/tokens``."""
+        key_file = settings.key_file
+        return cls(
+            link,
+            TokenCipher.from_file(key_file) if key_file is not None else None,
+            TokenStore(data_dir / "tokens"),
+            lease=settings.token_lock_lease,
+            wait=settings.token_lock_wait,
+        )
 
     def keys(self, server_id: str) -> _Keys:
         self._disk.path_for(server_id)  # checks the id: config keys are UUIDs
