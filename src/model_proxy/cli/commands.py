@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from redis.exceptions import RedisError
+
 from model_proxy import __version__
 from model_proxy.cli.options import (
     EXIT_USAGE,
@@ -27,9 +29,12 @@ from model_proxy.cli.options import (
     secret_file_warnings,
     write_private_files,
 )
+from model_proxy.cli.redis_options import add_redis_options, check_shared_tokens, redis_settings
 from model_proxy.cli.serve import serve
 from model_proxy.cli.serve_options import add_serve_options
 from model_proxy.errors import redact_urls
+from model_proxy.pacs.auth.shared_tokens import SHARED_TOKEN_TYPES, SharedTokenStore
+from model_proxy.shared import RedisLink
 from model_proxy.upstream.clients import Timeouts
 
 
@@ -84,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_option(check_auth, "pacs-timeout", "60", "seconds a PACS or token server may stay silent")
     check_auth.add_argument("--server", help="check only this server (its UUID)")
+    # With serve's --redis flags it checks the tokens the replicas share, under their lock.
+    add_redis_options(check_auth)
 
     example = commands.add_parser("example-model", help="run the bundled example Model API")
     add_option(example, "host", "127.0.0.1", "address to listen on")
@@ -213,7 +220,8 @@ def check_config(config_dir: Path, access_file: Path | None = None) -> int:
 
 
 def check_auth(args: argparse.Namespace) -> int:
-    """Exit 0 when every step passed, 1 when one failed (2: unusable config)."""
+    """Exit 0 when every step passed, 1 when one failed or the shared Redis does not
+    answer (2: unusable config or flags)."""
     import asyncio
 
     from model_proxy.pacs.auth.check import check_servers
@@ -227,17 +235,52 @@ def check_auth(args: argparse.Namespace) -> int:
         if not servers:
             known = ", ".join(config.servers) or "none"
             raise CommandError(f"server {args.server!r} is not in servers.json (known: {known})")
+    redis = redis_settings(args)
+    check_shared_tokens(redis, servers)
+    if redis is not None and not any(s.auth_type in SHARED_TOKEN_TYPES for s in servers):
+        redis = None  # nothing of these servers is in Redis
     timeouts = Timeouts(idle=parse_seconds(args.pacs_timeout, "pacs-timeout"))
     write_private_files()  # it stores tokens, as serve does
-    auth = PacsAuth(Path(args.data_dir), timeouts)
+    data_dir = Path(args.data_dir)
 
     async def run() -> bool:
+        link = RedisLink.connect(redis) if redis is not None else None
         try:
-            return await check_servers(servers, auth, timeouts)
+            shared = None
+            if link is not None and redis is not None:
+                await _require_redis(link)
+                shared = SharedTokenStore.from_settings(link, redis, data_dir)
+            auth = PacsAuth(data_dir, timeouts, shared=shared)
+            try:
+                return await check_servers(servers, auth, timeouts)
+            finally:
+                await auth.aclose()
         finally:
-            await auth.aclose()
+            if link is not None:
+                await link.aclose()
 
-    return 0 if asyncio.run(run()) else 1
+    try:
+        return 0 if asyncio.run(run()) else 1
+    except RedisUnreachable as exc:
+        print(f"model-proxy: {exc}", file=sys.stderr)
+        return 1
+
+
+class RedisUnreachable(Exception):
+    """check-auth --redis: the shared Redis does not answer; nothing was checked."""
+
+
+async def _require_redis(link: RedisLink) -> None:
+    # One clear line up front rather than one failed step per server; a Redis that
+    # fails later is reported in the step that needed it.
+    try:
+        await link.client.ping()
+    except (RedisError, OSError) as exc:
+        raise RedisUnreachable(
+            f"check-auth: the shared Redis at {link.where} (--redis) does not answer"
+            f" ({str(exc) or type(exc).__name__}); the PACS tokens of token and zhivaAuth"
+            " servers live there, so nothing was checked"
+        ) from None
 
 
 def gen_api_key(name: str) -> int:

@@ -19,9 +19,10 @@ waited for another one's renewal uses its result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
 from model_proxy.config import AuthType, ServerConfig
@@ -81,6 +82,13 @@ class TokenServerRenewal:
         # With --redis: the last record this replica read or wrote, written back should
         # Redis come back empty (restarted without persistence).
         self._last_shared = StoredTokens()
+
+    @property
+    def where_stored(self) -> str:
+        """Where this server's tokens are kept: the token file, or its record in Redis."""
+        if self._shared is not None:
+            return f"Redis {self._shared.keys(self.server.id).record}"
+        return self.token_file
 
     @property
     def token_file(self) -> str:
@@ -159,8 +167,26 @@ class TokenServerRenewal:
             raise auth_error(self.label, failure, self.advice(failure)) from None
 
     async def load(self) -> StoredTokens:
+        """The stored tokens of this credential: the token file's, with --redis the
+        shared record's (read without the lock: to look, not to renew from)."""
+        if self._shared is not None:
+            return await self._load_shared(self._shared)
         stored = await asyncio.to_thread(self._store.load, self.server.id)
         return stored.tokens_for(self.server.auth_type.value, self.credential)
+
+    @contextlib.asynccontextmanager
+    async def renewing(self) -> AsyncIterator[tuple[StoredTokens, Save]]:
+        """The tokens to renew from and where to save the new ones, for a caller that
+        renews step by step (``check-auth``). With --redis: held under the server's
+        shared lock, the record read again once it is held (another replica may have
+        renewed meanwhile), and saved only while the lock and its fence are this
+        process's, exactly as a replica renews."""
+        shared = self._shared
+        if shared is None:
+            yield await self.load(), self._save
+            return
+        async with shared.renewing(self.server.id, self.label) as held:
+            yield await self._load_shared(shared), held.save
 
     def already_exchanged(self, stored: StoredTokens) -> bool:
         seen = self._auth_token_seen
