@@ -5,50 +5,22 @@ or /status."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 from auth_setup import ALL_LEVELS, STATUS_ON, assert_no_secret, assert_segmentation, use_up
+from check_auth_cli import check_auth, step_lines, write_config
 from harness import (
     ExampleModel,
     OrthancServer,
     ProxyFactory,
-    child_env,
     model_entry,
-    model_proxy_argv,
     new_uid,
 )
 from token_gateway import Gateway, start_token_gateway
 from token_server import TokenServer
 
 from model_proxy.sample_data import SampleStudy
-
-
-def check_auth(config_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    argv = [*model_proxy_argv(), "check-auth", "--config-dir", str(config_dir)]
-    argv += ["--data-dir", str(config_dir / "data"), *args]
-    return subprocess.run(
-        argv, env=child_env(), capture_output=True, text=True, timeout=120, cwd=config_dir
-    )
-
-
-def step_lines(output: str) -> dict[str, str]:
-    """``{"token exchange": "OK ...", ...}`` of the last server block."""
-    steps = {}
-    for line in output.splitlines():
-        if line.startswith("  "):
-            name, _, rest = line.strip().partition("  ")
-            steps[name.strip()] = rest.strip()
-    return steps
-
-
-def write_config(folder: Path, servers: dict[str, Any], models: dict[str, Any]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "servers.json").write_text(json.dumps(servers))
-    (folder / "models.json").write_text(json.dumps(models))
-    return folder
 
 
 def test_token_check_never_burns_the_auth_token(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from model_proxy.cli import commands as cli
 from model_proxy.cli.options import CommandError
 from model_proxy.cli.redis_options import redis_settings
 from model_proxy.shared import RedisLink, RedisSettings, redacted_redis_url
@@ -121,3 +122,22 @@ def test_flag_mistakes_are_command_errors(tmp_path: Path) -> None:
 def test_keys_are_under_the_deployments_namespace() -> None:
     link = RedisLink.connect(RedisSettings(url="redis://redis:6379/0", namespace="site-a"))
     assert link.key("tokens", "b1407f18") == "model-proxy:site-a:tokens:b1407f18"
+
+
+def test_check_auth_takes_the_redis_flags_of_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same flags and environment variables: check-auth reaches the replicas' records.
+    environment = {
+        "MODEL_PROXY_REDIS": "redis://redis:6379/0",
+        "MODEL_PROXY_REDIS_PASSWORD_FILE": "/run/secrets/redis-password",
+        "MODEL_PROXY_REDIS_KEY_FILE": "/run/secrets/token-key",
+        "MODEL_PROXY_REDIS_NAMESPACE": "site-a",
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    parser = cli.build_parser()
+    serve, check = parser.parse_args(["serve"]), parser.parse_args(["check-auth"])
+    for name in environment:
+        flag = name.removeprefix("MODEL_PROXY_").lower()
+        assert getattr(check, flag) == getattr(serve, flag) == environment[name]
+    check = parser.parse_args(["check-auth", "--redis-namespace", "site-b"])
+    assert check.redis_namespace == "site-b"  # a flag wins over the environment
