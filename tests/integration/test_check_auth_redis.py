@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from harness import (
     model_proxy_argv,
     new_uid,
 )
+from redis import Redis
 from redis_server import RedisServer, start_redis
 from replica_set import NAMESPACE, REDIS_PASSWORD, write_secrets
 from token_gateway import Gateway
@@ -184,6 +187,49 @@ def test_check_auth_first_exchanges_once_and_replicas_use_its_tokens(
     steps = step_lines(again.stdout)
     assert steps["token exchange"].startswith("skipped this authToken was exchanged before")
     assert token_server.calls["exchange"] == 1
+
+
+def test_check_auth_waiting_for_a_replicas_exchange_uses_its_result(
+    shared: SharedDeployment,
+    start_proxy: ProxyFactory,
+    token_server: TokenServer,
+    redis: RedisServer,
+    tmp_path: Path,
+) -> None:
+    replica = shared.start_replica(start_proxy, tmp_path / "replica-1")
+    exchange = token_server.hold("exchange")
+    with ThreadPoolExecutor(2) as pool, replica.client() as client:
+        try:
+            # The replica holds the lock, its exchange in flight at the token server.
+            request = pool.submit(client.get, shared.path)
+            wait_until("the replica's exchange", lambda: token_server.calls["exchange"] == 1)
+            with redis.client() as plain:
+                before = {entry["id"] for entry in plain.client_list()}
+                # check-auth has read the record (no exchange yet) and waits for the lock.
+                check = pool.submit(shared.check_auth, tmp_path / "admin")
+                wait_until("check-auth waiting for the lock", lambda: lock_waiter(plain, before))
+        finally:
+            exchange.set()
+        assert request.result().status_code == 200
+        done = check.result()
+    assert done.returncode == 0, done.stdout + done.stderr
+    steps = step_lines(done.stdout)
+    assert steps["stored tokens"].startswith("none")
+    assert steps["token exchange"].startswith("skipped another replica exchanged this authToken")
+    assert steps["refresh"].startswith("OK") and steps["PACS request"].startswith("OK")
+    assert token_server.calls["exchange"] == 1
+
+
+def lock_waiter(plain: Redis, before: set[str]) -> bool:
+    """A Redis client that came after ``before`` and is trying SET NX (a Lock waiting)."""
+    return any(entry["id"] not in before and entry["cmd"] == "set" for entry in plain.client_list())
+
+
+def wait_until(what: str, done: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"no {what} within {timeout:g} s"
+        time.sleep(0.05)
 
 
 def test_check_auth_with_redis_and_no_key_file_stops_as_serve_does(

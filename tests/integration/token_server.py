@@ -21,7 +21,7 @@ Tokens are RS256 JWTs (token_issuer.py). When an exchange or refresh request car
 so a test can assert the proxy sent none.
 
 Controls: ``issue_auth_token``, ``set_lifetimes``, ``expire_access_tokens``,
-``revoke_refresh_tokens``, ``fail_next``, ``set_delay``, ``stop``/``start`` (down, then
+``revoke_refresh_tokens``, ``fail_next``, ``set_delay``, ``hold``, ``stop``/``start`` (down, then
 back with its state). What happened: ``calls`` (every request), ``successes`` (2xx),
 ``origins``, ``oauth_grants``.
 
@@ -52,6 +52,8 @@ from threaded_server import ThreadedServer
 from token_issuer import TokenIssuer, TokenRejected
 
 ENDPOINTS = ("sign_in", "exchange", "refresh", "oauth_token")
+# A held request is answered after this many seconds even if the test never releases it.
+HOLD_LIMIT = 120.0
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -94,6 +96,7 @@ class TokenServer:
         self._successes: Counter[str] = Counter()
         self._failures: dict[str | None, tuple[int, int]] = {}  # endpoint -> (count, status)
         self._delays: dict[str | None, float] = {}  # endpoint (None: all) -> seconds
+        self._gates: dict[str, threading.Event] = {}  # endpoint -> released when set
         self._origins: list[str] = []
         self._oauth_grants: list[dict[str, str | None]] = []
         routes = [
@@ -204,6 +207,17 @@ class TokenServer:
         with self._lock:
             self._delays[endpoint] = seconds
 
+    def hold(self, endpoint: str) -> threading.Event:
+        """Requests to ``endpoint`` wait (counted in ``calls``, unanswered) until the
+        returned event is set, at most ``HOLD_LIMIT`` seconds: a test sees a call in
+        flight and decides when it ends."""
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"endpoint must be one of {ENDPOINTS}, got {endpoint!r}")
+        gate = threading.Event()
+        with self._lock:
+            self._gates[endpoint] = gate
+        return gate
+
     def start(self) -> None:
         """Start serving (again, on the same port, after ``stop``); state is kept."""
         self._http.start()
@@ -232,8 +246,11 @@ class TokenServer:
                 if "origin" in request.headers:
                     self._origins.append(request.headers["origin"])
                 delay = self._delays.get(endpoint) or self._delays.get(None)
+                gate = self._gates.get(endpoint)
             if delay:
                 await asyncio.sleep(delay)
+            if gate is not None:
+                await asyncio.to_thread(gate.wait, HOLD_LIMIT)
             status = self._injected_failure(endpoint)
             if status is not None:
                 return _message(status, f"injected failure of {endpoint}")
