@@ -262,7 +262,8 @@ def test_check_auth_names_an_unreachable_redis_without_its_password(
     }
     done = check_auth(folder, env=env)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert f"the shared Redis at redis://:***@{LOOPBACK}:{port}/0 (--redis)" in done.stderr
+    redacted = f"redis://:***@{LOOPBACK}:{port}/0"
+    assert f"the shared Redis at {redacted} (--redis) does not answer" in done.stderr
     assert "nothing was checked" in done.stderr and done.stdout == ""
     assert "Traceback" not in done.stderr and REDIS_PASSWORD not in done.stderr
 
@@ -272,7 +273,7 @@ def test_check_auth_names_an_unreachable_redis_without_its_password(
     args = ["--redis", redis.url, "--redis-password-file", str(wrong)]
     done = check_auth(folder, *args, "--redis-key-file", str(shared.key_file))
     assert done.returncode == 1, done.stdout + done.stderr
-    assert f"the shared Redis at {redis.url} (--redis)" in done.stderr
+    assert f"the shared Redis at {redis.url} (--redis) refuses the password" in done.stderr
     assert "Traceback" not in done.stderr and "not-the-password" not in done.stderr
     assert sum(token_server.calls.values()) == 0
     assert no_token_files(folder / "data")

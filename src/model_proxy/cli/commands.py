@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError
 
 from model_proxy import __version__
 from model_proxy.cli.options import (
@@ -276,10 +276,11 @@ async def _require_redis(link: RedisLink) -> None:
     try:
         await link.client.ping()
     except (RedisError, OSError) as exc:
+        problem = "refuses the password" if isinstance(exc, AuthenticationError) else ""
         raise RedisUnreachable(
-            f"check-auth: the shared Redis at {link.where} (--redis) does not answer"
-            f" ({str(exc) or type(exc).__name__}); the PACS tokens of token and zhivaAuth"
-            " servers live there, so nothing was checked"
+            f"check-auth: the shared Redis at {link.where} (--redis)"
+            f" {problem or 'does not answer'} ({str(exc) or type(exc).__name__}); the PACS"
+            " tokens of token and zhivaAuth servers live there, so nothing was checked"
         ) from None
 
 
