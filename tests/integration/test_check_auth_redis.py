@@ -232,6 +232,26 @@ def wait_until(what: str, done: Callable[[], bool], timeout: float = 60.0) -> No
         time.sleep(0.05)
 
 
+def test_check_auth_with_another_key_fails_and_leaves_the_record(
+    shared: SharedDeployment, token_server: TokenServer, redis: RedisServer, tmp_path: Path
+) -> None:
+    assert shared.check_auth(tmp_path / "admin").returncode == 0
+    record = shared.record(redis)
+    other_key = tmp_path / "other-key"
+    other_key.write_text("another-secret-of-another-deployment-0123456789\n")
+    args = [arg if arg != str(shared.key_file) else str(other_key) for arg in shared.redis_args]
+    folder = write_config(tmp_path / "other", shared.servers, shared.models)
+    done = check_auth(folder, *args)
+    assert done.returncode == 1, done.stdout + done.stderr
+    steps = step_lines(done.stdout)
+    assert steps["shared tokens"].startswith("FAILED")
+    assert "every replica needs the same --redis-key-file" in steps["shared tokens"]
+    assert steps["PACS request"] == "skipped no access token to try"
+    assert "Traceback" not in done.stderr
+    assert shared.record(redis) == record
+    assert token_server.calls["exchange"] == 1 and token_server.calls["refresh"] == 1
+
+
 def test_check_auth_with_redis_and_no_key_file_stops_as_serve_does(
     shared: SharedDeployment, redis: RedisServer, tmp_path: Path
 ) -> None:

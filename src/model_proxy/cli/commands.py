@@ -32,7 +32,9 @@ from model_proxy.cli.options import (
 from model_proxy.cli.redis_options import add_redis_options, check_shared_tokens, redis_settings
 from model_proxy.cli.serve import serve
 from model_proxy.cli.serve_options import add_serve_options
+from model_proxy.config import ServerConfig
 from model_proxy.errors import redact_urls
+from model_proxy.pacs.auth.flows import PacsAuth
 from model_proxy.pacs.auth.shared_tokens import SHARED_TOKEN_TYPES, SharedTokenStore
 from model_proxy.shared import RedisLink
 from model_proxy.upstream.clients import Timeouts
@@ -224,9 +226,6 @@ def check_auth(args: argparse.Namespace) -> int:
     answer (2: unusable config or flags)."""
     import asyncio
 
-    from model_proxy.pacs.auth.check import check_servers
-    from model_proxy.pacs.auth.flows import PacsAuth
-
     logging.getLogger("model_proxy.config").disabled = True  # check-config reports those
     config = load_checked_config(Path(args.config_dir))
     servers = list(config.servers.values())
@@ -244,26 +243,30 @@ def check_auth(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir)
 
     async def run() -> bool:
-        link = RedisLink.connect(redis) if redis is not None else None
+        if redis is None:
+            return await _check(servers, PacsAuth(data_dir, timeouts), timeouts)
+        link = RedisLink.connect(redis)
         try:
-            shared = None
-            if link is not None and redis is not None:
-                await _require_redis(link)
-                shared = SharedTokenStore.from_settings(link, redis, data_dir)
-            auth = PacsAuth(data_dir, timeouts, shared=shared)
-            try:
-                return await check_servers(servers, auth, timeouts)
-            finally:
-                await auth.aclose()
+            await _require_redis(link)
+            shared = SharedTokenStore.from_settings(link, redis, data_dir)
+            return await _check(servers, PacsAuth(data_dir, timeouts, shared=shared), timeouts)
         finally:
-            if link is not None:
-                await link.aclose()
+            await link.aclose()
 
     try:
         return 0 if asyncio.run(run()) else 1
     except RedisUnreachable as exc:
         print(f"model-proxy: {exc}", file=sys.stderr)
         return 1
+
+
+async def _check(servers: list[ServerConfig], auth: PacsAuth, timeouts: Timeouts) -> bool:
+    from model_proxy.pacs.auth.check import check_servers
+
+    try:
+        return await check_servers(servers, auth, timeouts)
+    finally:
+        await auth.aclose()
 
 
 class RedisUnreachable(Exception):
