@@ -31,6 +31,8 @@ from model_proxy.config import ProxyConfig
 from model_proxy.errors import ErrorCode, ProxyError
 from model_proxy.jobs import JobManager, JobPolicy, JobStore
 from model_proxy.jobs.manager import JobHooks
+from model_proxy.jobs.queue import JobQueue, LocalJobQueue
+from model_proxy.jobs.redis_queue import RedisJobQueue, SharedJobsPolicy
 from model_proxy.jobs.store import JOB_STORE_FILE
 from model_proxy.metrics import ProxyMetrics
 from model_proxy.metrics import endpoint as metrics_endpoint
@@ -119,7 +121,7 @@ def create_app(
         if audit is not None:
             audit.start()
         redis_watch = _share_results(app.state.redis, state.result_cache, settings)
-        app.state.jobs = await _start_jobs(settings, state, live, metrics)
+        app.state.jobs = await _start_jobs(settings, state, live, metrics, app.state.redis)
         app.state.job_progress_interval = settings.job_progress_interval
         app.state.watcher = await start_watcher(
             settings,
@@ -149,7 +151,7 @@ def create_app(
             if app.state.watcher is not None:
                 await app.state.watcher.aclose()  # before the jobs it submits to
             if app.state.jobs is not None:
-                await app.state.jobs.aclose()  # running jobs stay queued for the next start
+                await app.state.jobs.aclose()  # running jobs go back to the queue
             if redis_watch is not None:
                 redis_watch.cancel()
                 state.result_cache.shared_results = None
@@ -269,16 +271,27 @@ async def _watch(link: RedisLink, interval: float) -> None:
 
 
 async def _start_jobs(
-    settings: Settings, state: ProxyState, live: LiveState, metrics: ProxyMetrics
+    settings: Settings,
+    state: ProxyState,
+    live: LiveState,
+    metrics: ProxyMetrics,
+    link: RedisLink | None,
 ) -> JobManager | None:
-    """The job manager on <data-dir>/jobs.sqlite; None without the result cache,
-    which holds job results (the jobs routes then answer 404 jobs_unavailable)."""
+    """The job manager: on <data-dir>/jobs.sqlite, or with --redis on the queue the
+    replicas share (its jobs.sqlite is moved in); None without the result cache, which
+    holds job results (the jobs routes then answer 404 jobs_unavailable)."""
     if not state.result_cache.enabled:
         logger.info("jobs are off: the result cache is off (--cache-size 0)")
         return None
     store = await anyio.to_thread.run_sync(JobStore, settings.data_dir / JOB_STORE_FILE)
+    queue: JobQueue
+    if link is None:
+        queue = LocalJobQueue(store, settings.job_retention)
+    else:
+        policy = SharedJobsPolicy(lease=settings.job_lease, retention=settings.job_retention)
+        queue = RedisJobQueue(link, policy, local=store)
     manager = JobManager(
-        store,
+        queue,
         live,
         jobs.request_of,
         JobPolicy(

@@ -73,6 +73,9 @@ class Settings:
     max_running_jobs: int = 4
     # Finished jobs are deleted from <data-dir>/jobs.sqlite after this many seconds.
     job_retention: float = 7 * 24 * 3600.0
+    # With --redis: a running job whose replica did not renew it for this many seconds
+    # is taken over by another replica (docs/replicas.md, "Jobs").
+    job_lease: float = 30.0
     # How often a job's events stream looks at its progress.
     job_progress_interval: float = 0.5
     # A job that found admission full (the GET routes' 503) tries again after this.

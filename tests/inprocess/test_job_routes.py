@@ -77,6 +77,7 @@ async def test_a_job_from_a_folder_gives_the_get_routes_result(
         "queued": 0,
         "running": 0,
         "failedLastHour": 0,
+        "runningHere": 0,
         "maxRunning": 4,
     }
 

@@ -56,7 +56,8 @@ async def test_status_fields_are_documented(deployment: Deployment, tmp_path: Pa
     assert fields_of(report["models"]) <= documented["model"]
     assert set(report["process"]) == documented["process"]
     if "jobs" in report:
-        assert set(report["jobs"]) == documented["jobs"]
+        # "error" only while the shared queue's Redis does not answer.
+        assert set(report["jobs"]) == documented["jobs"] - {"error"}
     if "watcher" in report:
         assert set(report["watcher"]) == documented["watcher"]
         assert fields_of(report["watcher"]["servers"]) <= documented["watcher server"]

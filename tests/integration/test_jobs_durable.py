@@ -50,7 +50,13 @@ def test_queued_and_running_jobs_survive_a_restart(
             assert client.get(f"/jobs/{second}").json()["status"] == "queued"
             assert client.get(f"/jobs/{first}").json()["status"] == "running"
             queue = client.get("/status", headers=JSON).json()["jobs"]
-            assert queue == {"queued": 1, "running": 1, "failedLastHour": 0, "maxRunning": 1}
+            assert queue == {
+                "queued": 1,
+                "running": 1,
+                "failedLastHour": 0,
+                "runningHere": 1,
+                "maxRunning": 1,
+            }
             html = client.get("/status", headers={"Accept": "text/html"}).text
             assert re.search(r"<th>running</th><td[^>]*>1 of at most 1<", html), html
 

@@ -22,6 +22,7 @@ from harness import OrthancServer, new_uid, server_entry, start_orthanc
 
 from model_proxy.config import load_config
 from model_proxy.jobs import Job, JobManager, JobPolicy, JobStore
+from model_proxy.jobs.queue import LocalJobQueue
 from model_proxy.jobs.store import JOB_STORE_FILE
 from model_proxy.prefetch import PrefetchWatcher, SoleReplica, WatchPolicy
 from model_proxy.prefetch.ledger import PrefetchLedger
@@ -85,7 +86,7 @@ async def watching(folder: Path) -> AsyncIterator[tuple[PrefetchWatcher, JobStor
     live = LiveState()
     await live.replace(ProxyState.build(settings, load_config(folder)))
     store = JobStore(settings.data_dir / JOB_STORE_FILE)
-    jobs = JobManager(store, live, request_of, JobPolicy())
+    jobs = JobManager(LocalJobQueue(store, JobPolicy().retention), live, request_of, JobPolicy())
     ledger = PrefetchLedger(settings.data_dir / JOB_STORE_FILE)
     policy = WatchPolicy(interval=3600.0, lookback_days=1, max_studies=1000)
     watcher = PrefetchWatcher(live, jobs, ledger, policy, SoleReplica())

@@ -93,6 +93,7 @@ def serve(args: argparse.Namespace) -> int:
         pacs_concurrency=parse_count(args.pacs_concurrency, "pacs-concurrency", 1, 64),
         max_running_jobs=parse_count(args.max_running_jobs, "max-running-jobs", 1, 10_000),
         job_retention=parse_duration(args.job_retention, "job-retention"),
+        job_lease=parse_seconds(args.job_lease, "job-lease"),
         watch_interval=parse_seconds(args.watch_interval, "watch-interval", allow_zero=True),
         watch_lookback_days=parse_count(args.watch_lookback, "watch-lookback", 0, 3650),
         request_head_timeout=parse_seconds(args.request_head_timeout, "request-head-timeout"),

@@ -232,6 +232,13 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     )
     add_option(
         serve,
+        "job-lease",
+        "30",
+        "seconds after which another replica takes over a job whose replica stopped"
+        " renewing it (renewed every second while it runs)",
+    )
+    add_option(
+        serve,
         "redis-check-interval",
         "5",
         "seconds between the pings that tell whether Redis is back after a failure",

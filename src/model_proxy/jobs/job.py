@@ -50,6 +50,8 @@ class Job:
     # Figures kept from the store for a job this process did not run.
     stored_progress: dict[str, Any] | None = None
     cancel_requested: bool = False
+    # Another replica took the run over (its lease ran out here): stop, write nothing.
+    run_lost: bool = False
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def notify(self) -> None:

@@ -137,6 +137,11 @@ class JobStore:
             )
         return cursor.rowcount
 
+    def delete(self, job_ids: list[str]) -> None:
+        """Remove these jobs (moved into Redis: jobs/redis_queue.py)."""
+        with self._lock:
+            self._db.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in job_ids])
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

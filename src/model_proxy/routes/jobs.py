@@ -220,16 +220,16 @@ async def job_result(request: Request) -> Response:
 
 async def job_events(request: Request) -> Response:
     """Server-Sent Events: ``progress`` while it changes, then one ``status`` at the end."""
-    _, job = await _job_for(request)
+    manager, job = await _job_for(request)
     interval: float = request.app.state.job_progress_interval
     return StreamingResponse(
-        _events(job, interval),
+        _events(manager, job, interval),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 
 
-async def _events(job: Job, interval: float) -> AsyncIterator[bytes]:
+async def _events(manager: JobManager, job: Job, interval: float) -> AsyncIterator[bytes]:
     last: bytes | None = None
     quiet_since = time.monotonic()
     while not job.status.finished:
@@ -242,7 +242,7 @@ async def _events(job: Job, interval: float) -> AsyncIterator[bytes]:
         elif time.monotonic() - quiet_since >= _KEEPALIVE_SECONDS:
             quiet_since = time.monotonic()
             yield b": still running\n\n"
-        await job.changed(interval)
+        job = await manager.follow(job, interval)
     yield b"event: status\ndata: " + orjson.dumps(job.to_json()) + b"\n\n"
 
 

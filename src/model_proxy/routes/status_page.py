@@ -191,14 +191,25 @@ def _jobs_html(report: Report) -> str:
     jobs = report.get("jobs")
     if jobs is None:
         return "<h2>Jobs</h2><p>Off: the result cache is off (--cache-size 0).</p>"
+    running = _count(jobs["running"])
+    if jobs["running"] != jobs["runningHere"]:  # several replicas share the queue
+        running += f" (here {jobs['runningHere']})"
+    error = jobs.get("error")
     return (
         '<h2>Jobs</h2><table id="jobs"><tbody>'
-        f'<tr><th>queued</th><td class="num">{jobs["queued"]}</td></tr>'
-        f'<tr><th>running</th><td class="num">{jobs["running"]} of at most'
-        f" {jobs['maxRunning']}</td></tr>"
-        f'<tr><th>failed in the last hour</th><td class="num">{jobs["failedLastHour"]}</td></tr>'
-        '</tbody></table><p><a href="/jobs">Recent jobs</a></p>'
+        f'<tr><th>queued</th><td class="num">{_count(jobs["queued"])}</td></tr>'
+        f'<tr><th>running</th><td class="num">{running}; at most {jobs["maxRunning"]}'
+        " here</td></tr>"
+        '<tr><th>failed in the last hour</th><td class="num">'
+        f"{_count(jobs['failedLastHour'])}</td></tr>"
+        "</tbody></table>"
+        + ("" if error is None else f'<p class="bad">{html.escape(error)}</p>')
+        + '<p><a href="/jobs">Recent jobs</a></p>'
     )
+
+
+def _count(value: int | None) -> str:
+    return "unknown" if value is None else str(value)
 
 
 def _watcher_html(report: Report) -> str:
