@@ -123,6 +123,9 @@ class RedisJobQueue:
                 found = await self._next_entry()
                 job = None if found is None else await self._take_entry(*found)
             except (RedisError, OSError) as exc:
+                if _lost_group(exc):  # a Redis restarted without its data
+                    self._group_made = False
+                    continue
                 self._link.health.failed(exc)
                 await asyncio.sleep(self._policy.retry_pause)
                 continue
@@ -362,12 +365,18 @@ class RedisJobQueue:
         try:
             yield
         except (RedisError, OSError) as exc:
+            if _lost_group(exc):
+                self._group_made = False
             self._link.health.failed(exc)
             raise SharedStateUnavailable(
                 f"cannot {what}: the jobs are kept in Redis ({self._link.where}),"
                 " which does not answer; try again shortly"
             ) from None
         self._link.health.succeeded()
+
+
+def _lost_group(exc: BaseException) -> bool:
+    return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
 
 
 def _text(value: bytes | str | None) -> str:
