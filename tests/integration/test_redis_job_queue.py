@@ -78,9 +78,11 @@ async def test_a_job_queued_on_one_replica_is_run_by_one_and_read_by_all(
     redis: RedisServer, namespace: str
 ) -> None:
     # A lease longer than the test: the run stays the second's without renewals.
-    async with replica(redis, namespace, lease=600) as first:
-        async with replica(redis, namespace, lease=600) as second:
-            await run_one_job_across(first, second)
+    async with (
+        replica(redis, namespace, lease=600) as first,
+        replica(redis, namespace, lease=600) as second,
+    ):
+        await run_one_job_across(first, second)
 
 
 async def run_one_job_across(first: RedisJobQueue, second: RedisJobQueue) -> None:
