@@ -41,7 +41,8 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
 @pytest.fixture
 def namespace(request: pytest.FixtureRequest) -> str:
     """Each test its own namespace: its own stream and records."""
-    return request.node.name.removeprefix("test_")[:40]
+    name: str = request.node.name
+    return name.removeprefix("test_")[:40]
 
 
 @asynccontextmanager
