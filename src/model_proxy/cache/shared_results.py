@@ -139,6 +139,17 @@ class SharedResults:
         await compute(append)
         return Source.MODEL
 
+    async def copy(self, key: str, append: Append) -> bool:
+        """Append the entry of ``key`` as Redis holds it, nothing else: a job's result
+        another replica made (``GET /jobs/{id}/result``). False when Redis does not
+        hold it or does not answer."""
+        if self.health.reachable is False:
+            return False
+        try:
+            return await self._copy_entry(key, append)
+        except _Unavailable:
+            return False
+
     def name(self, kind: str, key: str) -> str:
         """The Redis key of ``kind`` (entry, partial, lock, large, done) for ``key``."""
         return f"{self._prefix}{kind}:{key}"

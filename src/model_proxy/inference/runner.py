@@ -32,7 +32,7 @@ from enum import StrEnum
 from model_proxy.cache import data_fingerprint, entry_key, request_key
 from model_proxy.cache.flights import Flight, Producer
 from model_proxy.cache.shared_results import Source
-from model_proxy.errors import ErrorCode, ProxyError, UpstreamError
+from model_proxy.errors import ErrorCode, Gone, ProxyError, UpstreamError
 from model_proxy.inference.progress import Phase, Progress, instances_hint
 from model_proxy.inference.request import InferenceRequest
 from model_proxy.models.result_stream import ResultStream
@@ -148,9 +148,33 @@ class InferenceRunner:
             self.figures.cache = CacheOutcome.NOT_MODIFIED
             return Outcome(304, headers)
         outcome = await self._stored(key, headers)
+        if outcome is None and await self._fetch_shared(key):
+            outcome = await self._stored(key, headers)
         if outcome is not None:
             self.figures.cache = CacheOutcome.HIT
         return outcome
+
+    async def _fetch_shared(self, key: str) -> bool:
+        """With --redis: copy the entry of ``key`` from Redis into this replica's cache
+        (a job another replica ran). False when Redis does not hold it."""
+        shared = self._cache.shared_results
+        if shared is None:
+            return False
+
+        async def copy(append: Callable[[bytes], Awaitable[None]]) -> None:
+            if not await shared.copy(key, append):
+                # Not committed: an empty entry must not stand for the result.
+                raise Gone("the result is not in Redis either")
+
+        try:
+            flight = self._cache.flights.join(key, copy)
+        except OSError:
+            return False  # a full or unwritable disk: as if not found
+        try:
+            await flight.finished()
+        finally:
+            self._cache.flights.leave(flight)
+        return flight.error is None and flight.committed
 
     async def _stored(self, key: str, headers: dict[str, str]) -> Outcome | None:
         cache, encoding = self._cache, self.request.encoding
