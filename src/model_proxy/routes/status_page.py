@@ -191,15 +191,17 @@ def _jobs_html(report: Report) -> str:
     jobs = report.get("jobs")
     if jobs is None:
         return "<h2>Jobs</h2><p>Off: the result cache is off (--cache-size 0).</p>"
-    running = _count(jobs["running"])
+    running = f"{_count(jobs['running'])} of at most {jobs['maxRunning']}"
     if jobs["running"] != jobs["runningHere"]:  # several replicas share the queue
-        running += f" (here {jobs['runningHere']})"
+        running = (
+            f"{_count(jobs['running'])} in all; here {jobs['runningHere']}"
+            f" of at most {jobs['maxRunning']}"
+        )
     error = jobs.get("error")
     return (
         '<h2>Jobs</h2><table id="jobs"><tbody>'
         f'<tr><th>queued</th><td class="num">{_count(jobs["queued"])}</td></tr>'
-        f'<tr><th>running</th><td class="num">{running}; at most {jobs["maxRunning"]}'
-        " here</td></tr>"
+        f'<tr><th>running</th><td class="num">{running}</td></tr>'
         '<tr><th>failed in the last hour</th><td class="num">'
         f"{_count(jobs['failedLastHour'])}</td></tr>"
         "</tbody></table>"
