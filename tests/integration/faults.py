@@ -2,7 +2,8 @@
 answer with a body that is not JSON; a relay that injects faults (refusals, 5xx, cut
 connections, silence) into the exchanges with a real server; and a TLS terminator in
 front of a real server (Orthanc 1.10's own HTTPS crashes on Debian's OpenSSL). Each
-runs in threads of the test process."""
+runs in threads of the test process; the socket plumbing they share is in
+relay_sockets.py."""
 
 from __future__ import annotations
 
@@ -10,45 +11,12 @@ import socket
 import ssl
 import struct
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
 
 from harness import LOOPBACK
-
-
-@contextmanager
-def listening(
-    handle: Callable[[socket.socket], None], scheme: str = "http", *, backlog: int = 64
-) -> Iterator[str]:
-    """Accept loopback connections in a thread, each handled in a thread of its own.
-    Yields the base URL; on exit stops accepting and closes the listener."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind((LOOPBACK, 0))
-    listener.listen(backlog)
-    listener.settimeout(0.2)
-    stop = threading.Event()
-
-    def accept_loop() -> None:
-        while not stop.is_set():
-            try:
-                connection, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=handle, args=(connection,), daemon=True).start()
-
-    thread = threading.Thread(target=accept_loop, daemon=True)
-    thread.start()
-    try:
-        yield f"{scheme}://{LOOPBACK}:{listener.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(timeout=2)
-        listener.close()
+from relay_sockets import Exchange, listening, port_of, pump
 
 
 @contextmanager
@@ -108,20 +76,9 @@ def closed_port_url() -> str:
 def tls_terminator(target_url: str, cert: Path, key: Path) -> Iterator[str]:
     """HTTPS on a free loopback port, relayed as plain TCP to ``target_url``'s port,
     with the given certificate. Yields ``https://127.0.0.1:PORT``."""
-    target_port = int(target_url.rsplit(":", 1)[1].split("/", 1)[0])
+    target_port = port_of(target_url)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(str(cert), str(key))
-
-    def pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while chunk := source.recv(1 << 16):
-                sink.sendall(chunk)
-        except OSError:
-            pass
-        finally:
-            for end in (source, sink):
-                with suppress(OSError):
-                    end.shutdown(socket.SHUT_RDWR)
 
     def relay(client: socket.socket) -> None:
         try:
@@ -142,86 +99,6 @@ def tls_terminator(target_url: str, cert: Path, key: Path) -> Iterator[str]:
 
 
 # --- a relay that injects faults into the exchanges with a real server -------------------
-
-
-def _read_head(connection: socket.socket) -> tuple[bytes, bytes]:
-    """The request line and headers (up to the blank line), and what followed them."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = connection.recv(65536)
-        if not chunk:
-            raise ConnectionError("the client closed before sending a request")
-        data += chunk
-    head, rest = data.split(b"\r\n\r\n", 1)
-    return head + b"\r\n\r\n", rest
-
-
-def _close_after_response(head: bytes) -> bytes:
-    """``head`` asking the server to close after its answer: one request per connection,
-    so that each fault applies to exactly one request."""
-    lines = [
-        line
-        for line in head.rstrip(b"\r\n").split(b"\r\n")
-        if not line.lower().startswith(b"connection:")
-    ]
-    return b"\r\n".join([*lines, b"Connection: close"]) + b"\r\n\r\n"
-
-
-def _pump(source: socket.socket, sink: socket.socket, limit: int | None = None) -> None:
-    """Copy ``source`` to ``sink`` until EOF (or ``limit`` bytes), then shut both down."""
-    sent = 0
-    try:
-        while limit is None or sent < limit:
-            chunk = source.recv(1 << 16)
-            if not chunk:
-                break
-            if limit is not None:
-                chunk = chunk[: limit - sent]
-            sink.sendall(chunk)
-            sent += len(chunk)
-    except OSError:
-        pass
-    finally:
-        for end in (source, sink):
-            with suppress(OSError):
-                end.shutdown(socket.SHUT_RDWR)
-
-
-@dataclass
-class Exchange:
-    """One client connection to a FaultyRelay, its request head already read."""
-
-    client: socket.socket
-    head: bytes
-    rest: bytes
-    target_port: int
-
-    def relay(self, *, response_limit: int | None = None, first_byte_delay: float = 0) -> None:
-        """Pass the exchange on to the real server; optionally hold its answer back
-        for ``first_byte_delay`` seconds, or cut it after ``response_limit`` bytes."""
-        with socket.create_connection((LOOPBACK, self.target_port)) as upstream:
-            upstream.sendall(self.head + self.rest)
-            forward = threading.Thread(target=_pump, args=(self.client, upstream), daemon=True)
-            forward.start()
-            if first_byte_delay:
-                time.sleep(first_byte_delay)
-            _pump(upstream, self.client, response_limit)
-            forward.join(timeout=10)
-
-    def drain_request_body(self) -> None:
-        """Read a chunked request body to its end (a POST to a model)."""
-        if b"chunked" not in self.head.lower():
-            return
-        data = self.rest
-        while not data.endswith(b"0\r\n\r\n"):
-            chunk = self.client.recv(1 << 20)
-            if not chunk:
-                return
-            data = data[-16:] + chunk
-
-    def answer(self, response: bytes) -> None:
-        self.drain_request_body()
-        self.client.sendall(response)
 
 
 Fault = Callable[[Exchange], None]
@@ -280,7 +157,7 @@ class FaultyRelay:
     """
 
     def __init__(self, target_url: str) -> None:
-        self.target_port = int(target_url.rsplit(":", 1)[1].split("/", 1)[0])
+        self.target_port = port_of(target_url)
         self.url = ""
         self.connections = 0
         self._planned: list[Fault] = []
@@ -306,8 +183,7 @@ class FaultyRelay:
         with connection:
             connection.settimeout(30)
             try:
-                head, rest = _read_head(connection)
-                fault(Exchange(connection, _close_after_response(head), rest, self.target_port))
+                fault(Exchange.accept(connection, self.target_port))
             except OSError:
                 return
 

@@ -1,7 +1,8 @@
 """Relays that hold a conversation still until the test lets it go: a stalled model
 answer (``Stall`` / ``stalling_relay``, for cancel and restart tests of jobs) and
 held POSTs (``HeldPosts`` / ``held_posts``, for a job's storing phase). The relays
-that inject plain faults are in faults.py."""
+that inject plain faults are in faults.py, the socket plumbing both use in
+relay_sockets.py."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from faults import Exchange, _close_after_response, _pump, _read_head, listening
 from harness import LOOPBACK
+from relay_sockets import Exchange, listening, port_of, pump
 
 
 class Stall:
@@ -58,7 +59,7 @@ class Stall:
                     self.client_closed.set()
                     return
             client.settimeout(30)
-            _pump(upstream, client)
+            pump(upstream, client)
 
 
 class StallingRelay:
@@ -70,7 +71,7 @@ class StallingRelay:
     """
 
     def __init__(self, target_url: str, stall: Stall) -> None:
-        self.target_port = int(target_url.rsplit(":", 1)[1].split("/", 1)[0])
+        self.target_port = port_of(target_url)
         self.url = ""
         self.stall = stall
         self._pending: Stall | None = stall
@@ -80,10 +81,10 @@ class StallingRelay:
         with connection:
             connection.settimeout(30)
             try:
-                head, rest = _read_head(connection)
-                exchange = Exchange(connection, _close_after_response(head), rest, self.target_port)
+                exchange = Exchange.accept(connection, self.target_port)
                 with self._lock:
-                    stall = self._pending if b"multipart/related" in head.lower() else None
+                    retrieval = b"multipart/related" in exchange.head.lower()
+                    stall = self._pending if retrieval else None
                     if stall is not None:
                         self._pending = None
                 if stall is not None:
@@ -115,7 +116,7 @@ class HeldPosts:
     """
 
     def __init__(self, target_url: str) -> None:
-        self.target_port = int(target_url.rsplit(":", 1)[1].split("/", 1)[0])
+        self.target_port = port_of(target_url)
         self.url = ""
         self.holding = threading.Event()
         self._released = threading.Event()
@@ -127,11 +128,11 @@ class HeldPosts:
         with connection:
             connection.settimeout(30)
             try:
-                head, rest = _read_head(connection)
-                if head.startswith(b"POST "):
+                exchange = Exchange.accept(connection, self.target_port)
+                if exchange.head.startswith(b"POST "):
                     self.holding.set()
                     self._released.wait()
-                Exchange(connection, _close_after_response(head), rest, self.target_port).relay()
+                exchange.relay()
             except OSError:
                 return
 

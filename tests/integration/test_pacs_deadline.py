@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
 from deployment import expect_error
-from faults import listening
 from harness import ExampleModel, ProxyFactory, model_entry, new_uid
+from relay_sockets import listening
 
 from model_proxy.sample_data import SampleStudy
 
