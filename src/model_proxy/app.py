@@ -29,6 +29,7 @@ from model_proxy.cache import ResultCache
 from model_proxy.cache.shared_results import SharedResults, SharedResultsPolicy
 from model_proxy.config import ProxyConfig
 from model_proxy.errors import ErrorCode, ProxyError
+from model_proxy.inference import output_folders
 from model_proxy.jobs import JobManager, JobPolicy, JobStore
 from model_proxy.jobs.manager import JobHooks
 from model_proxy.jobs.queue import JobQueue, LocalJobQueue
@@ -98,6 +99,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # DICOM results a killed process left are removed before the first request.
+        await anyio.to_thread.run_sync(output_folders.claim_at_start, settings.data_dir)
         capacity = Capacity.create(settings, metrics)
         jwks_caches = JwksCaches(JWKS_TIMEOUTS)
         # Before the first state: its PACS sessions keep their tokens in Redis.
@@ -165,6 +168,7 @@ def create_app(
             await jwks_caches.aclose()
             if audit is not None:
                 await anyio.to_thread.run_sync(audit.close)
+            await anyio.to_thread.run_sync(output_folders.release, settings.data_dir)
             logger.info("model-proxy stopped; upstream clients closed")
 
     app = Starlette(

@@ -18,7 +18,6 @@ import contextlib
 import enum
 import logging
 import shutil
-import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +35,7 @@ from model_proxy.dicom_results import (
     stream_segmentations,
 )
 from model_proxy.errors import ErrorCode, ModelError, NotAcceptable, ProxyError
+from model_proxy.inference.output_folders import folders_for
 from model_proxy.inference.request import InferenceRequest
 from model_proxy.inference.runner import Finalizer, InferenceRunner, Outcome
 from model_proxy.pacs.multipart import DICOM_TYPE, DicomMultipartFiles
@@ -99,7 +99,8 @@ async def run_with_dicom_outputs(
     """Run the inference, convert its result, store and/or return the objects.
 
     The objects (and the JSON, when it is the answer) are spooled in a folder of
-    their own under ``<data-dir>/dicom-outputs``, removed once the answer is sent.
+    their own under ``<data-dir>/dicom-outputs`` (inference/output_folders.py), removed
+    once the answer is sent.
     """
     spool = await asyncio.to_thread(_spool_dir, state.settings.data_dir)
     try:
@@ -181,9 +182,7 @@ async def _converted_whole(
 
 
 def _spool_dir(data_dir: Path) -> Path:
-    parent = data_dir / "dicom-outputs"
-    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=parent))
+    return folders_for(data_dir).new_folder()
 
 
 async def _store(
