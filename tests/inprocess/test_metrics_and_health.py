@@ -113,6 +113,33 @@ async def finished_job(proxy: Proxy, body: dict[str, Any]) -> dict[str, Any]:
         await anyio.sleep(0.05)
 
 
+async def test_jobs_api_requests_count_as_jobs_and_job_events_never_by_job_id(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    study = deployment.study
+    series = {"study": study.study_uid, "series": study.series[0].series_uid}
+    async with deployment.proxy(tmp_path) as proxy:
+        job = await finished_job(proxy, {"model": deployment.models["seg"], **series})
+        assert job["status"] == "succeeded", job
+        result = await proxy.client.get(f"/jobs/{job['id']}/result")
+        events = await proxy.client.get(f"/jobs/{job['id']}/events")
+        listed = await proxy.client.get("/jobs")
+        unknown = await proxy.client.get(f"/jobs/{new_uid()}")
+        assert [r.status_code for r in (result, events, listed, unknown)] == [200, 200, 200, 404]
+        text = await scrape(proxy)
+    found = samples(text)
+    requests = "model_proxy_requests_total"
+    assert value(found, requests, route="jobs", status="202") == 1  # the POST
+    # The polls of finished_job, the result and the list.
+    assert value(found, requests, route="jobs", status="200") >= 3
+    assert value(found, requests, route="jobs", status="404") == 1
+    # The event stream apart: its duration is the job's, not a latency.
+    assert value(found, requests, route="job-events", status="200") == 1
+    assert value(found, "model_proxy_request_duration_seconds_count", route="job-events") == 1
+    assert value(found, requests, route="other") == 0
+    assert job["id"] not in text
+
+
 async def test_promtool_accepts_the_exposition(deployment: Deployment, tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:

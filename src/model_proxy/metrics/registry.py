@@ -51,9 +51,21 @@ class UpstreamKind(StrEnum):
     MODEL = "model"
 
 
+# The jobs API (routes/jobs.py) by its routes, never by job id (one series per job would
+# be unbounded). The event stream has a family of its own: it lasts as long as its job,
+# a duration that would swamp the latency of the other jobs requests.
+_JOB_ROUTE_TAILS = {(): "jobs", ("result",): "jobs", ("events",): "job-events"}
+
+
 def route_family(path: str) -> str:
-    """``/segmentations/<uuid>/studies/...`` -> ``segmentations``; unknown paths -> ``other``."""
-    first = path.lstrip("/").split("/", 1)[0]
+    """``/segmentations/<uuid>/studies/...`` -> ``segmentations``; ``/jobs/<id>/events``
+    -> ``job-events``, the other jobs routes -> ``jobs``; unknown paths -> ``other``."""
+    first, *rest = path.lstrip("/").split("/")
+    if first == "jobs":
+        if not rest:
+            return "jobs"
+        job_id, *tail = rest
+        return _JOB_ROUTE_TAILS.get(tuple(tail), "other") if job_id else "other"
     return first if first in _FAMILIES else "other"
 
 
