@@ -38,6 +38,7 @@ from processes import (
     live_processes,
     start_on_free_port,
     wait_ready,
+    wait_until,
 )
 
 # The process helpers are part of this module's interface too.
@@ -58,6 +59,7 @@ __all__ = [
     "free_port",
     "gen_cert",
     "http_client",
+    "jobs_of_study",
     "live_processes",
     "model_entry",
     "model_proxy_argv",
@@ -69,6 +71,7 @@ __all__ = [
     "start_orthanc",
     "start_proxy",
     "wait_ready",
+    "wait_until",
 ]
 
 ORTHANC_CANDIDATES = ("/usr/sbin/Orthanc", "/usr/bin/Orthanc")
@@ -319,6 +322,20 @@ def _answers(url: str, verify: ssl.SSLContext | bool) -> bool:
     with http_client(verify=verify, timeout=2.0) as client:
         client.get(f"{url}/health")
     return True
+
+
+def jobs_of_study(
+    client: httpx.Client, study_uid: str, *, finished: bool = False
+) -> list[dict[str, Any]]:
+    """The jobs of ``study_uid`` that ``GET /jobs`` lists (up to 1,000 jobs); with
+    ``finished``, only those that have ended (succeeded, failed or cancelled)."""
+    answer = client.get("/jobs", params={"limit": 1000}, headers={"Accept": "application/json"})
+    assert answer.status_code == 200, answer.text
+    return [
+        job
+        for job in answer.json()["jobs"]
+        if job["study"] == study_uid and not (finished and job["status"] in ("queued", "running"))
+    ]
 
 
 class ProxyFactory(Protocol):

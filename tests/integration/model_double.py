@@ -6,6 +6,9 @@ answers a real model cannot be made to give on purpose (cut mid-stream, untermin
         entry = double.entry("/example/segmentation", "segmentation", ["/studies/series"])
         ...
         assert double.calls["/example/segmentation"] == 1
+        # one model per test case, each with its own counter:
+        models, models_json = double.case_models(["hit", "etag"], ["/studies/series"])
+        assert double.case_calls("hit") == 0
 
 Routes (all POST, the request body is read first):
     /example/<path>     the example model's /<path> after ``double.delay`` seconds
@@ -24,14 +27,14 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import uvicorn
-from harness import LOOPBACK
+from harness import LOOPBACK, new_uid
 from starlette.types import Receive, Scope, Send
 
 from model_proxy.example_model import create_app
@@ -47,6 +50,31 @@ class ModelDouble:
 
     def entry(self, path: str, task: str, supports: Sequence[str], **fields: Any) -> dict[str, Any]:
         return {"uri": f"{self.url}{path}", "task": task, "supports": list(supports), **fields}
+
+    def case_models(
+        self, cases: Iterable[str], supports: Sequence[str], **fields: Any
+    ) -> tuple[dict[str, str], dict[str, Any]]:
+        """One models.json entry per test case, each the example segmentation under a
+        query string of its own (``?case=hit``, which the example model ignores): each
+        case is its own model for the cache, with its own counter (``case_calls``).
+        Returns (case -> model UUID, the models.json content).
+
+            models, models_json = double.case_models(["hit", "etag"], ["/studies/series"])
+        """
+        ids = {case: new_uid() for case in cases}
+        models_json = {
+            ids[case]: self.entry(self.case_path(case), "segmentation", supports, **fields)
+            for case in ids
+        }
+        return ids, models_json
+
+    def case_calls(self, case: str) -> int:
+        """How many times the proxy called the model of ``case``."""
+        return self.calls[self.case_path(case)]
+
+    @staticmethod
+    def case_path(case: str) -> str:
+        return f"/example/segmentation?case={case}"
 
 
 class _DoubleApp:

@@ -19,13 +19,15 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
+
+T = TypeVar("T")
 
 # Variables that would leak the developer's shell into a server under test: an HTTP
 # proxy would route loopback calls elsewhere, MODEL_PROXY_* would override the flags.
@@ -177,6 +179,24 @@ def wait_ready(process: ManagedProcess, probe: Callable[[], bool], timeout: floa
         f"{process.name} was not ready after {timeout:.0f} s"
         f" (last probe error: {last_error!r}):\n{output}"
     )
+
+
+def wait_until(
+    what: str, found: Callable[[], T], *, timeout: float = 120.0, every: float = 0.2
+) -> T:
+    """Poll ``found`` until it returns something true, and return that; fail naming
+    ``what`` after ``timeout`` seconds (a bound for a loaded machine, never an expected
+    duration).
+
+        (job,) = wait_until("a finished job", lambda: finished_jobs(client))
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = found()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"no {what} within {timeout:g} s"
+        time.sleep(every)
 
 
 def start_on_free_port(

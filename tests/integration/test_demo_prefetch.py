@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import shutil
 import ssl
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from harness import model_proxy_argv
-from processes import START_TIMEOUT, ManagedProcess, free_port, http_client, wait_ready
+from harness import jobs_of_study, model_proxy_argv
+from processes import (
+    START_TIMEOUT,
+    ManagedProcess,
+    free_port,
+    http_client,
+    wait_ready,
+    wait_until,
+)
 
 from model_proxy.cli.demo import SEGMENTATION_MODEL_ID
 from model_proxy.sample_data import make_study, write_study
@@ -25,7 +30,6 @@ pytestmark = pytest.mark.integration
 
 # A bound for a loaded machine, not the "within a minute" of a quiet one.
 DEADLINE = 180.0
-JSON = {"Accept": "application/json"}
 
 
 @pytest.fixture
@@ -58,16 +62,6 @@ def answers(url: str, cert: Path) -> bool:
         return client.get(f"{url}/health").status_code == 200
 
 
-def wait_until(what: str, found: Callable[[], Any]) -> Any:
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        value = found()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"no {what} within {DEADLINE:g} s"
-        time.sleep(0.5)
-
-
 def test_a_study_dropped_into_the_demo_folder_is_segmented_by_itself(
     demo: tuple[ManagedProcess, Path, str], tmp_path: Path
 ) -> None:
@@ -79,17 +73,12 @@ def test_a_study_dropped_into_the_demo_folder_is_segmented_by_itself(
     main_series = new.series[0].series_uid
     verify = ssl.create_default_context(cafile=str(folder / "zhiva.crt"))
     with httpx.Client(base_url=url, verify=verify, timeout=60.0, trust_env=False) as client:
-
-        def finished_jobs() -> list[dict[str, Any]]:
-            answer = client.get("/jobs", params={"limit": 1000}, headers=JSON)
-            assert answer.status_code == 200, answer.text
-            return [
-                job
-                for job in answer.json()["jobs"]
-                if job["study"] == new.study_uid and job["status"] not in ("queued", "running")
-            ]
-
-        (job,) = wait_until("finished job for the dropped study", finished_jobs)
+        (job,) = wait_until(
+            "finished job for the dropped study",
+            lambda: jobs_of_study(client, new.study_uid, finished=True),
+            timeout=DEADLINE,
+            every=0.5,
+        )
         assert job["status"] == "succeeded", job
         # The demo's rule: CT series of 20 instances or more, so not the 12-slice one.
         assert job["series"] == main_series and job["model"] == SEGMENTATION_MODEL_ID

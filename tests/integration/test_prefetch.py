@@ -13,8 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import date
 from typing import Any
 
@@ -25,10 +24,12 @@ from harness import (
     OrthancServer,
     ProxyFactory,
     ProxyProcess,
+    jobs_of_study,
     model_entry,
     new_uid,
     server_entry,
     start_orthanc,
+    wait_until,
 )
 from processes import free_port
 
@@ -39,8 +40,6 @@ pytestmark = pytest.mark.integration
 TODAY = date.today().strftime("%Y%m%d")
 IDENTITY = {"Accept-Encoding": "identity"}
 JSON = {"Accept": "application/json"}
-# A bound for a loaded machine, not an expected duration.
-DEADLINE = 120.0
 STATUS_ON = {"ZHIVA_SHOW_STATUS_PAGE": "true"}
 
 
@@ -58,26 +57,6 @@ def study_of(seed: int) -> SampleStudy:
 
 def upload(pacs: OrthancServer, study: SampleStudy) -> None:
     pacs.upload_many(part10 for _, _, part10 in study.iter_instances())
-
-
-def wait_until(what: str, found: Callable[[], Any]) -> Any:
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        value = found()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"no {what} within {DEADLINE:g} s"
-        time.sleep(0.2)
-
-
-def jobs_of(client: httpx.Client, study: SampleStudy) -> list[dict[str, Any]]:
-    answer = client.get("/jobs", params={"limit": 1000}, headers=JSON)
-    assert answer.status_code == 200, answer.text
-    return [job for job in answer.json()["jobs"] if job["study"] == study.study_uid]
-
-
-def finished(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [job for job in jobs if job["status"] not in ("queued", "running")]
 
 
 def watcher_of(client: httpx.Client) -> dict[str, Any]:
@@ -148,16 +127,14 @@ def test_a_new_study_is_run_by_its_rule_and_the_viewers_get_is_a_cache_hit(
     upload(pacs, matching)
     series = matching.series[0].series_uid
     with proxy.client() as client:
-        job = wait_until(
+        (job,) = wait_until(
             "finished prefetch job",
-            lambda: [
-                j for j in jobs_of(client, matching) if j["status"] not in ("queued", "running")
-            ],
-        )[0]
+            lambda: jobs_of_study(client, matching.study_uid, finished=True),
+        )
         assert job["status"] == "succeeded", job
         assert job["series"] == series and job["model"] == model_id and job["server"] == server_id
-        assert len(jobs_of(client, matching)) == 1  # not the 12-slice series
-        assert jobs_of(client, other) == []
+        assert len(jobs_of_study(client, matching.study_uid)) == 1  # not the 12-slice series
+        assert jobs_of_study(client, other.study_uid) == []
 
         model_calls = proxy.log_text().count("model_called=True")
         path = f"/segmentations/{model_id}/studies/{matching.study_uid}/series/{series}"
@@ -208,5 +185,5 @@ def test_a_new_study_is_run_by_its_rule_and_the_viewers_get_is_a_cache_hit(
     proxy.restart()  # the same data dir: the ledger in jobs.sqlite remembers the run
     with proxy.client() as client:
         wait_for_polls(client, server_id, 3)
-        assert len(jobs_of(client, matching)) == 1
+        assert len(jobs_of_study(client, matching.study_uid)) == 1
         assert watcher_of(client)["jobsStarted"]["phantom lungs"] == 0

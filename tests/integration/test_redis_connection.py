@@ -5,6 +5,7 @@ requests are still served (docs/replicas.md)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness import ExampleModel, OrthancServer, ProxyFactory, model_entry, new_uid, server_entry
@@ -16,11 +17,31 @@ from model_proxy.sample_data import SampleStudy
 pytestmark = pytest.mark.integration
 
 PASSWORD = "redis-s3cret-for-the-test"
+SERIES_ONLY = ["/studies/series"]
 
 
-def _series_path(model_id: str, study: SampleStudy) -> str:
+def _serve_one_request(
+    start_proxy: ProxyFactory,
+    orthanc: OrthancServer,
+    example_model: ExampleModel,
+    study: SampleStudy,
+    **options: Any,
+) -> str:
+    """Start a proxy with ``options`` (start_proxy's), have it segment a series, stop
+    it; its log."""
+    model_id = new_uid()
+    proxy = start_proxy(
+        {new_uid(): server_entry(orthanc)},
+        {model_id: model_entry(example_model, "/segmentation", "segmentation", SERIES_ONLY)},
+        **options,
+    )
     series = study.series[0]
-    return f"/segmentations/{model_id}/studies/{study.study_uid}/series/{series.series_uid}"
+    path = f"/segmentations/{model_id}/studies/{study.study_uid}/series/{series.series_uid}"
+    with proxy.client() as client:
+        answer = client.get(path)
+    assert answer.status_code == 200, answer.text
+    proxy.stop()
+    return proxy.log_text()
 
 
 def test_proxy_connects_with_the_password_file_and_never_prints_it(
@@ -32,22 +53,9 @@ def test_proxy_connects_with_the_password_file_and_never_prints_it(
 ) -> None:
     secret = tmp_path / "redis-password"
     secret.write_text(PASSWORD + "\n")
-    server_id, model_id = new_uid(), new_uid()
     with start_redis(tmp_path / "redis", password=PASSWORD) as redis:
-        proxy = start_proxy(
-            {server_id: server_entry(orthanc)},
-            {
-                model_id: model_entry(
-                    example_model, "/segmentation", "segmentation", ["/studies/series"]
-                )
-            },
-            extra_args=["--redis", redis.url, "--redis-password-file", str(secret)],
-        )
-        with proxy.client() as client:
-            answer = client.get(_series_path(model_id, sample_study))
-        assert answer.status_code == 200, answer.text
-        proxy.stop()
-        log = proxy.log_text()
+        args = ["--redis", redis.url, "--redis-password-file", str(secret)]
+        log = _serve_one_request(start_proxy, orthanc, example_model, sample_study, extra_args=args)
     assert f"shared state: Redis at {redis.url}" in log
     assert "does not answer" not in log
     assert PASSWORD not in log
@@ -60,23 +68,10 @@ def test_redis_missing_at_start_is_a_warning_and_requests_are_served(
     sample_study: SampleStudy,
 ) -> None:
     nobody = f"redis://:pw-in-the-url@{LOOPBACK}:{free_port()}/0"
-    server_id, model_id = new_uid(), new_uid()
-    proxy = start_proxy(
-        {server_id: server_entry(orthanc)},
-        {
-            model_id: model_entry(
-                example_model, "/segmentation", "segmentation", ["/studies/series"]
-            )
-        },
-        # Through the environment, as a URL with a password should be given: the
-        # harness writes the command line into the log it reads.
-        env={"MODEL_PROXY_REDIS": nobody},
-    )
-    with proxy.client() as client:
-        answer = client.get(_series_path(model_id, sample_study))
-    assert answer.status_code == 200, answer.text
-    proxy.stop()
-    log = proxy.log_text()
+    # Through the environment, as a URL with a password should be given: the harness
+    # writes the command line into the log it reads.
+    env = {"MODEL_PROXY_REDIS": nobody}
+    log = _serve_one_request(start_proxy, orthanc, example_model, sample_study, env=env)
     assert f"Redis at redis://:***@{LOOPBACK}" in log
     assert "does not answer" in log
     assert "pw-in-the-url" not in log

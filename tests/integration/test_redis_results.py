@@ -14,8 +14,7 @@ import os
 import re
 import signal
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -27,6 +26,7 @@ from harness import (
     server_entry,
     start_orthanc,
     start_proxy,
+    wait_until,
 )
 from model_double import ModelDouble, serve_model_double
 from nginx_server import NGINX_SOURCE_ADDRESS, NginxServer, start_nginx
@@ -81,7 +81,7 @@ class ReplicaBed:
             return client.get(self.path(case, series), headers=headers or IDENTITY)
 
     def calls(self, case: str) -> int:
-        return self.double.calls[f"/example/segmentation?case={case}"]
+        return self.double.case_calls(case)
 
     def redis_up(self, replica: int) -> float | None:
         with self.replicas[replica].client() as client:
@@ -95,14 +95,6 @@ class ReplicaBed:
     def shared_keys(self, kind: str) -> list[bytes]:
         with self.redis.client() as client:
             return list(client.scan_iter(f"{RESULTS}{kind}:*"))
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {DEADLINE} s: {what}")
-        time.sleep(0.1)
 
 
 def cache_lines(replica: ProxyProcess, case_model: str) -> list[str]:
@@ -120,17 +112,10 @@ def bed(tmp_path_factory: pytest.TempPathFactory, tls_cert: TlsCert) -> Iterator
     redis_dir = tmp_path_factory.mktemp("redis")
     try:
         with start_redis(redis_dir) as redis, serve_model_double() as double:
-            models = {case: new_uid() for case in CASES}
-            models_json = {
-                # /status probes statusUri: not the counted endpoint.
-                models[case]: double.entry(
-                    f"/example/segmentation?case={case}",
-                    "segmentation",
-                    SERIES,
-                    statusUri=f"{double.url}/status",
-                )
-                for case in CASES
-            }
+            # /status probes statusUri: not the counted endpoint.
+            models, models_json = double.case_models(
+                CASES, SERIES, statusUri=f"{double.url}/status"
+            )
             servers_json = {new_uid(): server_entry(orthanc)}
             replica_args = [
                 "--forwarded-allow-ips", NGINX_SOURCE_ADDRESS,
@@ -197,8 +182,9 @@ def test_thirty_identical_requests_over_three_replicas_make_one_model_call(
     # nginx spread them: every replica answered some, and the two that did not call
     # the model answered from Redis (waiting for the one that did, or after it).
     wait_until(
-        lambda: sum(len(cache_lines(r, bed.models["thirty"])) for r in bed.replicas) == 30,
         "30 request log lines",  # written once each response is over
+        lambda: sum(len(cache_lines(r, bed.models["thirty"])) for r in bed.replicas) == 30,
+        timeout=DEADLINE,
     )
     lines = [cache_lines(replica, bed.models["thirty"]) for replica in bed.replicas]
     assert all(lines), lines
@@ -219,8 +205,11 @@ def test_a_later_request_on_another_replica_is_a_redis_hit(bed: ReplicaBed) -> N
     assert bed.calls("later") == 1
     # The replica keeps what it read: the next one is a hit on its own disk.
     assert bed.get(1, "later").content == first.content
-    wait_until(lambda: len(cache_lines(bed.replicas[1], bed.models["later"])) == 2, "2 lines")
-    served = cache_lines(bed.replicas[1], bed.models["later"])
+    later = bed.models["later"]
+    wait_until(
+        "2 log lines", lambda: len(cache_lines(bed.replicas[1], later)) == 2, timeout=DEADLINE
+    )
+    served = cache_lines(bed.replicas[1], later)
     assert ["cache=shared" in served[0], "cache=hit" in served[1]] == [True, True], served
 
 
@@ -258,7 +247,7 @@ def test_a_model_call_longer_than_the_lease_keeps_its_lock(bed: ReplicaBed) -> N
     holder = threading.Thread(target=lambda: answers.append(bed.get(1, "long")))
     try:
         holder.start()
-        wait_until(lambda: bed.calls("long") == 1, "the model call")
+        wait_until("model call", lambda: bed.calls("long") == 1, timeout=DEADLINE)
         waiter = bed.get(2, "long")
         holder.join(timeout=DEADLINE)
     finally:
@@ -266,7 +255,9 @@ def test_a_model_call_longer_than_the_lease_keeps_its_lock(bed: ReplicaBed) -> N
     assert [waiter.status_code, answers[0].status_code] == [200, 200]
     assert waiter.content == answers[0].content
     assert bed.calls("long") == 1
-    wait_until(lambda: bool(cache_lines(bed.replicas[2], bed.models["long"])), "its log line")
+    wait_until(
+        "log line", lambda: cache_lines(bed.replicas[2], bed.models["long"]), timeout=DEADLINE
+    )
     assert "cache=shared" in cache_lines(bed.replicas[2], bed.models["long"])[0]
 
 
@@ -286,7 +277,11 @@ def test_a_replica_that_dies_while_computing_is_taken_over_when_its_lease_expire
     first = threading.Thread(target=ask, args=(0,))
     try:
         first.start()
-        wait_until(lambda: bed.calls("takeover") == 1 and bool(bed.shared_keys("lock")), "lock")
+        wait_until(
+            "model call under a lock in Redis",
+            lambda: bed.calls("takeover") == 1 and bool(bed.shared_keys("lock")),
+            timeout=DEADLINE,
+        )
         pid = dead.process.pid
         assert pid is not None
         os.killpg(pid, signal.SIGKILL)  # no clean-up: its lease has to expire
@@ -300,7 +295,7 @@ def test_a_replica_that_dies_while_computing_is_taken_over_when_its_lease_expire
     assert second.status_code == 200, second.text
     # The heir waited for the lease of the dead replica, then called the model itself.
     assert bed.calls("takeover") == 2
-    wait_until(lambda: bool(cache_lines(heir, bed.models["takeover"])), "its log line")
+    wait_until("log line", lambda: cache_lines(heir, bed.models["takeover"]), timeout=DEADLINE)
     assert any("model_called=True" in line for line in cache_lines(heir, bed.models["takeover"]))
     assert bed.get(2, "takeover").content == second.content
     assert bed.calls("takeover") == 2
@@ -317,7 +312,9 @@ def test_with_redis_stopped_replicas_serve_alone_and_share_again_when_it_returns
         assert len({r.content for r in down}) == 1
         # Each replica on its own: the model is called again as needed.
         assert bed.calls("down") == 3
-        wait_until(lambda: bed.all_redis_up() == [0.0] * 3, "model_proxy_redis_up 0")
+        wait_until(
+            "model_proxy_redis_up 0", lambda: bed.all_redis_up() == [0.0] * 3, timeout=DEADLINE
+        )
         with bed.replicas[0].client() as client:
             status = client.get("/status", headers={"Accept": "application/json"}).json()
         assert status["redis"]["reachable"] is False
@@ -325,7 +322,7 @@ def test_with_redis_stopped_replicas_serve_alone_and_share_again_when_it_returns
         assert bed.calls("down") == 3
     finally:
         bed.redis.start()
-    wait_until(lambda: bed.all_redis_up() == [1.0] * 3, "model_proxy_redis_up 1")
+    wait_until("model_proxy_redis_up 1", lambda: bed.all_redis_up() == [1.0] * 3, timeout=DEADLINE)
     first = bed.get(0, "recovered")
     assert first.status_code == 200
     assert bed.get(2, "recovered").content == first.content

@@ -65,7 +65,7 @@ class CacheSetup:
             )
 
     def calls(self, case: str) -> int:
-        return self.double.calls[f"/example/segmentation?case={case}"]
+        return self.double.case_calls(case)
 
 
 CASES = [
@@ -89,15 +89,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, tls_cert: TlsCert) -> Iterat
                 servers["strict"]: server_entry(orthanc, isDefault=False, cacheValidation="strict"),
                 servers["folder"]: {"uri": folder.as_uri()},
             }
-            # One entry per test: a query string the example model ignores makes
-            # each its own model for the cache and its own counter.
-            models = {case: new_uid() for case in CASES}
-            models_json = {
-                models[case]: double.entry(
-                    f"/example/segmentation?case={case}", "segmentation", SERIES
-                )
-                for case in CASES
-            }
+            models, models_json = double.case_models(CASES, SERIES)  # one per test
             proxy = start_proxy(
                 tmp_path_factory.mktemp("proxy-cache"),
                 servers_json,
@@ -326,16 +318,10 @@ def test_least_recently_used_results_are_evicted_under_the_cap(
     start_proxy: ProxyFactory, orthanc: OrthancServer, sample_study: SampleStudy
 ) -> None:
     with serve_model_double() as double:
-        models = {
-            case: double.entry(f"/example/segmentation?case={case}", "segmentation", SERIES)
-            for case in "abc"
-        }
-        ids = {case: new_uid() for case in models}
+        ids, models_json = double.case_models("abc", SERIES)
         # A 24-slice segmentation is about 1.6 MB: the cap holds two of them.
         proxy = start_proxy(
-            {new_uid(): server_entry(orthanc)},
-            {ids[case]: entry for case, entry in models.items()},
-            extra_args=["--cache-size", "3.5MB"],
+            {new_uid(): server_entry(orthanc)}, models_json, extra_args=["--cache-size", "3.5MB"]
         )
         series = sample_study.series[0]
 
@@ -349,19 +335,16 @@ def test_least_recently_used_results_are_evicted_under_the_cap(
             assert response.status_code == 200, response.text
             return response
 
-        def calls(case: str) -> int:
-            return double.calls[f"/example/segmentation?case={case}"]
-
         get("a")
         get("b")
         get("a")  # a is now the most recently used
         get("c")  # evicts b
-        assert [calls(case) for case in "abc"] == [1, 1, 1]
+        assert [double.case_calls(case) for case in "abc"] == [1, 1, 1]
         get("a")
         get("c")
-        assert [calls(case) for case in "abc"] == [1, 1, 1]
+        assert [double.case_calls(case) for case in "abc"] == [1, 1, 1]
         get("b")
-        assert calls("b") == 2
+        assert double.case_calls("b") == 2
         total = sum(path.stat().st_size for path in cache_files(proxy))
         assert 0 < total <= 3_500_000
 
