@@ -1,4 +1,5 @@
-"""The serve flags of the memory budget and the concurrency limits."""
+"""The serve flags of the memory budget and the concurrency limits; one clear line for
+a bad value of these and of the other limits (jobs, prefetch, Redis results)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,11 @@ def test_memory_budget_takes_a_size(value: str, expected: int) -> None:
         (["--job-retention", "forever"], "--job-retention must be a positive duration"),
         (["--watch-interval", "-1"], "--watch-interval must be zero or a positive number"),
         (["--watch-lookback", "a week"], "--watch-lookback must be a whole number from 0"),
+        # The results shared on Redis (docs/replicas.md, "Results").
+        (["--redis-max-entry", "big"], "--redis-max-entry must be a size like 0, 500MB or 2GiB"),
+        (["--redis-result-ttl", "0"], "--redis-result-ttl must be a positive duration"),
+        (["--redis-lock-lease", "0"], "--redis-lock-lease must be a positive number of seconds"),
+        (["--redis-check-interval", "-1"], "--redis-check-interval must be a positive number"),
     ],
 )
 def test_bad_limits_are_one_clear_line_and_exit_2(
