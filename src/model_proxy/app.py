@@ -300,7 +300,6 @@ async def _start_jobs(
         jobs.request_of,
         JobPolicy(
             max_running=settings.max_running_jobs,
-            retention=settings.job_retention,
             retry_interval=settings.job_retry_interval,
         ),
         JobHooks(metrics.job_started, metrics.job_finished, metrics.job_stored),

@@ -86,7 +86,7 @@ async def watching(folder: Path) -> AsyncIterator[tuple[PrefetchWatcher, JobStor
     live = LiveState()
     await live.replace(ProxyState.build(settings, load_config(folder)))
     store = JobStore(settings.data_dir / JOB_STORE_FILE)
-    jobs = JobManager(LocalJobQueue(store, JobPolicy().retention), live, request_of, JobPolicy())
+    jobs = JobManager(LocalJobQueue(store), live, request_of, JobPolicy())
     ledger = PrefetchLedger(settings.data_dir / JOB_STORE_FILE)
     policy = WatchPolicy(interval=3600.0, lookback_days=1, max_studies=1000)
     watcher = PrefetchWatcher(live, jobs, ledger, policy, SoleReplica())

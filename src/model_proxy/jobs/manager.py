@@ -53,8 +53,6 @@ RequestBuilder = Callable[[JobSpec, ProxyState], InferenceRequest]
 @dataclass(frozen=True)
 class JobPolicy:
     max_running: int = 4
-    # Finished jobs older than this are deleted.
-    retention: float = 7 * 24 * 3600.0
     # A job that found no admission slot tries again after this long.
     retry_interval: float = 1.0
     # A cancel of a job another replica runs: how long DELETE waits for it to stop,

@@ -22,6 +22,9 @@ from model_proxy.jobs.store import JobStore
 
 logger = logging.getLogger(__name__)
 
+# Finished jobs are kept this long (--job-retention).
+DEFAULT_RETENTION = 7 * 24 * 3600.0
+
 
 class RunCheck(Enum):
     """What the queue says of a run it was asked to renew (``JobQueue.renew``)."""
@@ -87,7 +90,7 @@ class LocalJobQueue:
 
     renew_interval: float | None = None
 
-    def __init__(self, store: JobStore, retention: float) -> None:
+    def __init__(self, store: JobStore, retention: float = DEFAULT_RETENTION) -> None:
         self.store = store
         self._retention = retention
         self._queue: asyncio.Queue[Job] = asyncio.Queue()

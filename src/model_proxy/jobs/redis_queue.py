@@ -37,7 +37,7 @@ from model_proxy.errors import SharedStateUnavailable
 from model_proxy.inference.progress import Progress
 from model_proxy.jobs import redis_scripts
 from model_proxy.jobs.job import Job, JobStatus
-from model_proxy.jobs.queue import RunCheck, RunLost
+from model_proxy.jobs.queue import DEFAULT_RETENTION, RunCheck, RunLost
 from model_proxy.jobs.record import dump_job, load_job
 from model_proxy.jobs.store import JobStore
 from model_proxy.shared import RedisLink
@@ -55,7 +55,7 @@ class SharedJobsPolicy:
     # A running job whose entry nobody renewed for this long is taken over.
     lease: float = 30.0
     # Finished jobs are kept this long (--job-retention).
-    retention: float = 7 * 24 * 3600.0
+    retention: float = DEFAULT_RETENTION
     # How long one wait for a new job blocks a Redis connection (below its timeout).
     block: float = 1.0
     # After a failed Redis call, the next try for a job waits this long.
