@@ -133,6 +133,7 @@ def create_app(
             settings.data_dir / JOB_STORE_FILE,
             metrics.prefetch_job,
             role=_watcher_role(settings, app.state.redis),
+            redis=app.state.redis,
         )
         if metrics_port is not None:
             await metrics_port.start()

@@ -25,7 +25,7 @@ from model_proxy.jobs import Job, JobManager, JobPolicy, JobStore
 from model_proxy.jobs.queue import LocalJobQueue
 from model_proxy.jobs.store import JOB_STORE_FILE
 from model_proxy.prefetch import PrefetchWatcher, SoleReplica, WatchPolicy
-from model_proxy.prefetch.ledger import PrefetchLedger
+from model_proxy.prefetch.ledger import SqliteLedger
 from model_proxy.routes.jobs import request_of
 from model_proxy.runtime.reload import LiveState
 from model_proxy.runtime.state import ProxyState
@@ -87,7 +87,7 @@ async def watching(folder: Path) -> AsyncIterator[tuple[PrefetchWatcher, JobStor
     await live.replace(ProxyState.build(settings, load_config(folder)))
     store = JobStore(settings.data_dir / JOB_STORE_FILE)
     jobs = JobManager(LocalJobQueue(store), live, request_of, JobPolicy())
-    ledger = PrefetchLedger(settings.data_dir / JOB_STORE_FILE)
+    ledger = await SqliteLedger.open(settings.data_dir / JOB_STORE_FILE)
     policy = WatchPolicy(interval=3600.0, lookback_days=1, max_studies=1000)
     watcher = PrefetchWatcher(live, jobs, ledger, policy, SoleReplica())
     try:

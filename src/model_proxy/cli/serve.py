@@ -33,7 +33,7 @@ from model_proxy.cli.tracing import otlp_url_of, tracing_to
 from model_proxy.config import ProxyConfig
 from model_proxy.jobs.store import JOB_STORE_FILE, JobStore
 from model_proxy.pacs.auth.session import FailureMemory
-from model_proxy.prefetch.ledger import PrefetchLedger
+from model_proxy.prefetch.ledger import LedgerTable
 from model_proxy.settings import Settings, env_flag
 from model_proxy.upstream.breaker import BreakerPolicy
 from model_proxy.upstream.clients import Timeouts
@@ -160,7 +160,7 @@ def _check_job_store(settings: Settings) -> None:
     try:
         JobStore(path).close()
         if settings.watch_interval > 0:
-            PrefetchLedger(path).close()  # the prefetch watcher's table, in the same file
+            LedgerTable(path).close()  # the prefetch watcher's table, in the same file
     except (sqlite3.Error, OSError) as exc:
         raise CommandError(
             f"cannot open the job store {path} ({exc}); move it aside to start without its jobs"

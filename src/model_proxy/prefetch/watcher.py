@@ -6,8 +6,10 @@ counts as arrived once its instance count is the same as one poll before (a stud
 still being sent is left alone until it stops growing). An arrived study is matched
 against the rules, at study level or series by series, and each match becomes a job
 (jobs/manager.py) whose result lands in the result cache under the key of the
-viewer's GET. The ledger (prefetch/ledger.py) keeps what ran on which data, so a
-study runs once per rule unless it changes, across restarts too.
+viewer's GET. The ledger (prefetch/ledger.py; with ``--redis`` shared by the replicas,
+prefetch/shared_ledger.py) keeps what ran on which data, so a study runs once per rule
+unless it changes, across restarts and watcher failovers too. A ledger that cannot be
+read or written leaves the study for a later poll: never run a study twice.
 
 A PACS that cannot be asked is logged once, shown on /status, and asked again next
 interval; nothing here stops the proxy. Only the replica whose ``WatcherRole`` says
@@ -32,7 +34,7 @@ from model_proxy.jobs import JobManager, JobSpec
 from model_proxy.pacs.qido import Found
 from model_proxy.pacs.source import DicomSource
 from model_proxy.prefetch.discovery import Discovery, discovery_for
-from model_proxy.prefetch.ledger import PrefetchLedger
+from model_proxy.prefetch.ledger import LedgerUnavailable, PrefetchLedger, RunKey
 from model_proxy.prefetch.role import WatcherRole
 from model_proxy.runtime.reload import LiveState
 from model_proxy.runtime.state import ProxyState
@@ -99,6 +101,7 @@ class PrefetchWatcher:
         self._watching: bool | None = None
         self._task: asyncio.Task[None] | None = None
         self._polling = asyncio.Lock()  # one poll at a time, whoever starts it
+        self._ledger_failing = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -109,7 +112,7 @@ class PrefetchWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self._role.release()
-        await asyncio.to_thread(self._ledger.close)
+        await self._ledger.close()
 
     async def _run(self) -> None:
         while True:
@@ -197,6 +200,9 @@ class PrefetchWatcher:
             except ProxyError as exc:
                 self._failed(watch, label, exc)
                 return  # the same study is looked at again next poll
+            except LedgerUnavailable as exc:
+                self._ledger_failed(exc)
+                return  # this study and the rest wait for the next poll: no use asking now
             watch.matched[study.uid] = study.instances
 
     def _failed(self, watch: ServerWatch, label: str, exc: ProxyError) -> None:
@@ -205,6 +211,16 @@ class PrefetchWatcher:
                 "prefetch: %s; asking again every %g s", exc.message, self.policy.interval
             )
         watch.ok, watch.error = False, exc.message
+
+    def _ledger_failed(self, exc: LedgerUnavailable) -> None:
+        if not self._ledger_failing:  # once per outage, not once per poll
+            logger.warning("prefetch: %s; new studies wait until it answers", exc)
+        self._ledger_failing = True
+
+    def _ledger_answers(self) -> None:
+        if self._ledger_failing:
+            logger.info("prefetch: the ledger answers again")
+        self._ledger_failing = False
 
     async def _match(
         self,
@@ -229,26 +245,37 @@ class PrefetchWatcher:
     async def _run_once(
         self, rule: PrefetchRule, server_id: str, study: str, series: str | None, count: int
     ) -> None:
-        """Submit the rule's job unless it ran on this very data before."""
+        """Submit the rule's job unless it ran on this very data before.
+
+        The entry is written before the job is submitted: a ledger that cannot be
+        written raises LedgerUnavailable with nothing submitted, so a study never runs
+        twice for want of its entry (a job without one would run again next poll).
+        """
+        key = RunKey(rule.name, server_id, study, series)
         fingerprint = f"{rule.model}:{rule.level}:{count}"
-        done = await asyncio.to_thread(
-            self._ledger.fingerprint, rule.name, server_id, study, series
-        )
+        done = await self._ledger.fingerprint(key)
+        self._ledger_answers()
         if done == fingerprint:
             return
-        job = await self._jobs.submit(
-            JobSpec(
-                model=rule.model,
-                study=study,
-                series=series,
-                server=server_id,
-                store=rule.store,
-                caller=f"prefetch rule {rule.name}",
+        await self._ledger.record(key, fingerprint, "")
+        try:
+            job = await self._jobs.submit(
+                JobSpec(
+                    model=rule.model,
+                    study=study,
+                    series=series,
+                    server=server_id,
+                    store=rule.store,
+                    caller=f"prefetch rule {rule.name}",
+                )
             )
-        )
-        await asyncio.to_thread(
-            self._ledger.record, rule.name, server_id, study, series, fingerprint, job.id
-        )
+        except BaseException:
+            # Not submitted: take the entry back so that the next poll runs it.
+            with contextlib.suppress(LedgerUnavailable):
+                await self._ledger.forget(key)
+            raise
+        with contextlib.suppress(LedgerUnavailable):  # the entry already says it ran
+            await self._ledger.record(key, fingerprint, job.id)
         self._jobs_started[rule.name] += 1
         if self._on_job is not None:
             self._on_job(rule, server_id)
