@@ -29,7 +29,14 @@ from model_proxy.shared import RedisLink
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PrefetchWatcher", "SoleReplica", "WatchPolicy", "WatcherRole", "start_watcher"]
+__all__ = [
+    "PrefetchWatcher",
+    "SoleReplica",
+    "WatchPolicy",
+    "WatcherRole",
+    "open_ledger",
+    "start_watcher",
+]
 
 
 async def start_watcher(

@@ -1,0 +1,292 @@
+"""With ``--redis`` the prefetch ledger is shared (prefetch/shared_ledger.py): the
+replica that takes the watcher lease over knows what the one before it ran. Against a
+real ``redis-server`` and a real Orthanc (QIDO-RS), two replicas each with its own data
+dir, job store and Redis client, as two processes would have them.
+
+The polls are the test's own (``PrefetchWatcher.poll``), as in
+test_prefetch_arrival.py; submitted jobs stay queued (no manager runs them here).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, closing
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import pytest
+from harness import OrthancServer, new_uid, server_entry, start_orthanc
+from redis_server import RedisServer, start_redis
+
+from model_proxy.config import load_config
+from model_proxy.jobs import Job, JobManager, JobPolicy, JobStore
+from model_proxy.jobs.store import JOB_STORE_FILE
+from model_proxy.prefetch import PrefetchWatcher, WatchPolicy, open_ledger
+from model_proxy.prefetch.lease import RedisWatcherLease
+from model_proxy.prefetch.ledger import MIGRATED_TABLE, LedgerTable, RunKey
+from model_proxy.prefetch.shared_ledger import RedisLedger, ledger_ttl
+from model_proxy.routes.jobs import request_of
+from model_proxy.runtime.reload import LiveState
+from model_proxy.runtime.state import ProxyState
+from model_proxy.sample_data import SampleStudy, make_study
+from model_proxy.settings import Settings
+from model_proxy.shared import RedisLink, RedisSettings
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+
+TODAY = date.today().strftime("%Y%m%d")
+MODEL = new_uid()
+LOOKBACK_DAYS = 1
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+    """An Orthanc of this module's own: the studies it holds are the ones uploaded here."""
+    server = start_orthanc(tmp_path_factory.mktemp("orthanc-ledger"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    with start_redis(tmp_path / "redis") as server:
+        yield server
+
+
+def files_of(study: SampleStudy) -> list[bytes]:
+    return [part10 for _, _, part10 in study.iter_instances()]
+
+
+def write_config(folder: Path, pacs: OrthancServer, study: SampleStudy) -> None:
+    """servers.json, models.json and a study-level rule matching ``study`` alone."""
+    folder.mkdir(parents=True, exist_ok=True)
+    models = {
+        MODEL: {
+            "uri": "http://127.0.0.1:9/segmentation",  # never called: no job runs here
+            "task": "segmentation",
+            "supports": ["/studies", "/studies/series"],
+        }
+    }
+    rule = {
+        "name": f"phantom {study.seed}",
+        "model": MODEL,
+        "level": "study",
+        "match": {"Modality": "CT", "AccessionNumber": f"PH{study.seed:06d}"},
+    }
+    (folder / "servers.json").write_text(json.dumps({new_uid(): server_entry(pacs)}))
+    (folder / "models.json").write_text(json.dumps(models))
+    (folder / "rules.json").write_text(json.dumps({"rules": [rule]}))
+
+
+@dataclass
+class Replica:
+    watcher: PrefetchWatcher
+    store: JobStore
+    link: RedisLink
+
+    def jobs_for(self, study: SampleStudy) -> list[Job]:
+        return [job for job in self.store.recent(limit=1000) if job.spec.study == study.study_uid]
+
+
+@asynccontextmanager
+async def replica(
+    config: Path, data: Path, redis: RedisServer, lease_seconds: float = 60.0
+) -> AsyncIterator[Replica]:
+    """One replica's watcher with ``--redis``: its own data dir and Redis client, the
+    Redis lease and the shared ledger, as app.py wires them."""
+    settings = Settings(config_dir=config, data_dir=data, watch_lookback_days=LOOKBACK_DAYS)
+    live = LiveState()
+    await live.replace(ProxyState.build(settings, load_config(config)))
+    store = JobStore(data / JOB_STORE_FILE)
+    jobs = JobManager(store, live, request_of, JobPolicy())
+    link = RedisLink.connect(RedisSettings(url=redis.url, timeout=1.0))
+    ledger = await open_ledger(data / JOB_STORE_FILE, LOOKBACK_DAYS, link)
+    policy = WatchPolicy(interval=3600.0, lookback_days=LOOKBACK_DAYS, max_studies=1000)
+    lease = RedisWatcherLease(link, lease_seconds=lease_seconds)
+    watcher = PrefetchWatcher(live, jobs, ledger, policy, lease)
+    try:
+        yield Replica(watcher, store, link)
+    finally:
+        await watcher.aclose()
+        store.close()
+        await live.aclose()
+        await link.aclose()
+
+
+def ledger_keys(redis: RedisServer) -> list[bytes]:
+    with redis.client() as client:
+        return sorted(client.scan_iter(match="model-proxy:default:prefetch:ledger:*"))
+
+
+async def test_the_replica_taking_the_lease_over_does_not_run_again_what_the_first_ran(
+    pacs: OrthancServer, redis: RedisServer, tmp_path: Path
+) -> None:
+    study = make_study(series_slices=(6, 4), rows=16, columns=16, seed=7101, study_date=TODAY)
+    files = files_of(study)
+    write_config(tmp_path / "config", pacs, study)
+    pacs.upload_many(files[:-1])  # the last instance comes later: a changed study
+    async with (
+        replica(tmp_path / "config", tmp_path / "a", redis) as first,
+        replica(tmp_path / "config", tmp_path / "b", redis) as second,
+    ):
+        await first.watcher.poll()  # takes the lease; sees the study
+        await second.watcher.poll()  # not the watcher: looks at nothing
+        await first.watcher.poll()  # the count is stable: arrived, run
+        await second.watcher.poll()
+        (job,) = first.jobs_for(study)
+        assert second.watcher.status()["watching"] is False
+        assert second.jobs_for(study) == []
+        (key,) = ledger_keys(redis)
+        with redis.client() as client:
+            entry = json.loads(client.get(key) or b"{}")
+            expires_in = client.ttl(key)
+        assert entry["jobId"] == job.id
+        assert entry["fingerprint"] == f"{MODEL}:study:{len(files) - 1}"
+        # Longer than the lookback window (today and the days before), and bounded.
+        assert (LOOKBACK_DAYS + 1) * 86400 < expires_in <= ledger_ttl(LOOKBACK_DAYS)
+
+        await first.watcher.aclose()  # the first replica shuts down: it releases the lease
+        for _ in range(3):  # seen, arrived, and once more
+            await second.watcher.poll()
+        assert second.watcher.status()["watching"] is True
+        assert second.jobs_for(study) == []  # the shared ledger says it ran
+
+        pacs.upload(files[-1])  # the study changed: it runs again, on the new count
+        for _ in range(2):
+            await second.watcher.poll()
+        (again,) = second.jobs_for(study)
+        assert again.spec.study == study.study_uid and again.spec.series is None
+        assert len(first.jobs_for(study)) == 1
+
+
+async def test_with_redis_gone_the_study_waits_and_runs_once_when_it_is_back(
+    pacs: OrthancServer, redis: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    study = make_study(series_slices=(5,), rows=16, columns=16, seed=7102, study_date=TODAY)
+    write_config(tmp_path / "config", pacs, study)
+    pacs.upload_many(files_of(study))
+    async with replica(tmp_path / "config", tmp_path / "a", redis) as only:
+        await only.watcher.poll()  # takes the lease, sees the study
+        redis.stop()
+        caplog.set_level(logging.INFO, logger="model_proxy")
+        for _ in range(3):
+            # Within its lease it goes on watching: the study has arrived, but the
+            # ledger cannot be read, so nothing is submitted and the poll ends well.
+            await only.watcher.poll()
+        assert only.watcher.status()["watching"] is True
+        assert only.jobs_for(study) == []
+        assert only.link.health.reachable is False
+        said = [r.getMessage() for r in caplog.records if "the ledger in Redis at" in r.message]
+        assert len(said) == 1, said  # once per outage, not once per poll
+        assert "new studies wait until it answers" in said[0]
+
+        redis.start()  # empty, as after a restart without persistence
+        await only.watcher.poll()
+        (job,) = only.jobs_for(study)
+        await only.watcher.poll()
+        assert [one.id for one in only.jobs_for(study)] == [job.id]
+        assert only.link.health.reachable is True
+        assert "prefetch: the ledger answers again" in caplog.text
+
+
+async def test_a_ledger_that_cannot_be_written_submits_nothing(
+    pacs: OrthancServer, redis: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis refusing writes (out of memory, ``noeviction``) while reads work: the entry
+    is written before the job is submitted, so no job runs without its entry (it would
+    run again at the next poll)."""
+    study = make_study(series_slices=(5,), rows=16, columns=16, seed=7103, study_date=TODAY)
+    write_config(tmp_path / "config", pacs, study)
+    pacs.upload_many(files_of(study))
+    async with replica(tmp_path / "config", tmp_path / "a", redis) as only:
+        await only.watcher.poll()  # takes the lease, sees the study
+        with redis.client() as client:
+            client.config_set("maxmemory-policy", "noeviction")
+            client.config_set("maxmemory", "1")
+        try:
+            for _ in range(2):
+                await only.watcher.poll()
+            assert only.jobs_for(study) == []
+            assert ledger_keys(redis) == []
+            # It read the ledger (nothing ran yet) and could not write the entry.
+            assert "the ledger in Redis at" in caplog.text and "cannot be written" in caplog.text
+        finally:
+            with redis.client() as client:
+                client.config_set("maxmemory", "0")
+        await only.watcher.poll()
+        await only.watcher.poll()
+        assert len(only.jobs_for(study)) == 1
+        assert len(ledger_keys(redis)) == 1
+
+
+def table_rows(path: Path, table: str) -> int:
+    with closing(sqlite3.connect(path)) as db:
+        return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+async def test_the_sqlite_ledger_is_migrated_once_never_over_another_replicas_entry(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "data" / JOB_STORE_FILE
+    ran = RunKey("chest CT", "server-1", "1.2.3", None)
+    theirs = RunKey("chest CT", "server-1", "1.2.4", "1.2.4.1")
+    long_ago = RunKey("chest CT", "server-1", "1.2.5", None)
+    table = LedgerTable(path)  # what a single proxy of before left in its jobs.sqlite
+    table.record(ran, "model:study:10", "job-ran")
+    table.record(theirs, "model:series:4", "job-mine")
+    table.record(long_ago, "model:study:3", "job-old")
+    table.close()
+    with closing(sqlite3.connect(path)) as db, db:
+        # Run before the lookback window: its study is no longer listed.
+        past = time.time() - ledger_ttl(LOOKBACK_DAYS) - 60
+        db.execute("UPDATE prefetch_runs SET at = ? WHERE study = '1.2.5'", (past,))
+
+    other_link, link = (RedisLink.connect(RedisSettings(url=redis.url)) for _ in range(2))
+    other = RedisLedger(other_link, ledger_ttl(LOOKBACK_DAYS))  # another replica's
+    try:
+        await other.record(theirs, "model:series:5", "job-theirs")
+        ledger = await open_ledger(path, LOOKBACK_DAYS, link)
+        assert await ledger.fingerprint(ran) == "model:study:10"
+        assert await ledger.fingerprint(theirs) == "model:series:5"  # not overwritten
+        assert await ledger.fingerprint(long_ago) is None
+        await ledger.close()
+        assert len(ledger_keys(redis)) == 2
+        # The rows left the table the proxy reads, into a backup it never reads.
+        assert table_rows(path, "prefetch_runs") == 0
+        assert table_rows(path, MIGRATED_TABLE) == 3
+
+        # Once: a restart copies nothing back (an entry deleted in Redis stays deleted).
+        await other.forget(ran)
+        ledger = await open_ledger(path, LOOKBACK_DAYS, link)
+        assert await ledger.fingerprint(ran) is None
+        await ledger.close()
+    finally:
+        await other.close()
+        await other_link.aclose()
+        await link.aclose()
+
+
+async def test_a_migration_redis_refused_at_start_is_done_at_the_first_use(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "data" / JOB_STORE_FILE
+    ran = RunKey("chest CT", "server-1", "1.2.3", None)
+    table = LedgerTable(path)
+    table.record(ran, "model:study:10", "job-ran")
+    table.close()
+    link = RedisLink.connect(RedisSettings(url=redis.url, timeout=1.0))
+    try:
+        redis.stop()
+        ledger = await open_ledger(path, LOOKBACK_DAYS, link)  # a warning, not a failure
+        assert table_rows(path, "prefetch_runs") == 1
+        redis.start()
+        assert await ledger.fingerprint(ran) == "model:study:10"
+        assert table_rows(path, "prefetch_runs") == 0
+        await ledger.close()
+    finally:
+        await link.aclose()
