@@ -13,14 +13,16 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
-from harness import OrthancServer, new_uid, server_entry, start_orthanc
+from harness import OrthancServer, ProxyFactory, new_uid, server_entry, start_orthanc
 from redis_server import RedisServer, start_redis
 
 from model_proxy.config import load_config
@@ -42,6 +44,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 TODAY = date.today().strftime("%Y%m%d")
 MODEL = new_uid()
 LOOKBACK_DAYS = 1
+# A bound for a loaded machine, not an expected duration.
+DEADLINE = 120.0
+JSON = {"Accept": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +67,13 @@ def files_of(study: SampleStudy) -> list[bytes]:
     return [part10 for _, _, part10 in study.iter_instances()]
 
 
-def write_config(folder: Path, pacs: OrthancServer, study: SampleStudy) -> None:
-    """servers.json, models.json and a study-level rule matching ``study`` alone."""
+def rule_name(study: SampleStudy) -> str:
+    return f"phantom {study.seed}"
+
+
+def write_config(folder: Path, pacs: OrthancServer, *studies: SampleStudy) -> str:
+    """servers.json, models.json and for each of ``studies`` a study-level rule matching
+    it alone; the server's UUID."""
     folder.mkdir(parents=True, exist_ok=True)
     models = {
         MODEL: {
@@ -72,15 +82,20 @@ def write_config(folder: Path, pacs: OrthancServer, study: SampleStudy) -> None:
             "supports": ["/studies", "/studies/series"],
         }
     }
-    rule = {
-        "name": f"phantom {study.seed}",
-        "model": MODEL,
-        "level": "study",
-        "match": {"Modality": "CT", "AccessionNumber": f"PH{study.seed:06d}"},
-    }
-    (folder / "servers.json").write_text(json.dumps({new_uid(): server_entry(pacs)}))
+    rules = [
+        {
+            "name": rule_name(study),
+            "model": MODEL,
+            "level": "study",
+            "match": {"Modality": "CT", "AccessionNumber": f"PH{study.seed:06d}"},
+        }
+        for study in studies
+    ]
+    server_id = new_uid()
+    (folder / "servers.json").write_text(json.dumps({server_id: server_entry(pacs)}))
     (folder / "models.json").write_text(json.dumps(models))
-    (folder / "rules.json").write_text(json.dumps({"rules": [rule]}))
+    (folder / "rules.json").write_text(json.dumps({"rules": rules}))
+    return server_id
 
 
 @dataclass
@@ -290,3 +305,55 @@ async def test_a_migration_redis_refused_at_start_is_done_at_the_first_use(
         await ledger.close()
     finally:
         await link.aclose()
+
+
+def wait_until(what: str, found: Callable[[], Any]) -> Any:
+    deadline = time.monotonic() + DEADLINE
+    while not (value := found()):
+        assert time.monotonic() < deadline, f"no {what} within {DEADLINE:g} s"
+        time.sleep(0.2)
+    return value
+
+
+def listed_jobs(client: httpx.Client, study: SampleStudy) -> list[dict[str, Any]]:
+    answer = client.get("/jobs", params={"limit": 1000}, headers=JSON)
+    assert answer.status_code == 200, answer.text
+    return [job for job in answer.json()["jobs"] if job["study"] == study.study_uid]
+
+
+def polls(client: httpx.Client, server_id: str) -> int:
+    servers = client.get("/status", headers=JSON).json()["watcher"]["servers"]
+    return int(servers.get(server_id, {}).get("polls", 0))
+
+
+def test_serve_with_redis_migrates_its_ledger_and_its_watcher_reads_the_shared_one(
+    start_proxy: ProxyFactory, pacs: OrthancServer, redis: RedisServer, tmp_path: Path
+) -> None:
+    ran, new = (
+        make_study(series_slices=(4,), rows=16, columns=16, seed=seed, study_date=TODAY)
+        for seed in (7104, 7105)
+    )
+    config, data = tmp_path / "config", tmp_path / "data"
+    server_id = write_config(config, pacs, ran, new)
+    # What this data dir's proxy ran before it was started with --redis.
+    table = LedgerTable(data / JOB_STORE_FILE)
+    key = RunKey(rule_name(ran), server_id, ran.study_uid, None)
+    table.record(key, f"{MODEL}:study:{len(files_of(ran))}", "job-before-redis")
+    table.close()
+    pacs.upload_many(files_of(ran) + files_of(new))
+    proxy = start_proxy(
+        None,
+        None,
+        config_dir=config,
+        data_dir=data,
+        env={"ZHIVA_SHOW_STATUS_PAGE": "true"},
+        extra_args=["--redis", redis.url, "--watch-interval", "0.5"],
+    )
+    with proxy.client() as client:
+        wait_until("prefetch job", lambda: listed_jobs(client, new))
+        target = polls(client, server_id) + 2  # the other study was looked at by then
+        wait_until("two more polls", lambda: polls(client, server_id) >= target)
+        assert listed_jobs(client, ran) == []  # the migrated entry, read from Redis
+    assert "migrated the ledger of jobs.sqlite into Redis: 1 entries copied" in proxy.log_text()
+    assert len(ledger_keys(redis)) == 2
+    assert table_rows(data / JOB_STORE_FILE, "prefetch_runs") == 0
