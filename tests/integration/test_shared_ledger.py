@@ -13,20 +13,28 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from harness import OrthancServer, ProxyFactory, new_uid, server_entry, start_orthanc
+from harness import (
+    OrthancServer,
+    ProxyFactory,
+    jobs_of_study,
+    new_uid,
+    server_entry,
+    start_orthanc,
+)
+from processes import wait_until
 from redis_server import RedisServer, start_redis
 
 from model_proxy.config import load_config
 from model_proxy.jobs import Job, JobManager, JobPolicy, JobStore
+from model_proxy.jobs.queue import LocalJobQueue
 from model_proxy.jobs.store import JOB_STORE_FILE
 from model_proxy.prefetch import PrefetchWatcher, WatchPolicy, open_ledger
 from model_proxy.prefetch.lease import RedisWatcherLease
@@ -44,8 +52,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 TODAY = date.today().strftime("%Y%m%d")
 MODEL = new_uid()
 LOOKBACK_DAYS = 1
-# A bound for a loaded machine, not an expected duration.
-DEADLINE = 120.0
 JSON = {"Accept": "application/json"}
 
 
@@ -118,7 +124,7 @@ async def replica(
     live = LiveState()
     await live.replace(ProxyState.build(settings, load_config(config)))
     store = JobStore(data / JOB_STORE_FILE)
-    jobs = JobManager(store, live, request_of, JobPolicy())
+    jobs = JobManager(LocalJobQueue(store), live, request_of, JobPolicy())
     link = RedisLink.connect(RedisSettings(url=redis.url, timeout=1.0))
     ledger = await open_ledger(data / JOB_STORE_FILE, LOOKBACK_DAYS, link)
     policy = WatchPolicy(interval=3600.0, lookback_days=LOOKBACK_DAYS, max_studies=1000)
@@ -307,20 +313,6 @@ async def test_a_migration_redis_refused_at_start_is_done_at_the_first_use(
         await link.aclose()
 
 
-def wait_until(what: str, found: Callable[[], Any]) -> Any:
-    deadline = time.monotonic() + DEADLINE
-    while not (value := found()):
-        assert time.monotonic() < deadline, f"no {what} within {DEADLINE:g} s"
-        time.sleep(0.2)
-    return value
-
-
-def listed_jobs(client: httpx.Client, study: SampleStudy) -> list[dict[str, Any]]:
-    answer = client.get("/jobs", params={"limit": 1000}, headers=JSON)
-    assert answer.status_code == 200, answer.text
-    return [job for job in answer.json()["jobs"] if job["study"] == study.study_uid]
-
-
 def polls(client: httpx.Client, server_id: str) -> int:
     servers = client.get("/status", headers=JSON).json()["watcher"]["servers"]
     return int(servers.get(server_id, {}).get("polls", 0))
@@ -350,10 +342,10 @@ def test_serve_with_redis_migrates_its_ledger_and_its_watcher_reads_the_shared_o
         extra_args=["--redis", redis.url, "--watch-interval", "0.5"],
     )
     with proxy.client() as client:
-        wait_until("prefetch job", lambda: listed_jobs(client, new))
+        wait_until("prefetch job", lambda: jobs_of_study(client, new.study_uid))
         target = polls(client, server_id) + 2  # the other study was looked at by then
         wait_until("two more polls", lambda: polls(client, server_id) >= target)
-        assert listed_jobs(client, ran) == []  # the migrated entry, read from Redis
+        assert jobs_of_study(client, ran.study_uid) == []  # the migrated entry, read from Redis
     assert "migrated the ledger of jobs.sqlite into Redis: 1 entries copied" in proxy.log_text()
     assert len(ledger_keys(redis)) == 2
     assert table_rows(data / JOB_STORE_FILE, "prefetch_runs") == 0
