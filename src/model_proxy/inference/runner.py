@@ -134,10 +134,12 @@ class InferenceRunner:
         )
         return await self._flight(key, headers)
 
-    async def from_cache(self, key: str) -> Outcome | None:
+    async def from_cache(self, key: str, *, from_redis: bool = False) -> Outcome | None:
         """What the GET route serves for the result stored under ``key``: 304, the
         entry in the accepted coding, or the identity entry compressed now; None
-        when the cache does not hold it (``GET /jobs/{id}/result`` serves this)."""
+        when the cache does not hold it (``GET /jobs/{id}/result`` serves this).
+        ``from_redis``: with --redis, a result only Redis holds (another replica ran
+        the job) is copied into this replica's cache first."""
         encoding = self.request.encoding
         etag = f'W/"{key}"'
         revalidate = self._state.settings.browser_revalidation
@@ -148,7 +150,7 @@ class InferenceRunner:
             self.figures.cache = CacheOutcome.NOT_MODIFIED
             return Outcome(304, headers)
         outcome = await self._stored(key, headers)
-        if outcome is None and await self._fetch_shared(key):
+        if outcome is None and from_redis and await self._fetch_shared(key):
             outcome = await self._stored(key, headers)
         if outcome is not None:
             self.figures.cache = CacheOutcome.HIT

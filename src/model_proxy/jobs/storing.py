@@ -59,7 +59,7 @@ class _CachedResult(InferenceRunner):
         self._key = key
 
     async def run(self) -> Outcome:
-        outcome = await self.from_cache(self._key)
+        outcome = await self.from_cache(self._key, from_redis=True)
         if outcome is None:
             raise Gone(
                 "the job's result left the result cache (--cache-size) before it was stored"

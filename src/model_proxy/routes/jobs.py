@@ -207,7 +207,9 @@ async def job_result(request: Request) -> Response:
         encoding=negotiate(request.headers.get("accept-encoding")),
         if_none_match=request.headers.get("if-none-match"),
     )
-    outcome = await InferenceRunner(inference, state, request.state.live).from_cache(job.result_key)
+    outcome = await InferenceRunner(inference, state, request.state.live).from_cache(
+        job.result_key, from_redis=True
+    )
     if outcome is None:
         raise Gone(
             f"the result of job {job.id} is no longer in the result cache (--cache-size);"
