@@ -141,14 +141,16 @@ def test_three_replicas_started_at_once_exchange_the_auth_token_once(
     assert b"accessToken" not in value
     with redis.client() as plain:
         keys = {key.decode() for key in plain.keys("*")}
-    # Besides the results the replicas share (their own sub-prefix, test_redis_results.py),
-    # the token record, its lock and its fence are all there is.
-    results = deployment.record_key.split(":tokens:")[0] + ":results:"
-    assert {key for key in keys if not key.startswith(results)} <= {
+    # Of the tokens, the record, its lock and its fence are all there is; the other keys
+    # belong to what else the replicas share (results, jobs, the prefetch watcher).
+    namespace = deployment.record_key.split(":tokens:")[0]
+    assert {key for key in keys if key.startswith(namespace + ":tokens:")} <= {
         deployment.record_key,
         deployment.record_key + ":lock",
         deployment.record_key + ":fence",
     }
+    others = ("tokens", "results", "jobs", "prefetch")
+    assert all(key.split(":")[2] in others for key in keys), keys
 
     for replica in replicas.replicas:
         assert json_status(replica)["redis"]["reachable"] is True
