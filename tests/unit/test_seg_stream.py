@@ -7,6 +7,7 @@ tests/integration/test_dicom_outputs.py."""
 from __future__ import annotations
 
 import io
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -215,3 +216,17 @@ def test_only_points_arrays_are_lifted_and_the_rest_parses_as_before() -> None:
     assert node["segments"][1]["points"] == [[0, 1], [1]]  # left for orjson and its check
     assert node["note"] == {"points": "not an array"}
     assert [m.astype(int).tolist() for m in masks] == [[[0, 1], [1, 1]]]
+
+
+@pytest.mark.parametrize(
+    "separators", [(",", ":"), (", ", ": "), (" ,\n ", " :\t")], ids=["compact", "spaced", "odd"]
+)
+def test_masks_are_lifted_whatever_the_whitespace_between_rows(separators: tuple[str, str]) -> None:
+    masks = [[[0, 1, 1], [1, 0, 0]], [[1, 1, 1], [0, 0, 0]]]
+    value = json.dumps(
+        {"segments": [{"points": mask, "className": "c"} for mask in masks]},
+        separators=separators,
+    ).encode()
+    text, marker, lifted = lift_masks(value)
+    assert [m.astype(int).tolist() for m in lifted] == masks
+    assert [s["points"] for s in orjson.loads(text)["segments"]] == [f"{marker}0", f"{marker}1"]
