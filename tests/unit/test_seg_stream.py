@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,10 @@ import orjson
 import pydicom
 import pytest
 from pydicom import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 
+from model_proxy.dicom_results.frame_items import FrameItemEncoder
 from model_proxy.dicom_results.framing import part10
 from model_proxy.dicom_results.json_split import InstanceSplitter, SplitError
 from model_proxy.dicom_results.mask_text import lift_masks, read_mask
@@ -163,6 +167,24 @@ def test_the_streamed_seg_is_highdicoms_seg(rows: int, tmp_path: Path) -> None:
                 source_sop_instance_uids=[uid], segment_numbers=[number], combine_segments=False
             )
             assert np.array_equal(pixels[0, :, :, 0], expected[name]), (uid, name)
+
+
+def test_each_per_frame_item_is_encoded_as_pydicom_encodes_highdicoms() -> None:
+    headers, node, _, _ = _series(16)
+    built = build_segmentation(node, headers, ALGORITHM, "2.25.")
+    assert built is not None
+    items = built.PerFrameFunctionalGroupsSequence
+    encoder = FrameItemEncoder(items[0])
+    for item in items:
+        source = item.DerivationImageSequence[0].SourceImageSequence[0]
+        segment_number, plane = item.FrameContentSequence[0].DimensionIndexValues
+        image = headers[source.ReferencedSOPInstanceUID]
+        expected = DicomBytesIO()
+        expected.is_little_endian, expected.is_implicit_VR = True, False
+        write_dataset(expected, item)
+        encoded = encoder.encode(segment_number, plane, image)
+        assert encoded[8:] == expected.getvalue()
+        assert encoded[:8] == struct.pack("<HHI", 0xFFFE, 0xE000, len(expected.getvalue()))
 
 
 def test_a_mask_that_does_not_fit_is_a_bad_model_answer(tmp_path: Path) -> None:

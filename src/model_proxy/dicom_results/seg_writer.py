@@ -17,7 +17,7 @@ highdicom does).
 
 from __future__ import annotations
 
-import copy
+import itertools
 import struct
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -27,12 +27,11 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
 from pydicom.valuerep import format_number_as_ds
 
+from model_proxy.dicom_results.frame_items import FrameItemEncoder
 from model_proxy.dicom_results.seg import Algorithm, seg_attributes, segment_description
 from model_proxy.dicom_results.seg_spool import MaskSpool, SeriesMasks
 from model_proxy.errors import ErrorCode, ModelError
@@ -40,6 +39,8 @@ from model_proxy.errors import ErrorCode, ModelError
 _PER_FRAME = Tag(0x5200, 0x9230)
 _PIXEL_DATA = Tag(0x7FE0, 0x0010)
 _COPY_CHUNK = 1 << 20
+# Per-frame items and frames written per call: 256 frames of 512x512 are 8 MiB.
+_FRAMES_PER_WRITE = 256
 
 
 def write_segmentation(
@@ -81,8 +82,12 @@ def write_segmentation(
     with open(out, "wb") as file:
         pydicom.dcmwrite(file, template, enforce_file_format=True)
         file.write(_tag(_PER_FRAME) + b"SQ\0\0" + struct.pack("<I", 0xFFFFFFFF))
-        for segment_number, dim_index, image, _ in frames:
-            file.write(_item(_frame_item(frame_item, segment_number, dim_index, image)))
+        encoder = FrameItemEncoder(frame_item)
+        for start in range(0, len(frames), _FRAMES_PER_WRITE):
+            batch = frames[start : start + _FRAMES_PER_WRITE]
+            file.write(
+                b"".join(encoder.encode(number, plane, image) for number, plane, image, _ in batch)
+            )
         file.write(struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
         _write_pixel_data(file, frames, spool, rows * columns)
     return template
@@ -161,26 +166,6 @@ def _frames(masks: SeriesMasks, images: list[Dataset], planes: list[int]) -> lis
     return frames
 
 
-def _frame_item(template: Dataset, segment_number: int, dim_index: int, image: Dataset) -> Dataset:
-    item = copy.deepcopy(template)
-    source = item.DerivationImageSequence[0].SourceImageSequence[0]
-    source.ReferencedSOPClassUID = image.SOPClassUID
-    source.ReferencedSOPInstanceUID = image.SOPInstanceUID
-    item.FrameContentSequence[0].DimensionIndexValues = [segment_number, dim_index]
-    item.PlanePositionSequence[0].ImagePositionPatient = image.ImagePositionPatient
-    item.SegmentIdentificationSequence[0].ReferencedSegmentNumber = segment_number
-    return item
-
-
-def _item(dataset: Dataset) -> bytes:
-    buffer = DicomBytesIO()
-    buffer.is_little_endian = True
-    buffer.is_implicit_VR = False
-    write_dataset(buffer, dataset)
-    data = buffer.getvalue()
-    return struct.pack("<HHI", 0xFFFE, 0xE000, len(data)) + data
-
-
 def _tag(tag: Any) -> bytes:
     return struct.pack("<HH", tag >> 16, tag & 0xFFFF)
 
@@ -190,8 +175,9 @@ def _write_pixel_data(file: IO[bytes], frames: list[Frame], spool: MaskSpool, pi
     not a multiple of 8 pixels starts inside the previous frame's last byte)."""
     size = (len(frames) * pixels + 7) // 8
     file.write(_tag(_PIXEL_DATA) + b"OB\0\0" + struct.pack("<I", size + size % 2))
-    for chunk in _packed(frames, spool, pixels):
-        file.write(chunk)
+    chunks = _packed(frames, spool, pixels)
+    while batch := list(itertools.islice(chunks, _FRAMES_PER_WRITE)):
+        file.write(b"".join(batch))
     if size % 2:
         file.write(b"\0")
 
