@@ -43,28 +43,23 @@ async def source_headers(
     """
     headers: dict[str, Dataset] = {}
     for target in targets:
-        first = True
+        tags: tuple[str, ...] | None = None  # the first instance is read whole
         async with source.retrieve(target) as instances:
             async for data in instances:
-                header = await asyncio.to_thread(_header, data, source.label)
-                if geometry_only and not first:
-                    header = _geometry(header)
-                first = False
+                header = await asyncio.to_thread(_header, data, source.label, tags)
+                if geometry_only:
+                    tags = _GEOMETRY
                 headers[str(header.SOPInstanceUID)] = header
     return headers
 
 
-def _geometry(header: Dataset) -> Dataset:
-    kept = Dataset()
-    for keyword in _GEOMETRY:
-        if keyword in header:
-            kept[keyword] = header[keyword]
-    return kept
-
-
-def _header(data: bytes, label: str) -> Dataset:
+def _header(data: bytes, label: str, tags: tuple[str, ...] | None) -> Dataset:
     try:
-        header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        # Only ``tags`` read (when given): pydicom then skips the other elements
+        # without decoding them, several times faster than reading them all.
+        header = pydicom.dcmread(
+            io.BytesIO(data), stop_before_pixels=True, specific_tags=list(tags) if tags else None
+        )
         header.SOPInstanceUID  # noqa: B018  (a file without it cannot be referenced)
     except (InvalidDicomError, AttributeError, ValueError, EOFError) as exc:
         raise PacsError(

@@ -15,17 +15,15 @@ from pathlib import Path
 
 from model_proxy.dicom_results.convert import DicomObject
 from model_proxy.dicom_results.headers import source_headers
-from model_proxy.dicom_results.json_split import (
-    EntryTooLarge,
-    InstanceSplitter,
-    Member,
-    SplitError,
-)
+from model_proxy.dicom_results.json_split import EntryTooLarge, InstanceSplitter, SplitError
 from model_proxy.dicom_results.seg import Algorithm
 from model_proxy.dicom_results.seg_spool import MaskSpool
 from model_proxy.dicom_results.seg_writer import write_segmentation
 from model_proxy.errors import ErrorCode, ModelError
 from model_proxy.pacs.source import DicomSource, Target
+
+# Result text split and spooled per hop to a worker thread (about two 512x512 masks).
+_BYTES_PER_HOP = 1 << 20
 
 
 async def stream_segmentations(
@@ -46,10 +44,17 @@ async def stream_segmentations(
     spool = MaskSpool(out_dir / "masks.spool", algorithm.model_id)
     try:
         try:
+            # Split and spooled in a thread, about a megabyte of the result per hop:
+            # the event loop only collects the chunks.
+            batch: list[bytes] = []
+            size = 0
             async for chunk in chunks:
-                members = splitter.feed(chunk)
-                if members:
-                    await asyncio.to_thread(_spool_all, spool, members)
+                batch.append(chunk)
+                size += len(chunk)
+                if size >= _BYTES_PER_HOP:
+                    await asyncio.to_thread(_split_and_spool, splitter, spool, batch)
+                    batch, size = [], 0
+            await asyncio.to_thread(_split_and_spool, splitter, spool, batch)
             splitter.close()
         except SplitError as exc:
             raise _split_error(exc, algorithm, max_entry_bytes) from None
@@ -72,10 +77,11 @@ async def stream_segmentations(
         spool.close()
 
 
-def _spool_all(spool: MaskSpool, members: list[Member]) -> None:
-    for study, series, key, value in members:
-        if key != "metadata":
-            spool.add_instance(study, series, key, value)
+def _split_and_spool(splitter: InstanceSplitter, spool: MaskSpool, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        for study, series, key, value in splitter.feed(chunk):
+            if key != "metadata":
+                spool.add_instance(study, series, key, value)
 
 
 def _split_error(exc: SplitError, algorithm: Algorithm, limit: int) -> ModelError:
