@@ -19,20 +19,32 @@ import orjson
 import pydicom
 import pytest
 from pydicom import Dataset
+from pydicom.dataset import FileDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
+from model_proxy.config import parse_servers
 from model_proxy.dicom_results.frame_items import FrameItemEncoder
 from model_proxy.dicom_results.framing import part10
+from model_proxy.dicom_results.headers import source_headers
 from model_proxy.dicom_results.json_split import InstanceSplitter, SplitError
 from model_proxy.dicom_results.mask_text import lift_masks, read_mask
 from model_proxy.dicom_results.seg import Algorithm, build_segmentation
 from model_proxy.dicom_results.seg_spool import MaskSpool
 from model_proxy.dicom_results.seg_writer import write_segmentation
 from model_proxy.errors import ModelError
-from model_proxy.sample_data import make_study
+from model_proxy.pacs.local_folder import LocalFolderSource
+from model_proxy.pacs.source import Target
+from model_proxy.sample_data import make_study, write_study
 
 ALGORITHM = Algorithm("model-1", "Example", "1.0")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
 # Differ between two builds of one SEG: made new each time.
 _NEW_EACH_TIME = (
     "SOPInstanceUID",
@@ -252,3 +264,29 @@ def test_masks_are_lifted_whatever_the_whitespace_between_rows(separators: tuple
     text, marker, lifted = lift_masks(value)
     assert [m.astype(int).tolist() for m in lifted] == masks
     assert [s["points"] for s in orjson.loads(text)["segments"]] == [f"{marker}0", f"{marker}1"]
+
+
+@pytest.mark.anyio
+async def test_headers_after_a_series_first_keep_its_geometry_not_its_bytes(
+    tmp_path: Path,
+) -> None:
+    """A FileDataset keeps the buffer it was read from: the whole instance, pixels
+    and all. Only the first header of a series may be one."""
+    study = make_study(series_slices=(3,), rows=16, columns=16, seed=3)
+    write_study(study, tmp_path)
+    folder_server = {"b1407f18-575d-487c-bc0c-640c6da651bc": {"uri": tmp_path.as_uri()}}
+    servers, _warnings = parse_servers(folder_server)
+    source = LocalFolderSource(next(iter(servers.values())), min_rescan_interval=3600)
+    target = Target(study.study_uid, study.series[0].series_uid)
+    headers = await source_headers(source, [target], geometry_only=True)
+    first, *others = headers.values()
+    assert "PatientName" in first
+    assert others
+    for header in others:
+        assert not isinstance(header, FileDataset)
+        assert {element.keyword for element in header} <= {
+            "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+            "FrameOfReferenceUID", "Rows", "Columns", "ImagePositionPatient",
+            "ImageOrientationPatient", "PixelSpacing", "SliceThickness", "SpecificCharacterSet",
+        }  # fmt: skip
+        assert len(header.ImagePositionPatient) == 3

@@ -61,6 +61,13 @@ def _header(data: bytes, label: str, tags: tuple[str, ...] | None) -> Dataset:
             io.BytesIO(data), stop_before_pixels=True, specific_tags=list(tags) if tags else None
         )
         header.SOPInstanceUID  # noqa: B018  (a file without it cannot be referenced)
+        if tags:
+            # A plain Dataset of the elements read, decoded: the FileDataset holds on
+            # to its buffer, the whole instance (250 MiB for 500 slices of 512x512).
+            trimmed = Dataset()
+            for element in header:
+                trimmed.add(element)
+            return trimmed
     except (InvalidDicomError, AttributeError, ValueError, EOFError) as exc:
         raise PacsError(
             f"{label}: sent an instance that is not a DICOM file ({str(exc)[:100]})",
