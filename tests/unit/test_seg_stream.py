@@ -6,10 +6,12 @@ tests/integration/test_dicom_outputs.py."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import random
 import struct
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
 from model_proxy.config import parse_servers
+from model_proxy.dicom_results import seg_stream
 from model_proxy.dicom_results.frame_items import FrameItemEncoder
 from model_proxy.dicom_results.framing import part10
 from model_proxy.dicom_results.headers import source_headers
@@ -290,3 +293,52 @@ async def test_headers_after_a_series_first_keep_its_geometry_not_its_bytes(
             "ImageOrientationPatient", "PixelSpacing", "SliceThickness", "SpecificCharacterSet",
         }  # fmt: skip
         assert len(header.ImagePositionPatient) == 3
+
+
+@pytest.mark.anyio
+async def test_a_result_refused_midway_stops_the_header_reads_it_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The headers of a series are read as soon as the result names it; a mask that
+    does not fit later on ends the conversion and those reads with it."""
+    monkeypatch.setattr(seg_stream, "_BYTES_PER_HOP", 1)  # a thread hop per chunk
+    reads: list[asyncio.Task[Any]] = []
+
+    async def recorded_read(*args: Any, **kwargs: Any) -> dict[str, Dataset]:
+        task = asyncio.current_task()
+        assert task is not None
+        reads.append(task)
+        await asyncio.sleep(3600)  # a slow PACS: still reading when the result is refused
+        return await source_headers(*args, **kwargs)
+
+    monkeypatch.setattr(seg_stream, "source_headers", recorded_read)
+    study = make_study(series_slices=(3,), rows=16, columns=16, seed=3)
+    write_study(study, tmp_path / "pacs")
+    folder_server = {"b1407f18-575d-487c-bc0c-640c6da651bc": {"uri": (tmp_path / "pacs").as_uri()}}
+    servers, _warnings = parse_servers(folder_server)
+    source = LocalFolderSource(next(iter(servers.values())), min_rescan_interval=3600)
+    series = study.series[0]
+    sizes = [16, 16, 8]  # the third instance's mask is not the series' size
+    members = [
+        orjson.dumps(uid) + b":" + orjson.dumps({"segments": [{"points": [[1] * size] * size}]})
+        for uid, size in zip(series.sop_uids, sizes, strict=True)
+    ]
+    text = b'{"%s": {"%s": {%s}}}' % (
+        study.study_uid.encode(),
+        series.series_uid.encode(),
+        b",".join(members),
+    )
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(text), 100):
+            yield text[start : start + 100]
+
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ModelError, match="not a 16x16 mask"):
+        await seg_stream.stream_segmentations(
+            chunks(), source, ALGORITHM, uid_root="2.25.", out_dir=tmp_path / "out",
+            max_entry_bytes=1 << 20,
+        )  # fmt: skip
+    assert len(reads) == 1
+    assert reads[0].cancelled()
+    assert list((tmp_path / "out").iterdir()) == []

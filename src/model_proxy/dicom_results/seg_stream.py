@@ -13,6 +13,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from pydicom import Dataset
+
 from model_proxy.dicom_results.convert import DicomObject
 from model_proxy.dicom_results.headers import source_headers
 from model_proxy.dicom_results.json_split import EntryTooLarge, InstanceSplitter, SplitError
@@ -42,7 +44,10 @@ async def stream_segmentations(
     """
     splitter = InstanceSplitter(max_value_bytes=max_entry_bytes)
     spool = MaskSpool(out_dir / "masks.spool", algorithm.model_id)
+    reads = _HeaderReads(source)
     try:
+        if instance_target is not None:
+            reads.start(instance_target)
         try:
             # Split and spooled in a thread, about a megabyte of the result per hop:
             # the event loop only collects the chunks.
@@ -54,16 +59,15 @@ async def stream_segmentations(
                 if size >= _BYTES_PER_HOP:
                     await asyncio.to_thread(_split_and_spool, splitter, spool, batch)
                     batch, size = [], 0
+                    if instance_target is None:
+                        reads.start_all(spool)
             await asyncio.to_thread(_split_and_spool, splitter, spool, batch)
             splitter.close()
         except SplitError as exc:
             raise _split_error(exc, algorithm, max_entry_bytes) from None
-        targets = (
-            [instance_target]
-            if instance_target is not None
-            else [Target(study, series) for study, series in spool.series]
-        )
-        headers = await source_headers(source, targets, geometry_only=True)
+        if instance_target is None:
+            reads.start_all(spool)
+        headers = await reads.headers()
         objects: list[DicomObject] = []
         for index, masks in enumerate(spool.series.values()):
             path = out_dir / f"seg-{index}.dcm"
@@ -74,7 +78,38 @@ async def stream_segmentations(
                 objects.append(DicomObject.at(written, path))
         return objects
     finally:
+        await reads.cancel()
         spool.close()
+
+
+class _HeaderReads:
+    """The headers of each series read as soon as the result names it, while the rest
+    of the result still arrives (the model writes it, the PACS sends the headers)."""
+
+    def __init__(self, source: DicomSource) -> None:
+        self._source = source
+        self._tasks: dict[Target, asyncio.Task[dict[str, Dataset]]] = {}
+
+    def start(self, target: Target) -> None:
+        if target not in self._tasks:
+            read = source_headers(self._source, [target], geometry_only=True)
+            self._tasks[target] = asyncio.create_task(read)
+
+    def start_all(self, spool: MaskSpool) -> None:
+        for study, series in list(spool.series):
+            self.start(Target(study, series))
+
+    async def headers(self) -> dict[str, Dataset]:
+        headers: dict[str, Dataset] = {}
+        for task in self._tasks.values():
+            headers.update(await task)
+        return headers
+
+    async def cancel(self) -> None:
+        """Stops the reads still running (the result was refused, the request ended)."""
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
 
 def _split_and_spool(splitter: InstanceSplitter, spool: MaskSpool, chunks: list[bytes]) -> None:
