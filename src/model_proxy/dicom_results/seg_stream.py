@@ -2,7 +2,8 @@
 
 The model's JSON is split instance by instance as it arrives (``json_split.py``),
 each instance's masks are packed into a spool file (``seg_spool.py``), the
-headers of the series are read, and each series' SEG is written from the spool
+headers of each series are read as soon as the result names it (alongside the
+rest of the result), and each series' SEG is written from the spool
 (``seg_writer.py``) into ``out_dir``. Held at once: one instance's JSON text and
 masks, the headers, the frame offsets; never the whole result nor the whole SEG.
 """

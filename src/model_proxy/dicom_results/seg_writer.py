@@ -5,9 +5,9 @@ first instance alone, with the real segment descriptions. The attributes that
 depend on all instances are then set as highdicom would set them (referenced
 and source instances, spacing between slices, segments overlap, the number of
 frames), and the file is written in three steps: the dataset up to the
-Per-Frame Functional Groups, that sequence item by item (undefined length), and
-Pixel Data from the spool frame by frame. What is held: the headers of the
-instances and one frame item at a time.
+Per-Frame Functional Groups, that sequence (undefined length; its items encoded
+from the template's first by ``frame_items.py``), and Pixel Data from the spool.
+What is held: the headers of the instances and 256 items or frames at a time.
 
 Frames are ordered as highdicom orders them: by segment, then by plane along the
 slice normal; planes where every segment is empty are left out, and so are empty
