@@ -12,15 +12,17 @@ models.json), and the same --redis, password file, key file and namespace.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-from harness import LOOPBACK, ProxyFactory, ProxyProcess, TlsCert, http_client
-from nginx_server import NginxServer, start_nginx
+import pytest
+from harness import LOOPBACK, ProxyFactory, ProxyProcess, TlsCert, http_client, start_proxy
+from nginx_server import NGINX_SOURCE_ADDRESS, NginxServer, start_nginx
 from redis_server import RedisServer
 
 REDIS_PASSWORD = "redis-pw-for-the-replica-tests"
@@ -128,6 +130,43 @@ class ReplicaSet:
         self.nginx.stop()
 
 
+@contextmanager
+def replicas_behind_nginx(
+    workdirs: pytest.TempPathFactory,
+    name: str,
+    servers: Mapping[str, Any],
+    models: Mapping[str, Any],
+    *,
+    extra_args: Sequence[str],
+    cert: TlsCert,
+    env: Mapping[str, str] | None = None,
+    count: int = 3,
+) -> Iterator[tuple[list[ProxyProcess], NginxServer]]:
+    """``count`` replicas for a module's tests (plain HTTP, trusting nginx's forwarded
+    headers, with ``extra_args``), one after the other, behind an nginx round-robin
+    that terminates TLS with ``cert``; all stopped at the end."""
+    args = ["--forwarded-allow-ips", NGINX_SOURCE_ADDRESS, *extra_args]
+    replicas: list[ProxyProcess] = []
+    try:
+        for index in range(count):
+            workdir = workdirs.mktemp(f"{name}-replica-{index}")
+            replicas.append(
+                start_proxy(workdir, servers, models, cert=None, env=env, extra_args=args)
+            )
+        nginx = start_nginx(
+            workdirs.mktemp(f"{name}-nginx"),
+            upstream=[proxy.url.removeprefix("http://") for proxy in replicas],
+            cert=cert,
+        )
+        try:
+            yield replicas, nginx
+        finally:
+            nginx.stop()
+    finally:
+        for proxy in replicas:
+            proxy.stop()
+
+
 def _copy_configs(source: Path, target: Path) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     for name in ("servers.json", "models.json"):
@@ -140,4 +179,4 @@ def assert_statuses(responses: Sequence[httpx.Response], status: int) -> None:
     assert not wrong, f"{len(wrong)} of {len(responses)}: {wrong[0].status_code} {wrong[0].text}"
 
 
-__all__ = ["LOOPBACK", "ReplicaSet", "assert_statuses", "write_secrets"]
+__all__ = ["LOOPBACK", "ReplicaSet", "assert_statuses", "replicas_behind_nginx", "write_secrets"]

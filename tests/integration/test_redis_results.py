@@ -25,12 +25,12 @@ from harness import (
     new_uid,
     server_entry,
     start_orthanc,
-    start_proxy,
     wait_until,
 )
 from model_double import ModelDouble, serve_model_double
-from nginx_server import NGINX_SOURCE_ADDRESS, NginxServer, start_nginx
+from nginx_server import NginxServer
 from redis_server import RedisServer, start_redis
+from replica_set import replicas_behind_nginx
 
 from model_proxy.sample_data import SampleStudy, make_study
 
@@ -118,37 +118,21 @@ def bed(tmp_path_factory: pytest.TempPathFactory, tls_cert: TlsCert) -> Iterator
             )
             servers_json = {new_uid(): server_entry(orthanc)}
             replica_args = [
-                "--forwarded-allow-ips", NGINX_SOURCE_ADDRESS,
                 "--redis", redis.url,
                 "--redis-max-entry", MAX_ENTRY,
                 "--redis-check-interval", "0.2",
                 "--redis-lock-lease", LEASE,
             ]  # fmt: skip
-            replicas: list[ProxyProcess] = []
-            try:
-                for index in range(3):
-                    replicas.append(
-                        start_proxy(
-                            tmp_path_factory.mktemp(f"replica-{index}"),
-                            servers_json,
-                            models_json,
-                            cert=None,  # nginx terminates TLS
-                            env={"ZHIVA_SHOW_STATUS_PAGE": "true"},
-                            extra_args=replica_args,
-                        )
-                    )
-                nginx = start_nginx(
-                    tmp_path_factory.mktemp("nginx-replicas"),
-                    upstream=[proxy.url.removeprefix("http://") for proxy in replicas],
-                    cert=tls_cert,
-                )
-                try:
-                    yield ReplicaBed(replicas, nginx, redis, double, study, tls_cert, models)
-                finally:
-                    nginx.stop()
-            finally:
-                for proxy in replicas:
-                    proxy.stop()
+            with replicas_behind_nginx(
+                tmp_path_factory,
+                "results",
+                servers_json,
+                models_json,
+                extra_args=replica_args,
+                cert=tls_cert,
+                env={"ZHIVA_SHOW_STATUS_PAGE": "true"},
+            ) as (replicas, nginx):
+                yield ReplicaBed(replicas, nginx, redis, double, study, tls_cert, models)
     finally:
         orthanc.stop()
 

@@ -24,13 +24,13 @@ from harness import (
     new_uid,
     server_entry,
     start_orthanc,
-    start_proxy,
     wait_until,
 )
 from jobs_client import finished
 from model_double import ModelDouble, serve_model_double
-from nginx_server import NGINX_SOURCE_ADDRESS, NginxServer, start_nginx
+from nginx_server import NginxServer
 from redis_server import RedisServer, start_redis
+from replica_set import replicas_behind_nginx
 
 from model_proxy.sample_data import SampleStudy, make_study
 
@@ -81,7 +81,7 @@ class JobsBed:
         return job
 
     def calls(self, case: str) -> int:
-        return self.double.calls[f"/example/segmentation?case={case}"]
+        return self.double.case_calls(case)
 
     def runner_of(self, job_id: str, attempt: int = 1) -> int:
         """The replica whose log says it runs ``job_id`` (its attempt ``attempt``)."""
@@ -118,48 +118,26 @@ def bed(tmp_path_factory: pytest.TempPathFactory, tls_cert: TlsCert) -> Iterator
             start_redis(tmp_path_factory.mktemp("redis-replica-jobs")) as redis,
             serve_model_double() as double,
         ):
-            models = {case: new_uid() for case in CASES}
-            models_json = {
-                models[case]: double.entry(
-                    f"/example/segmentation?case={case}",
-                    "segmentation",
-                    ["/studies/series"],
-                    statusUri=f"{double.url}/status",
-                )
-                for case in CASES
-            }
+            # /status probes statusUri: not the counted endpoint.
+            models, models_json = double.case_models(
+                CASES, ["/studies/series"], statusUri=f"{double.url}/status"
+            )
             servers_json = {new_uid(): server_entry(orthanc)}
             replica_args = [
-                "--forwarded-allow-ips", NGINX_SOURCE_ADDRESS,
                 "--redis", redis.url,
                 "--redis-check-interval", "0.2",
                 "--redis-lock-lease", LEASE,
                 "--job-lease", LEASE,
             ]  # fmt: skip
-            replicas: list[ProxyProcess] = []
-            try:
-                for index in range(3):
-                    replicas.append(
-                        start_proxy(
-                            tmp_path_factory.mktemp(f"jobs-replica-{index}"),
-                            servers_json,
-                            models_json,
-                            cert=None,  # nginx terminates TLS
-                            extra_args=replica_args,
-                        )
-                    )
-                nginx = start_nginx(
-                    tmp_path_factory.mktemp("nginx-replica-jobs"),
-                    upstream=[proxy.url.removeprefix("http://") for proxy in replicas],
-                    cert=tls_cert,
-                )
-                try:
-                    yield JobsBed(replicas, nginx, redis, double, study, tls_cert, models)
-                finally:
-                    nginx.stop()
-            finally:
-                for proxy in replicas:
-                    proxy.stop()
+            with replicas_behind_nginx(
+                tmp_path_factory,
+                "jobs",
+                servers_json,
+                models_json,
+                extra_args=replica_args,
+                cert=tls_cert,
+            ) as (replicas, nginx):
+                yield JobsBed(replicas, nginx, redis, double, study, tls_cert, models)
     finally:
         orthanc.stop()
 
