@@ -26,7 +26,7 @@ from harness import (
     start_orthanc,
     wait_until,
 )
-from jobs_client import finished
+from jobs_client import finished, wait_for_job
 from model_double import ModelDouble, serve_model_double
 from nginx_server import NginxServer
 from redis_server import RedisServer, start_redis
@@ -98,14 +98,9 @@ class JobsBed:
 
 
 def wait_for_status(bed: JobsBed, replica: int, job_id: str) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-
-    def done() -> bool:
-        found.update(bed.job(replica, job_id))
-        return finished(found)
-
-    wait_until(f"job {job_id} finished", done)
-    return found
+    """``GET /jobs/{id}`` on ``replica`` until the job has finished."""
+    with bed.replicas[replica].client() as client:
+        return wait_for_job(client, job_id, finished)
 
 
 @pytest.fixture(scope="module")
